@@ -1,0 +1,111 @@
+"""``create_app``: the Starlette application, put together declaratively.
+
+The lifespan owns the router: backends open (and sessions start) on startup and close on shutdown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pluggy
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from ..config.loader import load_settings
+from ..config.models import Settings
+from ..errors import SpeechRouterError
+from ..metrics import Metrics
+from ..plugins.manager import BackendRegistry, backend_registry, create_plugin_manager
+from ..router.dispatch import Router
+from . import routes
+from .errors import error_response, handle_exception, openai_error
+from .middleware import RequestIdMiddleware
+
+log = logging.getLogger("speech_router")
+
+
+def create_app(settings: Settings | None = None, *, pm: pluggy.PluginManager | None = None,
+               config_path: str | None = None) -> Starlette:
+    """Build the app from ``settings`` (or load them from ``config_path``, ``TTS_REMOTE_URL`` or the default)."""
+    pm = pm or create_plugin_manager()
+    registry: BackendRegistry = backend_registry(pm)
+    if settings is None:
+        settings = load_settings(config_path, registry=registry)
+    metrics = Metrics()
+    router = Router(settings, registry, metrics)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        log.info("configuration: %s (%d pools, %d endpoints, models: %s)", settings.source or "given",
+                 len(router.pools), len(router.endpoints), ", ".join(settings.models))
+        if settings.source == "embedded default":
+            log.warning("no config file and no TTS_REMOTE_URL: serving with the embedded espeak engine only "
+                        "(set TTS_REMOTE_URL or --config to route to GPU nodes)")
+        await router.start()
+        for result in pm.hook.startup(router=router):
+            if hasattr(result, "__await__"):
+                await result
+        try:
+            yield
+        finally:
+            await router.aclose()
+
+    app = Starlette(
+        routes=[
+            Route("/v1/audio/speech", routes.openai_speech, methods=["POST"]),
+            Route("/audio/speech", routes.openai_speech, methods=["POST"]),
+            Route("/synthesize", routes.synthesize, methods=["POST"]),
+            Route("/tts_url", routes.tts_url, methods=["POST"]),
+            Route("/v1/models", routes.list_models, methods=["GET"]),
+            Route("/models", routes.list_models, methods=["GET"]),
+            Route("/v1/audio/voices", routes.list_voices, methods=["GET"]),
+            Route("/voices", routes.list_voices, methods=["GET"]),
+            Route("/health", routes.health, methods=["GET"]),
+            Route("/livez", routes.livez, methods=["GET"]),
+            Route("/readyz", routes.readyz, methods=["GET"]),
+            Route("/metrics", routes.metrics, methods=["GET"]),
+            Route("/-/plugins", routes.plugins, methods=["GET"]),
+        ],
+        middleware=[Middleware(RequestIdMiddleware)],
+        exception_handlers={SpeechRouterError: _known_error, HTTPException: _http_error, Exception: handle_exception},
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.router = router
+    app.state.metrics = metrics
+    app.state.pm = pm
+    app.state.registry = registry
+    app.state.created = routes.started_at()
+    app.state.tts_url_model = _tts_url_model(router)
+    return app
+
+
+def _tts_url_model(router: Router) -> str | None:
+    """The first model whose primary pool understands index-tts-vllm's ``/tts_url`` body."""
+    for model in router.settings.models:
+        if router.route(model)[0].endpoints[0].backend.capabilities.tts_url:
+            return model
+    return None
+
+
+async def _known_error(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(exc, request)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    return openai_error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}", code=code,
+                        headers=getattr(exc, "headers", None))
+
+
+def settings_summary(settings: Settings) -> dict[str, Any]:
+    return {"pools": len(settings.pools), "endpoints": sum(len(p.endpoints) or 1 for p in settings.pools.values()),
+            "models": list(settings.models), "voices": len(settings.voices)}

@@ -1,0 +1,53 @@
+"""Errors as HTTP responses: OpenAI's shape on OpenAI and native routes, index-tts-vllm's on ``/tts_url``.
+
+Nothing from a backend's traceback reaches a client: ``BackendError.detail`` is only logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from ..errors import BackendError, BackendOverloaded, BackendRejected, NoHealthyEndpoint, RequestInvalid
+
+log = logging.getLogger(__name__)
+
+
+def openai_error(status: int, message: str, *, type_: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def error_response(exc: Exception, request: Request) -> JSONResponse:
+    """The client's view of ``exc``; ``/tts_url`` answers in index-tts-vllm's own error shape."""
+    status, message, type_, param, code, headers = describe(exc)
+    if request.url.path == "/tts_url":
+        return JSONResponse({"status": "error", "error": message}, status_code=status, headers=headers)
+    return openai_error(status, message, type_=type_, param=param, code=code, headers=headers)
+
+
+def describe(exc: Exception) -> tuple[int, str, str, str | None, str | None, dict[str, str] | None]:
+    """(status, message, type, param, code, headers) for an exception."""
+    if isinstance(exc, RequestInvalid):
+        return exc.status_code, exc.message, "invalid_request_error", exc.param, exc.code, None
+    if isinstance(exc, NoHealthyEndpoint):
+        retry = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+        return 503, str(exc), "server_error", None, "no_healthy_endpoint", retry
+    if isinstance(exc, BackendRejected):
+        return 400, f"{exc.message} (endpoint {exc.endpoint})", "invalid_request_error", None, "backend_rejected", None
+    if isinstance(exc, BackendOverloaded):
+        return 503, exc.message, "server_error", None, "backend_overloaded", {"Retry-After": "1"}
+    if isinstance(exc, BackendError):
+        return 502, exc.message, "server_error", None, "backend_error", None
+    return 500, "Internal server error.", "server_error", None, "internal_error", None
+
+
+async def handle_exception(request: Request, exc: Exception) -> JSONResponse:
+    """Last resort for anything unexpected: log it with the request id, answer a plain 500."""
+    log.exception("unhandled error on %s %s (request %s)", request.method, request.url.path,
+                  request.headers.get("x-request-id", ""))
+    return error_response(exc, request)

@@ -1,0 +1,113 @@
+"""Request bodies of the public routes, validated by pydantic, and their errors in OpenAI's words."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..errors import RequestInvalid
+
+AudioFormatName = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
+EMOTIONS = ("happy", "angry", "sad", "afraid", "disgusted", "melancholic", "surprised", "calm")
+MAX_EMOTION_SUM = 1.5  # index-tts-vllm answers 500 above this; we answer 400 first
+
+
+class VoiceId(BaseModel):
+    id: str
+
+
+class SpeechRequest(BaseModel):
+    """OpenAI's create-speech body. Unknown fields are ignored, as SDKs may add new ones."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1)
+    input: str
+    voice: str | VoiceId
+    instructions: str | None = Field(None, max_length=4096)
+    response_format: AudioFormatName = "mp3"
+    speed: float = Field(1.0, ge=0.25, le=4.0)
+    stream_format: Literal["audio", "sse"] = "audio"
+
+    @property
+    def voice_name(self) -> str:
+        return self.voice.id if isinstance(self.voice, VoiceId) else self.voice
+
+
+class EmotionSpec(BaseModel):
+    """IndexTTS2 emotion: at most one of ``audio`` (a configured voice), ``vector`` or ``text``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    audio: str | None = None
+    weight: float = Field(1.0, ge=0.0, le=1.0)
+    vector: list[float] | None = None
+    text: str | None = Field(None, max_length=4096)
+    random: bool = False
+
+    @field_validator("vector")
+    @classmethod
+    def _vector(cls, value: list[float] | None) -> list[float] | None:
+        if value is None:
+            return value
+        if len(value) != len(EMOTIONS):
+            raise ValueError(f"must have {len(EMOTIONS)} values ({', '.join(EMOTIONS)})")
+        if any(v < 0 or v > 1 for v in value):
+            raise ValueError("each value must be between 0 and 1")
+        if sum(value) > MAX_EMOTION_SUM:
+            raise ValueError(f"the values must sum to at most {MAX_EMOTION_SUM}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EmotionSpec:
+        given = [name for name in ("audio", "vector", "text") if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give only one of audio, vector or text (got {', '.join(given)})")
+        return self
+
+
+class SynthesizeRequest(BaseModel):
+    """The native ``POST /synthesize`` body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str
+    voice: str = Field(min_length=1)
+    model: str | None = None
+    emotion: EmotionSpec | None = None
+    speed: float = Field(1.0, ge=0.25, le=4.0)
+    max_text_tokens_per_sentence: int | None = Field(None, ge=1, le=1000)
+    format: AudioFormatName = "wav"
+    sample_rate: int | None = Field(None, ge=8000, le=48000)
+    stream: bool = False
+
+
+def parse(model: type[BaseModel], data: Any) -> Any:
+    """Validate ``data``; the first problem becomes a ``RequestInvalid`` naming its field."""
+    if not isinstance(data, dict):
+        raise RequestInvalid("The request body must be a JSON object.", param=None, code="invalid_type")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_from(exc) from None
+
+
+def invalid_from(exc: ValidationError) -> RequestInvalid:
+    err = exc.errors(include_url=False)[0]
+    loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "VoiceId", "str"))]
+    param = ".".join(loc) or None
+    kind, ctx = err["type"], err.get("ctx") or {}
+    got = err.get("input")
+    if kind == "missing":
+        return RequestInvalid(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+    if kind == "extra_forbidden":
+        return RequestInvalid(f"Unrecognized request argument supplied: '{param}'.", param=param,
+                              code="unknown_parameter")
+    if kind == "literal_error":
+        return RequestInvalid(f"Invalid value: {got!r}. Supported values are: {ctx.get('expected')}.", param=param)
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        return RequestInvalid(f"Invalid '{param}': {err['msg'].lower()}, got {got!r}.", param=param)
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        return RequestInvalid(f"Invalid type for '{param}': {err['msg'].lower()}.", param=param, code="invalid_type")
+    return RequestInvalid(f"Invalid '{param}': {str(err['msg']).removeprefix('Value error, ')}.", param=param)

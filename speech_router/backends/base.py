@@ -1,0 +1,98 @@
+"""The Backend interface every backend type implements (built-in or from a plugin).
+
+A backend object talks to one *endpoint*. It turns a ``SynthesisRequest`` into an
+``AudioResponse`` and classifies every failure as one of ``speech_router.errors.BackendError``'s
+subclasses, so the router never sees a client library's exceptions.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from ..types import AudioResponse, HealthReport, SynthesisRequest
+
+if TYPE_CHECKING:
+    from ..config.models import EndpointConfig, PoolConfig
+    from .http import HttpSessions
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend type can do; the router and API read these instead of guessing."""
+
+    #: formats the endpoint can produce itself; anything else is transcoded by the router
+    formats: frozenset[str] = frozenset({"wav"})
+    #: the endpoint sends audio while it is still synthesizing
+    streaming: bool = False
+    #: IndexTTS2 emotion controls (reference audio, vector, text)
+    emotion: bool = False
+    #: the endpoint honours ``speed`` itself
+    speed: bool = False
+    #: the voice parameter keys this type needs; a voice without any of them cannot be served
+    voice_keys: tuple[str, ...] = ()
+    #: endpoints of this type need a ``url``
+    needs_url: bool = True
+    #: the endpoint understands index-tts-vllm's ``/tts_url`` body (the drop-in route)
+    tts_url: bool = False
+
+
+@dataclass
+class BackendContext:
+    """Things the host hands every backend: its place in the config and shared resources."""
+
+    pool_name: str
+    pool: PoolConfig
+    sessions: HttpSessions | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    """One endpoint of a backend type.
+
+    Subclasses set ``type`` (the YAML ``type:``) and ``capabilities``, may define a nested
+    ``Options`` model for their pool-level YAML keys, and implement ``synthesize`` and ``health``.
+    """
+
+    type: ClassVar[str]
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    class Options(BaseModel):
+        """Pool-level YAML keys specific to this backend type (none by default)."""
+
+        model_config = ConfigDict(extra="forbid")
+
+    def __init__(self, endpoint: EndpointConfig, options: BaseModel, context: BackendContext) -> None:
+        self.endpoint = endpoint
+        self.options = options
+        self.context = context
+
+    @property
+    def name(self) -> str:
+        """The endpoint's name, as used in logs, metric labels and response headers."""
+        return self.endpoint.name or ""
+
+    async def open(self) -> None:
+        """Acquire resources (sessions, engines). Called once before the first request."""
+
+    async def aclose(self) -> None:
+        """Release resources. Called once on shutdown; must not raise."""
+
+    @abstractmethod
+    async def synthesize(self, request: SynthesisRequest) -> AudioResponse:
+        """Start a synthesis; return once the endpoint accepted it. Raise ``BackendError`` subclasses."""
+
+    @abstractmethod
+    async def health(self) -> HealthReport:
+        """Check the endpoint actively (e.g. ``GET /health``). Must not raise for an unreachable endpoint."""
+
+    def supports_voice(self, voice_params: dict[str, Any]) -> bool:
+        """Whether a configured voice has what this backend needs."""
+        keys = self.capabilities.voice_keys
+        return not keys or any(voice_params.get(k) for k in keys)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, url={self.endpoint.url!r})"

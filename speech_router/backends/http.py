@@ -1,0 +1,145 @@
+"""Shared aiohttp plumbing for HTTP backends: one bounded session per pool, and error mapping.
+
+This is the only place (with the backends) that imports aiohttp: every client error becomes a
+``speech_router.errors.BackendError`` here, as httpx maps httpcore's errors at its boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from ..errors import (BackendError, BackendFailed, BackendOverloaded, BackendRejected, BackendTimeout,
+                      BackendUnavailable)
+
+if TYPE_CHECKING:
+    from ..config.models import EndpointConfig, PoolConfig
+
+CHUNK_SIZE = 64 * 1024
+KEEPALIVE_S = 30.0
+
+
+class HttpSessions:
+    """One ``aiohttp.ClientSession`` per pool: keep-alive and a bounded connection pool, closed on shutdown."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+
+    def get(self, pool_name: str, pool: PoolConfig) -> aiohttp.ClientSession:
+        session = self._sessions.get(pool_name)
+        if session is None or session.closed:
+            connector = aiohttp.TCPConnector(limit=pool.max_connections, keepalive_timeout=KEEPALIVE_S)
+            session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+            self._sessions[pool_name] = session
+        return session
+
+    async def aclose(self) -> None:
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            await session.close()
+
+
+def request_headers(endpoint: EndpointConfig, pool: PoolConfig, request_id: str = "") -> dict[str, str]:
+    """Pool headers, then endpoint headers, then the API key read from the environment (never logged)."""
+    headers = {**pool.headers, **endpoint.headers}
+    key_env = endpoint.api_key_env or pool.api_key_env
+    if key_env and os.environ.get(key_env):
+        headers["Authorization"] = f"Bearer {os.environ[key_env]}"
+    if request_id:
+        headers["x-request-id"] = request_id
+    return headers
+
+
+def client_timeout(pool: PoolConfig) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=None, connect=pool.timeouts.connect, sock_read=pool.timeouts.read)
+
+
+@contextlib.contextmanager
+def mapped_errors(endpoint: str) -> Iterator[None]:
+    """Translate aiohttp and socket errors into ``BackendError`` subclasses naming the endpoint."""
+    try:
+        yield
+    except BackendError:
+        raise
+    except (aiohttp.ServerTimeoutError, asyncio.TimeoutError, TimeoutError) as exc:
+        raise BackendTimeout(f"endpoint {endpoint} timed out", endpoint=endpoint, detail=repr(exc)) from None
+    except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, ConnectionError) as exc:
+        raise BackendUnavailable(f"endpoint {endpoint} is unreachable", endpoint=endpoint, detail=repr(exc)) from None
+    except aiohttp.ClientPayloadError as exc:
+        raise BackendFailed(f"endpoint {endpoint} sent a truncated body", endpoint=endpoint, detail=repr(exc)) from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise BackendUnavailable(f"endpoint {endpoint} connection failed", endpoint=endpoint, detail=repr(exc)) from None
+
+
+async def raise_for_status(resp: aiohttp.ClientResponse, endpoint: str) -> None:
+    """Classify a non-2xx answer. The body (a traceback for index-tts-vllm) goes to ``detail`` for logs."""
+    if resp.status < 300:
+        return
+    with mapped_errors(endpoint):
+        body = await resp.content.read(64 * 1024)
+    resp.release()
+    text = body.decode("utf-8", "replace")
+    message = _error_message(text)
+    kwargs: dict[str, Any] = {"endpoint": endpoint, "detail": text, "status": resp.status}
+    if resp.status in (429, 503):
+        raise BackendOverloaded(f"endpoint {endpoint} is overloaded (HTTP {resp.status})", **kwargs)
+    if 400 <= resp.status < 500 and resp.status not in (401, 403, 407, 408):
+        raise BackendRejected(message or f"endpoint {endpoint} rejected the request (HTTP {resp.status})", **kwargs)
+    raise BackendFailed(f"endpoint {endpoint} failed (HTTP {resp.status})", **kwargs)
+
+
+def _error_message(text: str) -> str:
+    """A short, client-safe message from an upstream 4xx body (never a traceback)."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return ""
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict):
+            err = err.get("message")
+        if isinstance(err, str) and "Traceback" not in err:
+            return err[:300]
+        detail = data.get("detail")
+        if isinstance(detail, str):
+            return detail[:300]
+    return ""
+
+
+async def iter_body(resp: aiohttp.ClientResponse, endpoint: str, first: bytes = b"") -> AsyncIterator[bytes]:
+    """Yield the body as it arrives; a short or broken body raises ``BackendFailed``/``BackendUnavailable``."""
+    try:
+        if first:
+            yield first
+        with mapped_errors(endpoint):
+            async for chunk in resp.content.iter_chunked(CHUNK_SIZE):
+                yield chunk
+    finally:
+        resp.release()
+
+
+async def read_prefix(resp: aiohttp.ClientResponse, endpoint: str, size: int) -> bytes:
+    """Read at least ``size`` bytes (or the whole body if shorter), to check what the body is."""
+    data = b""
+    with mapped_errors(endpoint):
+        while len(data) < size:
+            chunk = await resp.content.read(CHUNK_SIZE)
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+def releaser(resp: aiohttp.ClientResponse) -> Any:
+    """A ``close`` callable for ``AudioResponse`` that gives the connection back."""
+
+    async def close() -> None:
+        resp.release()
+
+    return close

@@ -1,0 +1,129 @@
+"""Backend type ``index-tts-vllm``: remote index-tts-vllm servers (github Ksuriuri/index-tts-vllm).
+
+``api: v2`` speaks ``api_server_v2.py`` (IndexTTS2): ``POST /tts_url`` with the speaker reference
+path and emotion controls, answered by a whole 22,050 Hz WAV. ``api: v1`` speaks ``api_server.py``
+(IndexTTS 1/1.5): ``POST /tts`` with a ``character`` or ``POST /tts_url`` with ``audio_paths``.
+Both answer errors as HTTP 500 ``{"status": "error", "error": "<traceback>"}`` and health as
+``GET /health`` -> 200 ``{"status": "healthy"}`` or 503.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+from ..errors import BackendFailed, BackendRejected
+from ..plugins.hookspecs import hookimpl
+from ..types import AudioResponse, EmotionMethod, HealthReport, SynthesisRequest
+from .base import Backend, BackendContext, Capabilities
+from .http import client_timeout, iter_body, releaser, mapped_errors, raise_for_status, read_prefix, request_headers
+
+V1_SEED = 8  # api_server.py's default seed for /tts_url
+
+
+class IndexTtsVllmBackend(Backend):
+    """One index-tts-vllm node."""
+
+    type = "index-tts-vllm"
+    capabilities = Capabilities(formats=frozenset({"wav"}), emotion=True, voice_keys=("spk_audio_path", "character"),
+                                tts_url=True)
+
+    class Options(Backend.Options):
+        api: Literal["v2", "v1"] = "v2"
+
+    def __init__(self, endpoint: Any, options: Options, context: BackendContext) -> None:
+        super().__init__(endpoint, options, context)
+        self.api = options.api
+        if self.api == "v1":
+            self.capabilities = dataclasses.replace(self.capabilities, emotion=False)
+        self.url = endpoint.url
+
+    @property
+    def _session(self) -> Any:
+        assert self.context.sessions is not None, "index-tts-vllm backends need the shared HTTP sessions"
+        return self.context.sessions.get(self.context.pool_name, self.context.pool)
+
+    def supports_voice(self, voice_params: dict[str, Any]) -> bool:
+        if self.api == "v2":
+            return bool(voice_params.get("spk_audio_path"))
+        return bool(voice_params.get("character") or voice_params.get("spk_audio_path"))
+
+    def request_body(self, request: SynthesisRequest) -> tuple[str, dict[str, Any]]:
+        """The path and JSON body the node expects for this request."""
+        if request.passthrough is not None:
+            return "/tts_url", request.passthrough
+        params = request.voice_params
+        if self.api == "v1":
+            if params.get("character"):
+                return "/tts", {"text": request.text, "character": params["character"]}
+            return "/tts_url", {"text": request.text, "audio_paths": [params.get("spk_audio_path")], "seed": V1_SEED}
+        emo = request.emotion
+        body: dict[str, Any] = {"text": request.text, "spk_audio_path": params.get("spk_audio_path"),
+                                "emo_control_method": int(emo.method)}
+        if emo.method == EmotionMethod.REFERENCE_AUDIO:
+            body.update(emo_ref_path=emo.ref_path, emo_weight=emo.weight)
+        elif emo.method == EmotionMethod.VECTOR:
+            body["emo_vec"] = list(emo.vector or [0.0] * 8)
+        elif emo.method == EmotionMethod.TEXT:
+            body["emo_text"] = emo.text
+        if emo.random:
+            body["emo_random"] = True
+        if request.max_text_tokens_per_sentence is not None:
+            body["max_text_tokens_per_sentence"] = request.max_text_tokens_per_sentence
+        return "/tts_url", body
+
+    async def synthesize(self, request: SynthesisRequest) -> AudioResponse:
+        path, body = self.request_body(request)
+        headers = request_headers(self.endpoint, self.context.pool, request.request_id)
+        with mapped_errors(self.name):
+            resp = await self._session.post(self.url + path, json=body, headers=headers,
+                                            timeout=client_timeout(self.context.pool))
+        try:
+            await raise_for_status(resp, self.name)
+            head = await read_prefix(resp, self.name, 12)
+        except BaseException:
+            resp.release()
+            raise
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            resp.release()
+            kind = resp.headers.get("Content-Type", "unknown")
+            raise BackendFailed(f"endpoint {self.name} sent a body that is not WAV audio ({kind})",
+                                endpoint=self.name, detail=head[:200].decode("utf-8", "replace"))
+        return AudioResponse(format="wav", chunks=iter_body(resp, self.name, head),
+                             content_type=resp.headers.get("Content-Type", "audio/wav"),
+                             content_length=resp.content_length, close=releaser(resp))
+
+    async def health(self) -> HealthReport:
+        pool = self.context.pool
+        try:
+            with mapped_errors(self.name):
+                async with self._session.get(self.url + "/health", timeout=_health_timeout(pool),
+                                             headers=request_headers(self.endpoint, pool)) as resp:
+                    data = await resp.json(content_type=None)
+        except Exception as exc:  # noqa: BLE001 - any failure means "not healthy", with the reason
+            return HealthReport(False, getattr(exc, "message", None) or f"health check failed: {exc!r}")
+        if resp.status == 200 and isinstance(data, dict) and data.get("status") == "healthy":
+            return HealthReport(True, str(data.get("message", "")), data)
+        detail = data.get("message") or data.get("error") if isinstance(data, dict) else None
+        return HealthReport(False, f"HTTP {resp.status}: {detail or 'unhealthy'}", data if isinstance(data, dict) else {})
+
+    async def voices(self) -> dict[str, Any]:
+        """The v1 node's ``GET /audio/voices`` (its speaker.json); v2 nodes have no voice list."""
+        if self.api != "v1":
+            raise BackendRejected("index-tts-vllm v2 nodes have no voice list", endpoint=self.name)
+        with mapped_errors(self.name):
+            async with self._session.get(self.url + "/audio/voices", timeout=_health_timeout(self.context.pool)) as r:
+                await raise_for_status(r, self.name)
+                return await r.json(content_type=None)
+
+
+def _health_timeout(pool: Any) -> Any:
+    import aiohttp
+
+    return aiohttp.ClientTimeout(total=pool.health_check.timeout)
+
+
+
+@hookimpl(trylast=True)
+def register_backends(register: Any) -> None:
+    register(IndexTtsVllmBackend)

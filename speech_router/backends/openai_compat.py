@@ -1,0 +1,105 @@
+"""Backend type ``openai``: any server that speaks OpenAI's ``POST /audio/speech``.
+
+The endpoint ``url`` is the API base, as the OpenAI SDK's ``base_url`` (e.g. ``http://tts:8880/v1``);
+the router posts to ``<url>/audio/speech``. Speed and instructions pass through; the upstream
+streams, and its bytes go to the client as they arrive.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from ..plugins.hookspecs import hookimpl
+from ..types import AudioResponse, EmotionMethod, HealthReport, SynthesisRequest
+from .base import Backend, BackendContext, Capabilities
+from .http import client_timeout, iter_body, releaser, mapped_errors, raise_for_status, read_prefix, request_headers
+
+ALL_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
+
+
+class OpenAICompatBackend(Backend):
+    """One OpenAI-compatible speech server."""
+
+    type = "openai"
+    capabilities = Capabilities(formats=frozenset(ALL_FORMATS), streaming=True, speed=True)
+
+    class Options(Backend.Options):
+        #: the model name to send upstream; by default the client's model name is forwarded
+        model: str | None = None
+        #: the formats the upstream can produce; others are asked as wav and transcoded by the router
+        formats: list[str] = Field(default_factory=lambda: list(ALL_FORMATS))
+        #: health check path under the base URL (``models`` -> GET <url>/models); empty disables
+        health_path: str = "models"
+
+    def __init__(self, endpoint: Any, options: Options, context: BackendContext) -> None:
+        super().__init__(endpoint, options, context)
+        import dataclasses
+
+        self.capabilities = dataclasses.replace(self.capabilities, formats=frozenset(options.formats))
+        self.url = endpoint.url
+
+    @property
+    def _session(self) -> Any:
+        assert self.context.sessions is not None
+        return self.context.sessions.get(self.context.pool_name, self.context.pool)
+
+    def supports_voice(self, voice_params: dict[str, Any]) -> bool:
+        return True  # the public voice name is forwarded when no ``openai_voice`` is configured
+
+    def request_body(self, request: SynthesisRequest) -> dict[str, Any]:
+        opts: OpenAICompatBackend.Options = self.options  # type: ignore[assignment]
+        fmt = request.response_format if request.response_format in self.capabilities.formats else "wav"
+        body: dict[str, Any] = {
+            "model": opts.model or request.model,
+            "input": request.text,
+            "voice": request.voice_params.get("openai_voice") or request.voice,
+            "response_format": fmt,
+        }
+        if request.speed != 1.0:
+            body["speed"] = request.speed
+        if request.emotion.method == EmotionMethod.TEXT and request.emotion.text:
+            body["instructions"] = request.emotion.text
+        return body
+
+    async def synthesize(self, request: SynthesisRequest) -> AudioResponse:
+        body = self.request_body(request)
+        headers = request_headers(self.endpoint, self.context.pool, request.request_id)
+        with mapped_errors(self.name):
+            resp = await self._session.post(f"{self.url}/audio/speech", json=body, headers=headers,
+                                            timeout=client_timeout(self.context.pool))
+        try:
+            await raise_for_status(resp, self.name)
+            head = await read_prefix(resp, self.name, 1)
+        except BaseException:
+            resp.release()
+            raise
+        fmt = body["response_format"]
+        rate = 24000 if fmt == "pcm" else None
+        return AudioResponse(format=fmt, sample_rate=rate, chunks=iter_body(resp, self.name, head),
+                             content_type=resp.headers.get("Content-Type"), content_length=resp.content_length,
+                             close=releaser(resp))
+
+    async def health(self) -> HealthReport:
+        opts: OpenAICompatBackend.Options = self.options  # type: ignore[assignment]
+        if not opts.health_path:
+            return HealthReport(True, "health checks disabled")
+        import aiohttp
+
+        pool = self.context.pool
+        try:
+            with mapped_errors(self.name):
+                async with self._session.get(f"{self.url}/{opts.health_path.lstrip('/')}",
+                                             headers=request_headers(self.endpoint, pool),
+                                             timeout=aiohttp.ClientTimeout(total=pool.health_check.timeout)) as resp:
+                    status = resp.status
+        except Exception as exc:  # noqa: BLE001
+            return HealthReport(False, getattr(exc, "message", None) or repr(exc))
+        return HealthReport(status < 500, f"HTTP {status}")
+
+
+
+@hookimpl(trylast=True)
+def register_backends(register: Any) -> None:
+    register(OpenAICompatBackend)

@@ -1,0 +1,238 @@
+"""Turn YAML (or the environment) into validated ``Settings``, with every error located.
+
+Three sources, in order: a config file; ``TTS_REMOTE_URL`` (the seed's one-liner deploy); the
+embedded default (the in-process espeak engine), so ``speech-router serve`` works out of the box.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from ..errors import ConfigError, ConfigIssue
+from .models import DEFAULT_VOICE_DIR, Settings
+
+log = logging.getLogger(__name__)
+
+_VAR = re.compile(r"\$(\$)|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+#: model names the env and embedded configs answer to, so OpenAI clients work unchanged
+OPENAI_MODEL_NAMES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+
+
+def format_loc(loc: tuple[Any, ...]) -> str:
+    """``("pools", "gpu", "endpoints", 1, "url")`` -> ``pools.gpu.endpoints[1].url``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def expand_env(value: Any, env: Mapping[str, str], loc: tuple[Any, ...] = (), issues: list | None = None) -> Any:
+    """Expand ``${VAR}`` and ``${VAR:-default}`` in every string; ``$$`` is a literal ``$``."""
+    if issues is None:
+        issues = []
+    if isinstance(value, dict):
+        return {k: expand_env(v, env, (*loc, k), issues) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, env, (*loc, i), issues) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "$" not in value:
+        return value
+
+    def repl(m: re.Match[str]) -> str:
+        if m.group(1):
+            return "$"
+        name, default = m.group(2), m.group(3)
+        if name in env and (env[name] != "" or default is None):
+            return env[name]
+        if default is not None:
+            return default
+        issues.append((loc, f"environment variable {name} is not set"))
+        return ""
+
+    return _VAR.sub(repl, value)
+
+
+class _Lines:
+    """Maps a location in the parsed YAML back to its line number, using the composed node tree."""
+
+    def __init__(self, text: str) -> None:
+        try:
+            self.root = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError:
+            self.root = None
+
+    def line(self, loc: tuple[Any, ...]) -> int | None:
+        node, best = self.root, None
+        for part in loc:
+            if node is None:
+                break
+            best = node.start_mark.line + 1
+            if isinstance(node, yaml.MappingNode):
+                match = [(k, v) for k, v in node.value if k.value == str(part)]
+                if not match:
+                    break
+                key, node = match[0]
+                best = key.start_mark.line + 1
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+                node = node.value[part]
+                best = node.start_mark.line + 1
+            else:
+                break
+        return best
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, *, registry: Any = None,
+                  env: Mapping[str, str] | None = None) -> Settings:
+    """Load the config from ``path``, else from ``TTS_REMOTE_URL``, else the embedded default."""
+    env = os.environ if env is None else env
+    if path is not None:
+        return load_file(path, registry=registry, env=env)
+    if env.get("TTS_REMOTE_URL", "").strip():
+        return settings_from_dict(remote_config(env), registry=registry, env=env, source="TTS_REMOTE_URL")
+    return settings_from_dict(embedded_config(), registry=registry, env=env, source="embedded default")
+
+
+def load_file(path: str | os.PathLike[str], *, registry: Any = None, env: Mapping[str, str] | None = None) -> Settings:
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigIssue("", f"cannot read config: {exc.strerror or exc}")], source=source) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([ConfigIssue("", f"invalid YAML: {problem}", line)], source=source) from None
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigIssue("", "the config must be a mapping with pools and models")], source=source)
+    return settings_from_dict(data, registry=registry, env=env, source=source, lines=_Lines(text))
+
+
+def settings_from_dict(data: dict[str, Any], *, registry: Any = None, env: Mapping[str, str] | None = None,
+                       source: str = "", lines: _Lines | None = None) -> Settings:
+    """Validate a config tree. Raises ``ConfigError`` listing every problem with its location."""
+    env = os.environ if env is None else env
+    raw: list[tuple[tuple[Any, ...], str]] = []
+    data = expand_env(data, env, (), raw)
+    settings: Settings | None = None
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            raw.append((tuple(err["loc"]), _message(err)))
+    if settings is not None:
+        raw.extend(check_references(settings, registry))
+    if raw:
+        issues = [ConfigIssue(format_loc(loc), msg, lines.line(loc) if lines else None) for loc, msg in raw]
+        raise ConfigError(issues, source=source)
+    assert settings is not None
+    settings.source = source
+    return settings
+
+
+def _message(err: dict[str, Any]) -> str:
+    msg = str(err["msg"])
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    if err["type"] == "missing":
+        return "required"
+    return msg.removeprefix("Value error, ")
+
+
+def check_references(settings: Settings, registry: Any) -> list[tuple[tuple[Any, ...], str]]:
+    """Checks that need more than one field: routes name pools, types exist, options fit the type."""
+    issues: list[tuple[tuple[Any, ...], str]] = []
+    for model, route in settings.models.items():
+        for i, pool in enumerate(route.pools):
+            if pool not in settings.pools:
+                issues.append((("models", model, i), f"unknown pool {pool!r}"))
+    if registry is not None:
+        issues.extend(_check_backends(settings, registry))
+    issues.extend(_name_endpoints(settings))
+    return issues
+
+
+def _check_backends(settings: Settings, registry: Any) -> list[tuple[tuple[Any, ...], str]]:
+    issues: list[tuple[tuple[Any, ...], str]] = []
+    voice_keys: set[str] = set()
+    for backend_cls in registry.types.values():
+        voice_keys.update(backend_cls.capabilities.voice_keys)
+    for name, pool in settings.pools.items():
+        backend_cls = registry.types.get(pool.type)
+        if backend_cls is None:
+            known = ", ".join(sorted(registry.types)) or "none"
+            issues.append((("pools", name, "type"), f"unknown backend type {pool.type!r} (known: {known})"))
+            continue
+        try:
+            backend_cls.Options.model_validate(pool.options)
+        except ValidationError as exc:
+            for err in exc.errors(include_url=False):
+                issues.append((("pools", name, *err["loc"]), _message(err)))
+        if backend_cls.capabilities.needs_url:
+            if not pool.endpoints:
+                issues.append((("pools", name, "endpoints"), f"type {pool.type!r} needs at least one endpoint"))
+            for i, ep in enumerate(pool.endpoints):
+                if not ep.url:
+                    issues.append((("pools", name, "endpoints", i, "url"), f"required for type {pool.type!r}"))
+    for voice, cfg in settings.voices.items():
+        for key in cfg.model_extra or {}:
+            if key not in voice_keys:
+                issues.append((("voices", voice, key), f"unknown voice parameter (known: {', '.join(sorted(voice_keys))})"))
+    return issues
+
+
+def _name_endpoints(settings: Settings) -> list[tuple[tuple[Any, ...], str]]:
+    """Give every endpoint a unique name: its ``host:port``, or ``pool-N`` for in-process engines."""
+    from urllib.parse import urlsplit
+
+    issues: list[tuple[tuple[Any, ...], str]] = []
+    seen: set[str] = set()
+    for pool_name, pool in settings.pools.items():
+        for i, ep in enumerate(pool.endpoints):
+            if ep.name is None:
+                base = urlsplit(ep.url).netloc if ep.url else f"{pool_name}-{i}"
+                ep.name = base if base not in seen else f"{pool_name}/{base}"
+            if ep.name in seen:
+                issues.append((("pools", pool_name, "endpoints", i, "name"), f"duplicate endpoint name {ep.name!r}"))
+            seen.add(ep.name)
+    return issues
+
+
+def remote_config(env: Mapping[str, str]) -> dict[str, Any]:
+    """The seed's deploy: ``TTS_REMOTE_URL`` (one URL or a comma-separated list) becomes one pool."""
+    urls = [u.strip() for u in env["TTS_REMOTE_URL"].split(",") if u.strip()]
+    models = {name: ["remote"] for name in ("indextts2", *OPENAI_MODEL_NAMES)}
+    return {
+        "pools": {"remote": {"type": "index-tts-vllm", "endpoints": [{"url": u} for u in urls]}},
+        "models": models,
+        "voice_dir": {"path": env.get("TTS_VOICE_DIR", DEFAULT_VOICE_DIR)},
+    }
+
+
+def embedded_config() -> dict[str, Any]:
+    """No config and no ``TTS_REMOTE_URL``: the in-process espeak engine serves every OpenAI model name."""
+    return {
+        "pools": {"embedded": {"type": "espeak"}},
+        "models": {name: ["embedded"] for name in (*OPENAI_MODEL_NAMES, "espeak")},
+        "voices": {
+            name: {"espeak": voice}
+            for name, voice in {
+                "alloy": "en-us", "ash": "en-us+m3", "ballad": "en-gb", "coral": "en-us+f3", "echo": "en-us+m1",
+                "fable": "en-gb+m2", "nova": "en-us+f2", "onyx": "en-us+m7", "sage": "en-us+f4",
+                "shimmer": "en-us+f1", "verse": "en-us+m2", "mandarin": "cmn",
+            }.items()
+        },
+    }

@@ -1,0 +1,127 @@
+"""Exceptions raised by speech-router.
+
+The tree, and who sees each error::
+
+    SpeechRouterError
+    ├── ConfigError              operator: a config file is wrong (names the field path)
+    ├── RequestInvalid           client: 400, names the field; never counts against an endpoint
+    │   ├── RequestTooLarge      client: 413, the body is over the configured limit
+    │   └── FormatNotAvailable   client: 400, an optional encoder is not installed
+    ├── NoHealthyEndpoint        client: 503 with Retry-After; no endpoint of the route can serve now
+    └── BackendError             raised by backends at their boundary; the router reads only these
+        ├── BackendUnavailable   connection refused or reset: retry elsewhere, counts as a failure
+        ├── BackendTimeout       no answer in time: counts as a failure
+        ├── BackendOverloaded    upstream 429/503: retry elsewhere, not a failure of the endpoint
+        ├── BackendFailed        upstream 5xx or a body that is not audio: counts as a failure
+        └── BackendRejected      upstream 4xx: the request is at fault, no retry, not counted
+
+Backends translate their client library's errors into these (as httpx maps httpcore's), so no
+code above ``speech_router.backends`` imports aiohttp.
+"""
+
+from __future__ import annotations
+
+
+class SpeechRouterError(Exception):
+    """Base class of every error speech-router raises on purpose."""
+
+
+class ConfigError(SpeechRouterError):
+    """The configuration is invalid. ``issues`` holds every problem, each with its location."""
+
+    def __init__(self, issues: list[ConfigIssue], *, source: str = "") -> None:
+        self.issues = issues
+        self.source = source
+        super().__init__("\n".join(issue.format(source) for issue in issues))
+
+
+class ConfigIssue:
+    """One problem in a config: a dotted location (``pools.gpu.endpoints[1].url``), a message, a line."""
+
+    def __init__(self, loc: str, message: str, line: int | None = None) -> None:
+        self.loc = loc
+        self.message = message
+        self.line = line
+
+    def format(self, source: str = "") -> str:
+        where = f"{source}:{self.line}: " if source and self.line else (f"{source}: " if source else "")
+        return f"{where}{self.loc}: {self.message}" if self.loc else f"{where}{self.message}"
+
+    def __repr__(self) -> str:
+        return f"ConfigIssue({self.loc!r}, {self.message!r}, line={self.line!r})"
+
+
+class RequestInvalid(SpeechRouterError):
+    """The client's request is wrong. ``param`` names the field, as OpenAI's error shape does."""
+
+    status_code = 400
+
+    def __init__(self, message: str, *, param: str | None = None, code: str = "invalid_value") -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+class RequestTooLarge(RequestInvalid):
+    """The request body is over ``server.max_body_bytes``."""
+
+    status_code = 413
+
+
+class FormatNotAvailable(RequestInvalid):
+    """The asked audio format needs an optional extra that is not installed."""
+
+    def __init__(self, message: str, *, param: str | None = "response_format") -> None:
+        super().__init__(message, param=param, code="format_unavailable")
+
+
+class NoHealthyEndpoint(SpeechRouterError):
+    """No endpoint of the model's route can take the request; the client may retry later."""
+
+    status_code = 503
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class BackendError(SpeechRouterError):
+    """An endpoint failed to synthesize. ``detail`` is for logs only, never for clients."""
+
+    #: whether the failure says something about the endpoint's health
+    counts_as_failure = True
+    #: whether another endpoint may be tried for the same request
+    retryable = True
+
+    def __init__(self, message: str, *, endpoint: str = "", detail: str | None = None, status: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.endpoint = endpoint
+        self.detail = detail
+        self.status = status
+
+
+class BackendUnavailable(BackendError):
+    """The endpoint could not be reached (refused, reset, DNS): nothing was sent to it."""
+
+
+class BackendTimeout(BackendError):
+    """The endpoint did not answer in time."""
+
+
+class BackendOverloaded(BackendError):
+    """The endpoint said it is busy (429/503); it is healthy, just full."""
+
+    counts_as_failure = False
+
+
+class BackendFailed(BackendError):
+    """The endpoint answered with a server error or with a body that is not audio."""
+
+
+class BackendRejected(BackendError):
+    """The endpoint refused the request itself (4xx): another endpoint would refuse it too."""
+
+    counts_as_failure = False
+    retryable = False

@@ -1,0 +1,29 @@
+"""Public voice names -> per-backend parameters, only ever through the config.
+
+A client names a voice; it never sends a file path. Voices listed under ``voices`` resolve to their
+parameters; with ``voice_dir`` set (the seed's ``TTS_VOICE_DIR``), any other name that is a plain
+file name resolves to ``<voice_dir>/<name><extension>`` on the nodes.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ..config.models import Settings
+from ..errors import RequestInvalid
+
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+def resolve_voice(settings: Settings, name: str, *, param: str = "voice") -> dict[str, Any]:
+    """The configured parameters of voice ``name``; ``RequestInvalid`` naming ``param`` otherwise."""
+    voice = settings.voices.get(name)
+    if voice is not None:
+        return voice.params()
+    if settings.voice_dir is not None and _PLAIN_NAME.match(name):
+        d = settings.voice_dir
+        return {"spk_audio_path": f"{d.path.rstrip('/')}/{name}{d.extension}"}
+    known = ", ".join(sorted(settings.voices)) or "none configured"
+    raise RequestInvalid(f"Voice {name!r} not found. Available voices: {known}.", param=param,
+                         code="voice_not_found")

@@ -1,0 +1,83 @@
+"""Shapes passed between the API, the router and backends."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+AudioChunks = AsyncIterator[bytes]
+
+
+class EmotionMethod(enum.IntEnum):
+    """IndexTTS2's emotion sources, numbered as index-tts-vllm's ``emo_control_method``."""
+
+    SPEAKER = 0
+    REFERENCE_AUDIO = 1
+    VECTOR = 2
+    TEXT = 3
+
+
+@dataclass
+class Emotion:
+    """IndexTTS2 emotion controls. Backends without emotion control ignore ``SPEAKER`` and refuse others."""
+
+    method: EmotionMethod = EmotionMethod.SPEAKER
+    ref_path: str | None = None
+    weight: float = 1.0
+    vector: list[float] | None = None
+    text: str | None = None
+    random: bool = False
+
+
+@dataclass
+class SynthesisRequest:
+    """One synthesis as the router sees it, whichever API it came in through.
+
+    ``voice_params`` are the configured parameters of ``voice`` (``spk_audio_path``, ``character``,
+    ``espeak``...); each backend type reads the keys it understands. ``passthrough`` carries the
+    untouched JSON body of the ``/tts_url`` drop-in route, which index-tts-vllm backends forward as is.
+    """
+
+    text: str
+    model: str
+    voice: str | None = None
+    voice_params: dict[str, Any] = field(default_factory=dict)
+    emotion: Emotion = field(default_factory=Emotion)
+    speed: float = 1.0
+    #: the format the client wants in the end; a backend may produce another and the API transcodes
+    response_format: str = "wav"
+    max_text_tokens_per_sentence: int | None = None
+    request_id: str = ""
+    passthrough: dict[str, Any] | None = None
+
+
+@dataclass
+class AudioResponse:
+    """What a backend returns once the endpoint has accepted the request (status and headers read).
+
+    The body is not read yet: ``chunks`` yields it as the endpoint sends it, so the router can still
+    retry elsewhere until the first byte goes to the client. ``close`` releases the connection when
+    the consumer stops early.
+    """
+
+    format: str
+    chunks: AudioChunks
+    sample_rate: int | None = None
+    content_type: str | None = None
+    content_length: int | None = None
+    close: Any = None  # Callable[[], Awaitable[None]] | None
+
+    async def aclose(self) -> None:
+        if self.close is not None:
+            await self.close()
+
+
+@dataclass
+class HealthReport:
+    """The result of one active health check of an endpoint."""
+
+    healthy: bool
+    detail: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
