@@ -23,7 +23,7 @@ class OpenAICompatBackend(Backend):
     """One OpenAI-compatible speech server."""
 
     type = "openai"
-    capabilities = Capabilities(formats=frozenset(ALL_FORMATS), streaming=True, speed=True)
+    capabilities = Capabilities(formats=frozenset(ALL_FORMATS), streaming=True, speed=True, voice_keys=("openai_voice",))
 
     class Options(Backend.Options):
         #: the model name to send upstream; by default the client's model name is forwarded

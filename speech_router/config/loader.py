@@ -17,7 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from ..errors import ConfigError, ConfigIssue
-from .models import DEFAULT_VOICE_DIR, Settings
+from .models import DEFAULT_VOICE_DIR, PoolConfig, Settings, VoiceConfig
 
 log = logging.getLogger(__name__)
 
@@ -133,10 +133,12 @@ def settings_from_dict(data: dict[str, Any], *, registry: Any = None, env: Mappi
     except ValidationError as exc:
         for err in exc.errors(include_url=False):
             raw.append((tuple(err["loc"]), _message(err)))
+    raw.extend(check_references(data, registry))
     if settings is not None:
-        raw.extend(check_references(settings, registry))
+        raw.extend(_name_endpoints(settings))
     if raw:
         issues = [ConfigIssue(format_loc(loc), msg, lines.line(loc) if lines else None) for loc, msg in raw]
+        issues.sort(key=lambda issue: issue.line or 0)
         raise ConfigError(issues, source=source)
     assert settings is not None
     settings.source = source
@@ -152,45 +154,50 @@ def _message(err: dict[str, Any]) -> str:
     return msg.removeprefix("Value error, ")
 
 
-def check_references(settings: Settings, registry: Any) -> list[tuple[tuple[Any, ...], str]]:
-    """Checks that need more than one field: routes name pools, types exist, options fit the type."""
-    issues: list[tuple[tuple[Any, ...], str]] = []
-    for model, route in settings.models.items():
-        for i, pool in enumerate(route.pools):
-            if pool not in settings.pools:
-                issues.append((("models", model, i), f"unknown pool {pool!r}"))
-    if registry is not None:
-        issues.extend(_check_backends(settings, registry))
-    issues.extend(_name_endpoints(settings))
-    return issues
+def check_references(data: dict[str, Any], registry: Any) -> list[tuple[tuple[Any, ...], str]]:
+    """Checks that span fields: routes name pools, types exist, options fit the type, voice keys are known.
 
-
-def _check_backends(settings: Settings, registry: Any) -> list[tuple[tuple[Any, ...], str]]:
+    They read the raw tree, so they run (and report) even when other parts of the file are invalid.
+    """
     issues: list[tuple[tuple[Any, ...], str]] = []
-    voice_keys: set[str] = set()
-    for backend_cls in registry.types.values():
-        voice_keys.update(backend_cls.capabilities.voice_keys)
-    for name, pool in settings.pools.items():
-        backend_cls = registry.types.get(pool.type)
+    pools = data.get("pools") if isinstance(data.get("pools"), dict) else {}
+    models = data.get("models") if isinstance(data.get("models"), dict) else {}
+    for model, route in models.items():
+        names = route.get("pools") if isinstance(route, dict) else route
+        names = [names] if isinstance(names, str) else names
+        for i, pool in enumerate(names if isinstance(names, list) else []):
+            if isinstance(pool, str) and pool not in pools:
+                loc = ("models", model, "pools", i) if isinstance(route, dict) else ("models", model, i)
+                issues.append((loc, f"unknown pool {pool!r}"))
+    if registry is None:
+        return issues
+    common = set(PoolConfig.model_fields)
+    for name, pool in pools.items():
+        if not isinstance(pool, dict) or not isinstance(pool.get("type"), str):
+            continue
+        backend_cls = registry.types.get(pool["type"])
         if backend_cls is None:
             known = ", ".join(sorted(registry.types)) or "none"
-            issues.append((("pools", name, "type"), f"unknown backend type {pool.type!r} (known: {known})"))
+            issues.append((("pools", name, "type"), f"unknown backend type {pool['type']!r} (known: {known})"))
             continue
         try:
-            backend_cls.Options.model_validate(pool.options)
+            backend_cls.Options.model_validate({k: v for k, v in pool.items() if k not in common})
         except ValidationError as exc:
-            for err in exc.errors(include_url=False):
-                issues.append((("pools", name, *err["loc"]), _message(err)))
-        if backend_cls.capabilities.needs_url:
-            if not pool.endpoints:
-                issues.append((("pools", name, "endpoints"), f"type {pool.type!r} needs at least one endpoint"))
-            for i, ep in enumerate(pool.endpoints):
-                if not ep.url:
-                    issues.append((("pools", name, "endpoints", i, "url"), f"required for type {pool.type!r}"))
-    for voice, cfg in settings.voices.items():
-        for key in cfg.model_extra or {}:
-            if key not in voice_keys:
-                issues.append((("voices", voice, key), f"unknown voice parameter (known: {', '.join(sorted(voice_keys))})"))
+            issues.extend((("pools", name, *err["loc"]), _message(err)) for err in exc.errors(include_url=False))
+        endpoints = pool.get("endpoints") or []
+        if backend_cls.capabilities.needs_url and isinstance(endpoints, list):
+            if not endpoints:
+                issues.append((("pools", name, "endpoints"), f"type {pool['type']!r} needs at least one endpoint"))
+            for i, ep in enumerate(endpoints):
+                if isinstance(ep, dict) and not ep.get("url"):
+                    issues.append((("pools", name, "endpoints", i, "url"), f"required for type {pool['type']!r}"))
+    voice_keys = {key for cls in registry.types.values() for key in cls.capabilities.voice_keys}
+    voices = data.get("voices") if isinstance(data.get("voices"), dict) else {}
+    for voice, cfg in voices.items():
+        for key in cfg if isinstance(cfg, dict) else ():
+            if key not in voice_keys and key not in VoiceConfig.model_fields:
+                known = ", ".join(sorted(voice_keys))
+                issues.append((("voices", voice, key), f"unknown voice parameter (known: {known})"))
     return issues
 
 
