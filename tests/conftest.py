@@ -1,0 +1,102 @@
+"""Shared fixtures: a fresh plugin manager, emulated nodes and a real router on loopback."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from speech_router.api.app import create_app
+from speech_router.config.loader import settings_from_dict
+from speech_router.plugins.manager import backend_registry, create_plugin_manager
+from tests.emulator.index_tts_vllm import EmulatorConfig
+from tests.emulator.index_tts_vllm import create_app as create_node_app
+from tests.emulator.serve import ServerHandle
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    sys._called_from_test = True  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def pm():
+    """A plugin manager with the built-ins only: plugins installed on this machine stay out of tests."""
+    return create_plugin_manager(load_entrypoints=False)
+
+
+@pytest.fixture
+def registry(pm):
+    return backend_registry(pm)
+
+
+class Node:
+    """An emulated index-tts-vllm node on 127.0.0.1: its knobs, its request log, start/stop."""
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.config = config
+        self.app = create_node_app(config)
+        self.server = ServerHandle(self.app)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def requests(self) -> list[tuple[str, Any]]:
+        return self.app.state.emulator.requests
+
+    @property
+    def served(self) -> int:
+        return self.app.state.emulator.served
+
+
+@pytest.fixture
+def nodes() -> Iterator[Callable[..., Node]]:
+    """Factory: ``nodes(name="a", api="v2", delay_s=0.1)`` starts an emulated node; all stop at teardown."""
+    started: list[Node] = []
+
+    def start(**knobs: Any) -> Node:
+        node = Node(EmulatorConfig(**knobs))
+        node.server.start()
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.server.stop()
+
+
+@pytest.fixture
+def router() -> Iterator[Callable[..., ServerHandle]]:
+    """Factory: ``router(config_dict, pm=...)`` serves a real speech-router on 127.0.0.1; stopped at teardown."""
+    started: list[ServerHandle] = []
+
+    def start(config: dict[str, Any], pm: Any = None, env: dict[str, str] | None = None) -> ServerHandle:
+        pm = pm or create_plugin_manager(load_entrypoints=False)
+        settings = settings_from_dict(config, registry=backend_registry(pm), env=env or {})
+        handle = ServerHandle(create_app(settings, pm=pm))
+        handle.start()
+        started.append(handle)
+        return handle
+
+    yield start
+    for handle in started:
+        handle.stop()
+
+
+def fleet_config(*urls: str, api: str = "v2", **pool: Any) -> dict[str, Any]:
+    """A config with one index-tts-vllm pool over ``urls`` and a few voices."""
+    return {
+        "pools": {"gpu": {"type": "index-tts-vllm", "api": api, "endpoints": [{"url": u} for u in urls],
+                          "health_check": {"interval": 0.2, "timeout": 1}, **pool}},
+        "models": {"indextts2": ["gpu"], "tts-1": ["gpu"]},
+        "voices": {"alloy": {"spk_audio_path": "/data/voices/alloy.wav", "character": "default"},
+                   "calm": {"spk_audio_path": "/data/voices/calm.wav"}},
+    }
