@@ -80,7 +80,7 @@ def test_embedded_default_speaks_mp3_with_no_config_at_all():
     assert status == 200 and headers["content-type"] == "audio/mpeg"
     with av.open(io.BytesIO(audio)) as container:
         stream = container.streams.audio[0]
-        assert stream.codec_context.name == "mp3"
+        assert stream.codec_context.name.startswith("mp3")
         samples = sum(frame.samples for frame in container.decode(stream))
     assert samples / stream.codec_context.sample_rate > 0.2  # real speech, not an empty file
 
