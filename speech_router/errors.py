@@ -7,7 +7,11 @@ The tree, and who sees each error::
     ├── RequestInvalid           client: 400, names the field; never counts against an endpoint
     │   ├── RequestTooLarge      client: 413, the body is over the configured limit
     │   └── FormatNotAvailable   client: 400, an optional encoder is not installed
-    ├── NoHealthyEndpoint        client: 503 with Retry-After; no endpoint of the route can serve now
+    ├── Unavailable              client: the router cannot serve now; with Retry-After
+    │   ├── NoHealthyEndpoint    503: no endpoint of the route is healthy
+    │   ├── QueueFull            429: every endpoint is at its limit and the queue is full
+    │   ├── QueueTimeout         503: waited in the queue past its limit
+    │   └── DeadlineExceeded     504: the request's overall deadline passed
     └── BackendError             raised by backends at their boundary; the router reads only these
         ├── BackendUnavailable   connection refused or reset: retry elsewhere, counts as a failure
         ├── BackendTimeout       no answer in time: counts as a failure
@@ -76,14 +80,41 @@ class FormatNotAvailable(RequestInvalid):
         super().__init__(message, param=param, code="format_unavailable")
 
 
-class NoHealthyEndpoint(SpeechRouterError):
-    """No endpoint of the model's route can take the request; the client may retry later."""
+class Unavailable(SpeechRouterError):
+    """The router cannot take the request now; ``status_code`` and ``retry_after`` say how to come back."""
 
     status_code = 503
+    code = "unavailable"
 
     def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class NoHealthyEndpoint(Unavailable):
+    """No endpoint of the pool (or route) is healthy."""
+
+    code = "no_healthy_endpoint"
+
+
+class QueueFull(Unavailable):
+    """Every endpoint is at its limit and the pool's queue is full."""
+
+    status_code = 429
+    code = "queue_full"
+
+
+class QueueTimeout(Unavailable):
+    """The request waited in the pool's queue longer than allowed."""
+
+    code = "queue_timeout"
+
+
+class DeadlineExceeded(Unavailable):
+    """The request's overall deadline passed before an endpoint answered."""
+
+    status_code = 504
+    code = "deadline_exceeded"
 
 
 class BackendError(SpeechRouterError):

@@ -48,5 +48,36 @@ class Metrics:
             "speech_router_characters", "Characters of input text synthesized", ["model", "pool", "endpoint"],
             registry=r)
 
+        self.breaker_state = Gauge(
+            "speech_router_breaker_state", "Breaker state per endpoint: 0 closed, 1 half_open, 2 open",
+            ["pool", "endpoint"], registry=r)
+        self.breaker_transitions = Counter(
+            "speech_router_breaker_transitions", "Breaker state changes", ["pool", "endpoint", "from_state", "to_state"],
+            registry=r)
+        self.ejections = Counter(
+            "speech_router_ejections", "Times an endpoint was taken out of rotation by its breaker",
+            ["pool", "endpoint"], registry=r)
+        self.retries_denied = Counter(
+            "speech_router_retries_denied", "Retries not made because the retry budget was spent", ["pool"],
+            registry=r)
+        self.fallbacks = Counter(
+            "speech_router_fallbacks", "Requests served by a later pool of the route, by why the earlier one could not",
+            ["model", "from_pool", "to_pool", "reason"], registry=r)
+        self.queue_depth = Gauge(
+            "speech_router_queue_depth", "Requests waiting for a free endpoint", ["pool", "priority"], registry=r)
+        self.queue_wait = Histogram(
+            "speech_router_queue_wait_seconds", "Time spent waiting for a free endpoint", ["pool", "priority"],
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_rejections = Counter(
+            "speech_router_queue_rejections", "Requests refused by admission control (full queue or queue timeout)",
+            ["pool", "reason"], registry=r)
+        self.picks = Counter(
+            "speech_router_endpoint_picks", "Times the balancer picked an endpoint", ["pool", "endpoint"], registry=r)
+        self.hedges = Counter(
+            "speech_router_hedges", "Hedged second tries, by which try won", ["pool", "winner"], registry=r)
+        self.panics = Counter(
+            "speech_router_panic_picks", "Picks made ignoring health because no endpoint was in rotation", ["pool"],
+            registry=r)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -11,7 +11,7 @@ import math
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..errors import BackendError, BackendOverloaded, BackendRejected, NoHealthyEndpoint, RequestInvalid
+from ..errors import BackendError, BackendOverloaded, BackendRejected, RequestInvalid, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,10 @@ def describe(exc: Exception) -> tuple[int, str, str, str | None, str | None, dic
     """(status, message, type, param, code, headers) for an exception."""
     if isinstance(exc, RequestInvalid):
         return exc.status_code, exc.message, "invalid_request_error", exc.param, exc.code, None
-    if isinstance(exc, NoHealthyEndpoint):
+    if isinstance(exc, Unavailable):
         retry = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
-        return 503, str(exc), "server_error", None, "no_healthy_endpoint", retry
+        kind = "rate_limit_error" if exc.status_code == 429 else "server_error"
+        return exc.status_code, str(exc), kind, None, exc.code, retry
     if isinstance(exc, BackendRejected):
         return 400, f"{exc.message} (endpoint {exc.endpoint})", "invalid_request_error", None, "backend_rejected", None
     if isinstance(exc, BackendOverloaded):

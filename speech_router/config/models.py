@@ -7,7 +7,7 @@ name a client sends and maps to a *route*, an ordered list of pools (primary fir
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -22,7 +22,8 @@ DEFAULT_READ_TIMEOUT_S = 300.0
 DEFAULT_HEALTH_INTERVAL_S = 10.0
 DEFAULT_HEALTH_TIMEOUT_S = 2.0
 DEFAULT_VOICE_DIR = "/data/voices"
-DEFAULT_QUEUE_TIMEOUT_S = 30.0
+DEFAULT_QUEUE_TIMEOUT_S = 10.0
+DEFAULT_DEADLINE_S = 120.0
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")
 
@@ -39,6 +40,7 @@ class ServerConfig(_Strict):
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, gt=0)
     max_text_chars: int = Field(DEFAULT_MAX_TEXT_CHARS, gt=0)
     log_level: str = "info"
+    priority_header: str = Field("x-priority", description="request header choosing interactive or batch")
 
 
 class TimeoutConfig(_Strict):
@@ -48,12 +50,75 @@ class TimeoutConfig(_Strict):
     read: float = Field(DEFAULT_READ_TIMEOUT_S, gt=0, description="longest silence while reading a response")
 
 
+class DeepCheckConfig(_Strict):
+    """An occasional real synthesis of a short text: catches nodes whose /health lies. Off by default."""
+
+    enabled: bool = False
+    interval: float = Field(300.0, gt=0)
+    text: str = "Health check."
+    voice: str | None = Field(None, description="a configured voice; default: the first one the pool can speak")
+
+
 class HealthCheckConfig(_Strict):
     """Active health checks (``GET /health`` for index-tts-vllm)."""
 
     enabled: bool = True
     interval: float = Field(DEFAULT_HEALTH_INTERVAL_S, gt=0)
     timeout: float = Field(DEFAULT_HEALTH_TIMEOUT_S, gt=0)
+    healthy_threshold: int = Field(1, ge=1, description="passing checks in a row to mark a down endpoint up")
+    unhealthy_threshold: int = Field(2, ge=1, description="failing checks in a row to mark an endpoint down")
+    jitter: float = Field(0.1, ge=0, le=1, description="random share of the interval added or removed")
+    deep: DeepCheckConfig = Field(default_factory=DeepCheckConfig)
+
+
+class BreakerConfig(_Strict):
+    """Passive outlier detection per endpoint (a circuit breaker); Envoy's outlier detection in spirit."""
+
+    enabled: bool = True
+    consecutive_failures: int = Field(5, ge=1, description="failures in a row that trip the breaker")
+    failure_rate: float = Field(0.5, gt=0, le=1, description="share of failed attempts in the window that trips it")
+    window: float = Field(30.0, gt=0, description="seconds of the rolling window for the failure rate")
+    min_requests: int = Field(10, ge=1, description="attempts in the window before the rate is judged")
+    base_ejection: float = Field(5.0, gt=0, description="first open period; doubles on each repeated trip")
+    max_ejection: float = Field(300.0, gt=0)
+    half_open_probes: int = Field(1, ge=1, description="requests let through at once while half-open")
+    max_ejected_percent: float = Field(50.0, ge=0, le=100, description="cap on the share of a pool ejected at once")
+
+
+class BalancerConfig(_Strict):
+    """Health-weighted least-outstanding-requests with power-of-d choices."""
+
+    choices: int = Field(2, ge=1, description="endpoints sampled (by effective weight) per pick; 2 = power of two")
+    slow_start: float = Field(30.0, ge=0, description="seconds over which a new or recovered endpoint ramps up")
+    latency_half_life: float = Field(30.0, gt=0, description="seconds after which a latency sample counts half")
+
+
+class QueueConfig(_Strict):
+    """Admission control: where requests wait when every endpoint of the pool is at max_concurrency."""
+
+    max_size: int = Field(100, ge=0, description="waiting requests per pool; beyond it 429 (or the next pool)")
+    timeout: float = Field(DEFAULT_QUEUE_TIMEOUT_S, ge=0, description="longest wait; beyond it 503")
+
+
+class RetryConfig(_Strict):
+    """Retries on another endpoint of the same pool, bounded by attempts, deadline and a budget."""
+
+    max_attempts: int = Field(3, ge=1)
+    budget_ratio: float = Field(0.2, ge=0, le=1, description="retries allowed as a share of requests in the window")
+    budget_min: int = Field(3, ge=0, description="retries always allowed per window, for low traffic")
+    budget_window: float = Field(10.0, gt=0)
+    per_try_timeout_factor: float = Field(3.0, gt=0, description="x the endpoint's expected latency for the text")
+    per_try_timeout_floor: float = Field(2.0, gt=0)
+    per_try_timeout_cap: float = Field(60.0, gt=0)
+    retry_on: list[Literal["connect", "timeout", "5xx", "invalid_audio", "overloaded"]] = Field(
+        default_factory=lambda: ["connect", "timeout", "5xx", "invalid_audio", "overloaded"])
+
+
+class HedgeConfig(_Strict):
+    """Send a second try to another endpoint when the first is slow; the first answer wins."""
+
+    enabled: bool = False
+    delay: float | None = Field(None, gt=0, description="seconds before hedging; default: the per-try timeout / 2")
 
 
 def _check_url(value: str) -> str:
@@ -107,7 +172,11 @@ class PoolConfig(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict)
     api_key_env: str | None = None
     max_connections: int = Field(100, ge=1, description="aiohttp connection pool size for the whole pool")
-    queue_timeout: float = Field(DEFAULT_QUEUE_TIMEOUT_S, ge=0, description="longest wait for a free endpoint")
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    balancer: BalancerConfig = Field(default_factory=BalancerConfig)
+    queue: QueueConfig = Field(default_factory=QueueConfig)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    hedge: HedgeConfig = Field(default_factory=HedgeConfig)
 
     @property
     def options(self) -> dict[str, Any]:
@@ -120,6 +189,7 @@ class ModelConfig(_Strict):
 
     pools: list[str] = Field(min_length=1)
     description: str = ""
+    deadline: float = Field(DEFAULT_DEADLINE_S, gt=0, description="overall time for a request: queueing and tries")
 
     @model_validator(mode="before")
     @classmethod

@@ -1,7 +1,8 @@
-"""The router: model -> route (pools in order) -> endpoint, with one retry on a connection failure.
+"""The router: model -> route (pools in order) -> endpoint, with retries, fallback and hedging.
 
 ``Router.synthesize`` returns once an endpoint has produced its first audio byte, so every failure
-before that point can still go to another endpoint; after it, bytes flow to the client untouched.
+before that point can still go to another endpoint (a *retry*, same pool) or the next pool of the
+route (a *fallback*); after it, bytes flow to the client and are never retried.
 """
 
 from __future__ import annotations
@@ -9,47 +10,68 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import random
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..backends.base import Backend, BackendContext
 from ..backends.http import HttpSessions
 from ..config.models import EndpointConfig, Settings
-from ..errors import BackendError, BackendFailed, BackendUnavailable, NoHealthyEndpoint, RequestInvalid
+from ..errors import (BackendError, BackendFailed, BackendOverloaded, BackendTimeout, BackendUnavailable,
+                      DeadlineExceeded, QueueFull, QueueTimeout, RequestInvalid, Unavailable)
 from ..metrics import Metrics
 from ..types import AudioResponse, SynthesisRequest
+from .breaker import STATE_VALUE, Breaker, BreakerState
+from .budget import RetryBudget
 from .endpoint import Endpoint
 from .health import check_once, run_checks
-from .pool import Pool
+from .pool import Lease, Pool
 
 log = logging.getLogger(__name__)
-
-#: failures after which another endpoint is tried (#2: the connection never reached the endpoint)
-RETRY_ON: tuple[type[BackendError], ...] = (BackendUnavailable,)
-MAX_ATTEMPTS = 2
 
 
 @dataclass
 class Dispatched:
-    """A synthesis under way: the audio, and where it is coming from."""
+    """A synthesis under way: the audio, and where and how it was obtained."""
 
     response: AudioResponse
     endpoint: Endpoint
     pool: Pool
     attempts: int
+    queued: float = 0.0
+    fallback_reason: str | None = None
     errors: list[str] = field(default_factory=list)
+
+
+def retry_reason(exc: BackendError) -> str | None:
+    """The ``retry.on`` word for a failure, or None when no other endpoint could do better."""
+    if isinstance(exc, BackendUnavailable):
+        return "connect"
+    if isinstance(exc, BackendTimeout):
+        return "timeout"
+    if isinstance(exc, BackendOverloaded):
+        return "overloaded"
+    if isinstance(exc, BackendFailed):
+        return "5xx" if exc.status and exc.status >= 500 else "invalid_audio"
+    return None
 
 
 class Router:
     """Owns pools, endpoints and their backends for one running app."""
 
-    def __init__(self, settings: Settings, registry: Any, metrics: Metrics | None = None) -> None:
+    def __init__(self, settings: Settings, registry: Any, metrics: Metrics | None = None,
+                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None) -> None:
         self.settings = settings
         self.registry = registry
         self.metrics = metrics or Metrics()
+        self.clock = clock
+        self.rng = rng or random.Random()
         self.sessions = HttpSessions()
         self.pools: dict[str, Pool] = {name: self._build_pool(name) for name in settings.pools}
+        self.budgets = {name: RetryBudget(p.retry.budget_ratio, p.retry.budget_min, p.retry.budget_window, clock)
+                        for name, p in settings.pools.items()}
         self._tasks: list[asyncio.Task[None]] = []
         self.started = False
 
@@ -58,20 +80,31 @@ class Router:
         backend_cls: type[Backend] = self.registry.get(cfg.type)
         options = backend_cls.Options.model_validate(cfg.options)
         context = BackendContext(pool_name=name, pool=cfg, sessions=self.sessions)
-        configs = cfg.endpoints or [EndpointConfig(name=f"{name}-0")]
         endpoints = []
-        for ep_cfg in configs:
-            backend = backend_cls(ep_cfg, options, context)
-            limit = ep_cfg.max_concurrency or cfg.max_concurrency
-            endpoints.append(Endpoint(backend=backend, pool=name, weight=ep_cfg.weight, max_concurrency=limit))
-        return Pool(name, cfg.type, endpoints, queue_timeout=cfg.queue_timeout)
+        for ep_cfg in cfg.endpoints or [EndpointConfig(name=f"{name}-0")]:
+            ep = Endpoint(backend_cls(ep_cfg, options, context), name, clock=self.clock, weight=ep_cfg.weight,
+                          max_concurrency=ep_cfg.max_concurrency or cfg.max_concurrency, breaker=cfg.breaker,
+                          balancer=cfg.balancer, health_check=cfg.health_check)
+            ep.breaker.on_change = self._breaker_listener(ep)
+            endpoints.append(ep)
+        pool = Pool(name, cfg.type, endpoints, cfg, self.clock, self.rng)
+        pool.on_panic = lambda p: self.metrics.panics.labels(p.name).inc()
+        return pool
 
     @property
     def endpoints(self) -> list[Endpoint]:
         return [ep for pool in self.pools.values() for ep in pool.endpoints]
 
+    def endpoint(self, name: str) -> Endpoint | None:
+        return next((ep for ep in self.endpoints if ep.name == name), None)
+
     def route(self, model: str) -> list[Pool]:
         return [self.pools[name] for name in self.settings.models[model].pools]
+
+    def model_healthy(self, model: str) -> bool:
+        return any(pool.healthy for pool in self.route(model))
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Open every backend and run a first health check, then keep checking in the background."""
@@ -79,31 +112,63 @@ class Router:
             try:
                 await ep.backend.open()
             except Exception as exc:  # noqa: BLE001 - one broken endpoint must not stop the router
-                ep.mark(False, f"failed to open: {getattr(exc, 'message', None) or exc}")
+                ep.mark_down(f"failed to open: {getattr(exc, 'message', None) or exc}")
                 log.error("endpoint %s in pool %s failed to open: %s", ep.name, ep.pool, exc)
             self.metrics.max_concurrency.labels(ep.pool, ep.name).set(ep.max_concurrency)
+            self.metrics.breaker_state.labels(ep.pool, ep.name).set(0)
         await asyncio.gather(*(self._first_check(ep) for ep in self.endpoints))
         for ep in self.endpoints:
-            hc = self.settings.pools[ep.pool].health_check
-            if hc.enabled:
-                self._tasks.append(asyncio.create_task(run_checks(ep, hc.interval, hc.timeout, self._health_changed)))
+            if ep.health_check.enabled:
+                task = run_checks(ep, self._health_changed, self._deep_request(ep))
+                self._tasks.append(asyncio.create_task(task))
         self.started = True
 
     async def _first_check(self, ep: Endpoint) -> None:
         if ep.healthy is False:  # failed to open
             self._health_changed(ep)
             return
-        hc = self.settings.pools[ep.pool].health_check
-        if hc.enabled:
-            await check_once(ep, hc.timeout, self._health_changed)
+        if ep.health_check.enabled:
+            await check_once(ep, self._health_changed)
         else:
-            ep.mark(True, "health checks disabled")
+            ep.record_check(True, "health checks disabled")
             self._health_changed(ep)
+
+    def _deep_request(self, ep: Endpoint) -> SynthesisRequest | None:
+        deep = ep.health_check.deep
+        if not deep.enabled:
+            return None
+        voices = self.settings.voices
+        names = [deep.voice] if deep.voice else list(voices)
+        for name in names:
+            params = voices[name].params() if name in voices else {}
+            if ep.backend.supports_voice(params):
+                return SynthesisRequest(text=deep.text, model="", voice=name, voice_params=params,
+                                        request_id="deep-health-check")
+        log.warning("deep health check of pool %s has no voice it can speak; using plain checks", ep.pool)
+        return None
 
     def _health_changed(self, ep: Endpoint) -> None:
         self.metrics.up.labels(ep.pool, ep.name, ep.backend.type).set(1 if ep.available else 0)
         if ep.available:
             self.pools[ep.pool].wake()
+
+    def _breaker_listener(self, ep: Endpoint) -> Callable[[Breaker, BreakerState, BreakerState], None]:
+        def changed(breaker: Breaker, old: BreakerState, new: BreakerState) -> None:
+            m = self.metrics
+            m.breaker_state.labels(ep.pool, ep.name).set(STATE_VALUE[new])
+            m.breaker_transitions.labels(ep.pool, ep.name, old.value, new.value).inc()
+            if new == BreakerState.OPEN:
+                m.ejections.labels(ep.pool, ep.name).inc()
+                log.warning("breaker of endpoint %s in pool %s: %s -> open for %.1fs (trip %d)", ep.name, ep.pool,
+                            old.value, breaker.retry_after(), breaker.trips)
+            else:
+                log.info("breaker of endpoint %s in pool %s: %s -> %s", ep.name, ep.pool, old.value, new.value)
+            if new == BreakerState.CLOSED:
+                ep.joined()  # slow start after recovery
+            if new != BreakerState.OPEN:
+                self.pools[ep.pool].wake()
+
+        return changed
 
     async def aclose(self) -> None:
         for task in self._tasks:
@@ -119,49 +184,122 @@ class Router:
                 log.exception("closing endpoint %s failed", ep.name)
         await self.sessions.aclose()
 
-    def model_healthy(self, model: str) -> bool:
-        return any(pool.healthy for pool in self.route(model))
+    # -- dispatch -------------------------------------------------------------------------------------------
 
-    async def synthesize(self, request: SynthesisRequest) -> Dispatched:
+    def check_voice(self, model: str, voice: str, params: dict[str, Any]) -> None:
+        """Refuse a voice that no pool on the model's route can speak."""
+        if not any(pool.endpoints[0].backend.supports_voice(params) for pool in self.route(model)):
+            types = sorted({pool.backend_type for pool in self.route(model)})
+            raise RequestInvalid(f"voice {voice!r} is not configured for model {model!r} "
+                                 f"(backend type {', '.join(types)})", param="voice")
+
+    async def synthesize(self, request: SynthesisRequest, *, priority: str = "interactive") -> Dispatched:
         """Pick an endpoint along the model's route and start the synthesis there."""
+        route = self.route(request.model)
+        deadline = self.clock() + self.settings.models[request.model].deadline
+        reason: str | None = None
         errors: list[str] = []
-        attempts = 0
-        last_exc: Exception | None = None
-        for pool in self.route(request.model):
-            tried: set[str] = set()
-            while attempts < MAX_ATTEMPTS:
-                try:
-                    ep = await pool.acquire(exclude=tried)
-                except NoHealthyEndpoint as exc:
-                    last_exc = exc
-                    break  # the next pool of the route, if any
-                attempts += 1
-                tried.add(ep.name)
-                try:
-                    response = await self._attempt(ep, request)
-                except BackendError as exc:
-                    pool.release(ep)
-                    self._record_failure(ep, exc)
-                    errors.append(f"{ep.name}: {exc.message}")
-                    last_exc = exc
-                    if isinstance(exc, RETRY_ON) and attempts < MAX_ATTEMPTS:
-                        self.metrics.retries.labels(pool.name, type(exc).__name__).inc()
-                        continue
+        last: Exception | None = None
+        for i, pool in enumerate(route):
+            if i > 0 and not pool.endpoints[0].backend.supports_voice(request.voice_params) \
+                    and request.passthrough is None:
+                continue
+            try:
+                result = await self._try_pool(pool, request, deadline, priority, errors)
+            except (QueueFull, QueueTimeout, Unavailable, BackendError) as exc:
+                if isinstance(exc, DeadlineExceeded) or (isinstance(exc, BackendError) and retry_reason(exc) is None):
                     raise
-                except BaseException:
-                    pool.release(ep)
-                    raise
-                self.metrics.attempts.labels(pool.name, ep.name, "ok").inc()
-                ep.served += 1
-                return Dispatched(response=self._releasing(response, pool, ep), endpoint=ep, pool=pool,
-                                  attempts=attempts, errors=errors)
-        if isinstance(last_exc, BackendError):
-            raise last_exc
-        raise last_exc or NoHealthyEndpoint(f"model {request.model!r} has no healthy endpoint")
+                last = exc
+                reason = _fallback_reason(exc)
+                continue
+            if i > 0:
+                result.fallback_reason = reason
+                self.metrics.fallbacks.labels(request.model, route[0].name, pool.name, reason or "").inc()
+            result.errors = errors
+            return result
+        assert last is not None
+        raise last
 
-    async def _attempt(self, ep: Endpoint, request: SynthesisRequest) -> AudioResponse:
-        """One try: start the synthesis and wait for the first byte, so a failure is still retryable."""
+    async def _try_pool(self, pool: Pool, request: SynthesisRequest, deadline: float, priority: str,
+                        errors: list[str]) -> Dispatched:
+        retry = pool.config.retry
+        budget = self.budgets[pool.name]
+        budget.request()
+        chars = len(request.text)
+        tried: set[str] = set()
+        attempts = 0
+        last: BackendError | None = None
+        while attempts < retry.max_attempts:
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                raise DeadlineExceeded(f"model {request.model!r}: no answer within the request deadline")
+            self.metrics.queue_depth.labels(pool.name, priority).set(pool.queue_depth(priority) + 1)
+            try:
+                lease = await pool.acquire(chars, priority=priority, exclude=tried, timeout=remaining)
+            except Unavailable as exc:
+                if isinstance(exc, (QueueFull, QueueTimeout)):
+                    self.metrics.queue_rejections.labels(pool.name, exc.code).inc()
+                if last is not None and not isinstance(exc, (QueueFull, QueueTimeout)):
+                    raise last from None  # every other endpoint was tried: report the real failure
+                raise
+            finally:
+                self.metrics.queue_depth.labels(pool.name, priority).set(pool.queue_depth(priority))
+            self.metrics.queue_wait.labels(pool.name, priority).observe(lease.queued)
+            self.metrics.picks.labels(pool.name, lease.endpoint.name).inc()
+            attempts += 1
+            tried.add(lease.endpoint.name)
+            timeout = min(pool.per_try_timeout(lease.endpoint, chars), max(0.001, deadline - self.clock()))
+            try:
+                if pool.config.hedge.enabled:
+                    response, lease = await self._hedged(pool, lease, request, timeout, tried)
+                else:
+                    response = await self._attempt(pool, lease, request, timeout)
+            except BackendError as exc:
+                last = exc
+                errors.append(f"{exc.endpoint or lease.endpoint.name}: {exc.message}")
+                reason = retry_reason(exc)
+                if reason is None or reason not in retry.retry_on:
+                    raise
+                if attempts >= retry.max_attempts:
+                    break
+                if not budget.try_retry():
+                    self.metrics.retries_denied.labels(pool.name).inc()
+                    break
+                self.metrics.retries.labels(pool.name, reason).inc()
+                continue
+            return Dispatched(response=self._releasing(response, pool, lease), endpoint=lease.endpoint, pool=pool,
+                              attempts=attempts, queued=lease.queued)
+        assert last is not None
+        raise last
+
+    async def _attempt(self, pool: Pool, lease: Lease, request: SynthesisRequest, timeout: float) -> AudioResponse:
+        """One try: start the synthesis and wait for the first byte (within ``timeout``)."""
+        ep = lease.endpoint
+        started = self.clock()
         self.metrics.inflight.labels(ep.pool, ep.name).set(ep.inflight)
+        try:
+            try:
+                response = await asyncio.wait_for(self._first_byte(ep, request), timeout)
+            except TimeoutError:
+                raise BackendTimeout(f"endpoint {ep.name} did not answer within {timeout:.1f}s",
+                                     endpoint=ep.name) from None
+        except BackendError as exc:
+            pool.release(lease)
+            self._record_failure(ep, exc, lease)
+            raise
+        except BaseException:  # cancelled (a hedge lost, the client left): not the endpoint's fault
+            pool.release(lease)
+            if not lease.panic:
+                ep.breaker.release_probe()
+            raise
+        now = self.clock()
+        ep.latency.observe(len(request.text), now - started, now)
+        ep.breaker.success()
+        ep.served += 1
+        self.metrics.attempts.labels(ep.pool, ep.name, "ok").inc()
+        return response
+
+    async def _first_byte(self, ep: Endpoint, request: SynthesisRequest) -> AudioResponse:
         response = await ep.backend.synthesize(request)
         try:
             first = await response.chunks.__anext__()
@@ -174,20 +312,63 @@ class Router:
         response.chunks = _prepend(first, response.chunks)
         return response
 
-    def _record_failure(self, ep: Endpoint, exc: BackendError) -> None:
+    async def _hedged(self, pool: Pool, lease: Lease, request: SynthesisRequest, timeout: float,
+                      tried: set[str]) -> tuple[AudioResponse, Lease]:
+        """Start a second try elsewhere if the first is slow; keep whichever answers first."""
+        delay = pool.config.hedge.delay or timeout / 2
+        first = asyncio.create_task(self._attempt(pool, lease, request, timeout))
+        done, _ = await asyncio.wait({first}, timeout=delay)
+        second_lease = None if done else pool.try_acquire(len(request.text), exclude=tried)
+        if second_lease is None:
+            return await first, lease
+        tried.add(second_lease.endpoint.name)
+        self.metrics.picks.labels(pool.name, second_lease.endpoint.name).inc()
+        remaining = max(0.001, timeout - delay)
+        second = asyncio.create_task(self._attempt(pool, second_lease, request, remaining))
+        leases = {first: lease, second: second_lease}
+        pending: set[asyncio.Task[AudioResponse]] = {first, second}
+        error: BaseException | None = None
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                winners = [t for t in done if not t.cancelled() and t.exception() is None]
+                for task in done:
+                    if task.cancelled() or task.exception() is not None:
+                        error = error or (task.exception() if not task.cancelled() else None)
+                if winners:
+                    winner = winners[0]
+                    for extra in winners[1:]:  # both answered at once: keep one, give the other back
+                        await extra.result().aclose()
+                        pool.release(leases[extra])
+                    self.metrics.hedges.labels(pool.name, "first" if winner is first else "second").inc()
+                    return winner.result(), leases[winner]
+        finally:
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(BaseException):
+                    await task
+        assert error is not None
+        raise error
+
+    def _record_failure(self, ep: Endpoint, exc: BackendError, lease: Lease | None = None) -> None:
         self.metrics.attempts.labels(ep.pool, ep.name, type(exc).__name__).inc()
-        if isinstance(exc, BackendUnavailable):
-            ep.mark(False, exc.message)  # passive: the next passing health check brings it back
+        if exc.counts_as_failure:
+            ep.breaker.failure()
+        elif lease is not None and not lease.panic:
+            ep.breaker.release_probe()
+        if isinstance(exc, BackendUnavailable) and ep.mark_down(exc.message):
+            log.warning("endpoint %s in pool %s is down: %s", ep.name, ep.pool, exc.message)
             self._health_changed(ep)
         if exc.detail:
             log.warning("endpoint %s failed: %s\n%s", ep.name, exc.message, exc.detail)
         else:
             log.warning("endpoint %s failed: %s", ep.name, exc.message)
 
-    def _releasing(self, response: AudioResponse, pool: Pool, ep: Endpoint) -> AudioResponse:
+    def _releasing(self, response: AudioResponse, pool: Pool, lease: Lease) -> AudioResponse:
         """Wrap the body so the endpoint's slot is given back when the client is done (or gone)."""
         inner = response.chunks
-        metrics = self.metrics
+        ep = lease.endpoint
 
         async def chunks() -> AsyncIterator[bytes]:
             try:
@@ -199,18 +380,17 @@ class Router:
             finally:
                 with contextlib.suppress(Exception):
                     await inner.aclose()  # type: ignore[attr-defined]
-                pool.release(ep)
-                metrics.inflight.labels(ep.pool, ep.name).set(ep.inflight)
+                pool.release(lease)
+                self.metrics.inflight.labels(ep.pool, ep.name).set(ep.inflight)
 
         response.chunks = chunks()
         return response
 
-    def check_voice(self, model: str, voice: str, params: dict[str, Any]) -> None:
-        """Refuse a voice that no pool on the model's route can speak."""
-        if not any(pool.endpoints[0].backend.supports_voice(params) for pool in self.route(model)):
-            types = sorted({pool.backend_type for pool in self.route(model)})
-            raise RequestInvalid(f"voice {voice!r} is not configured for model {model!r} "
-                                 f"(backend type {', '.join(types)})", param="voice")
+
+def _fallback_reason(exc: Exception) -> str:
+    if isinstance(exc, Unavailable):
+        return exc.code
+    return "attempts_exhausted"
 
 
 async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

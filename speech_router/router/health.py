@@ -1,4 +1,6 @@
-"""Active health checks: one task per endpoint, calling ``Backend.health()`` every interval."""
+"""Active health checks: one task per endpoint calling ``Backend.health()`` every interval (with
+jitter), applying the healthy/unhealthy thresholds; optionally a deep check that synthesizes a
+short text now and then, for nodes whose ``/health`` says "healthy" while synthesis is broken."""
 
 from __future__ import annotations
 
@@ -7,35 +9,75 @@ import logging
 import random
 from collections.abc import Callable
 
+from ..types import SynthesisRequest
 from .endpoint import Endpoint
 
 log = logging.getLogger(__name__)
 
+OnChange = Callable[[Endpoint], None]
 
-async def check_once(ep: Endpoint, timeout: float, on_change: Callable[[Endpoint], None] | None = None) -> None:
-    """Run one health check and record it; a check that raises or times out marks the endpoint down."""
-    before = ep.healthy
+
+async def probe(ep: Endpoint, timeout: float) -> tuple[bool, str]:
+    """One ``health()`` call; raising or timing out means unhealthy, with the reason."""
     try:
         report = await asyncio.wait_for(ep.backend.health(), timeout)
-        healthy, detail = report.healthy, report.detail
-        ep.data = report.data
     except asyncio.CancelledError:
         raise
     except TimeoutError:
-        healthy, detail = False, f"health check timed out after {timeout:g}s"
+        return False, f"health check timed out after {timeout:g}s"
     except Exception as exc:  # noqa: BLE001 - a broken check is an unhealthy endpoint, not a crash
-        healthy, detail = False, f"health check failed: {exc!r}"
-    ep.mark(healthy, detail)
-    if before != healthy:
-        level = logging.INFO if healthy else logging.WARNING
+        return False, f"health check failed: {exc!r}"
+    ep.data = report.data
+    return report.healthy, report.detail
+
+
+async def deep_probe(ep: Endpoint, request: SynthesisRequest, timeout: float) -> tuple[bool, str]:
+    """Synthesize ``request`` for real and read the whole answer."""
+
+    async def run() -> int:
+        response = await ep.backend.synthesize(request)
+        size = 0
+        try:
+            async for chunk in response.chunks:
+                size += len(chunk)
+        finally:
+            await response.aclose()
+        return size
+
+    try:
+        size = await asyncio.wait_for(run(), timeout)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        return False, f"deep check failed: {getattr(exc, 'message', None) or exc!r}"
+    return (size > 0), ("deep check passed" if size else "deep check: empty audio")
+
+
+def record(ep: Endpoint, healthy: bool, detail: str, on_change: OnChange | None) -> None:
+    changed = ep.record_check(healthy, detail)
+    if changed:
+        level = logging.INFO if ep.available else logging.WARNING
         log.log(level, "endpoint %s in pool %s is %s%s", ep.name, ep.pool, ep.state, f": {detail}" if detail else "")
     if on_change is not None:
         on_change(ep)
 
 
-async def run_checks(ep: Endpoint, interval: float, timeout: float,
-                     on_change: Callable[[Endpoint], None] | None = None) -> None:
-    """Check ``ep`` forever, every ``interval`` seconds with up to 10% jitter so checks do not align."""
+async def check_once(ep: Endpoint, on_change: OnChange | None = None) -> None:
+    healthy, detail = await probe(ep, ep.health_check.timeout)
+    record(ep, healthy, detail, on_change)
+
+
+async def run_checks(ep: Endpoint, on_change: OnChange | None = None,
+                     deep_request: SynthesisRequest | None = None) -> None:
+    """Check ``ep`` until cancelled; every ``deep.interval`` the check is a real synthesis instead."""
+    cfg = ep.health_check
+    loop = asyncio.get_running_loop()
+    next_deep = loop.time() + cfg.deep.interval
     while True:
-        await asyncio.sleep(interval * (1 + random.uniform(-0.1, 0.1)))
-        await check_once(ep, timeout, on_change)
+        await asyncio.sleep(cfg.interval * (1 + random.uniform(-cfg.jitter, cfg.jitter)))
+        if deep_request is not None and cfg.deep.enabled and loop.time() >= next_deep:
+            next_deep = loop.time() + cfg.deep.interval
+            healthy, detail = await deep_probe(ep, deep_request, max(cfg.timeout, 30.0))
+        else:
+            healthy, detail = await probe(ep, cfg.timeout)
+        record(ep, healthy, detail, on_change)

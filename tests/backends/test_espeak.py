@@ -97,9 +97,11 @@ async def test_streams_before_synthesis_ends(backend: EspeakBackend, monkeypatch
 
     def wrap(on_samples: espeak_lib.OnSamples) -> espeak_lib.OnSamples:
         def hold_after_first(pcm: bytes) -> bool:
-            stop = on_samples(pcm)
-            if "worker-sent-first" not in events:
+            first = "worker-sent-first" not in events
+            if first:  # noted before the hand-off, or the consumer could note its receipt first
                 events.append("worker-sent-first")
+            stop = on_samples(pcm)
+            if first:
                 # a backend that buffered everything would never let the consumer see this chunk
                 if not consumer_has_first.wait(HANDOFF_TIMEOUT_S):
                     events.append("consumer-never-saw-first")

@@ -1,0 +1,63 @@
+"""What an endpoint's latency will be for a text of a given length, learned from its answers.
+
+A weighted least-squares line ``seconds = base + per_char * chars`` whose samples fade with a
+half-life, so long and short texts compare fairly and a node that slows down is noticed.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+class LatencyModel:
+    """Exponentially weighted linear fit of latency against input characters."""
+
+    MIN_SAMPLES = 3
+
+    def __init__(self, half_life: float = 30.0) -> None:
+        self.half_life = half_life
+        self.samples = 0
+        self._last = 0.0
+        self._sw = self._sx = self._sy = self._sxx = self._sxy = 0.0
+
+    def __repr__(self) -> str:
+        fit = self.fit()
+        return f"LatencyModel(samples={self.samples}, fit={fit})"
+
+    def observe(self, chars: int, seconds: float, now: float) -> None:
+        if self.samples:
+            decay = math.pow(0.5, max(0.0, now - self._last) / self.half_life)
+            self._sw *= decay
+            self._sx *= decay
+            self._sy *= decay
+            self._sxx *= decay
+            self._sxy *= decay
+        self._last = now
+        x = float(chars)
+        self._sw += 1
+        self._sx += x
+        self._sy += seconds
+        self._sxx += x * x
+        self._sxy += x * seconds
+        self.samples += 1
+
+    @property
+    def known(self) -> bool:
+        return self.samples >= self.MIN_SAMPLES
+
+    def fit(self) -> tuple[float, float] | None:
+        """(base seconds, seconds per character), or None before enough samples."""
+        if not self.known or self._sw <= 0:
+            return None
+        mean_x, mean_y = self._sx / self._sw, self._sy / self._sw
+        var_x = self._sxx / self._sw - mean_x * mean_x
+        if var_x <= 1e-9 * max(1.0, mean_x * mean_x):  # all texts the same length: scale through the origin
+            return 0.0, mean_y / mean_x if mean_x > 0 else 0.0
+        per_char = (self._sxy / self._sw - mean_x * mean_y) / var_x
+        per_char = max(per_char, 0.0)
+        base = max(mean_y - per_char * mean_x, 0.0)
+        return base, per_char
+
+    def predict(self, chars: int) -> float | None:
+        fit = self.fit()
+        return None if fit is None else fit[0] + fit[1] * chars
