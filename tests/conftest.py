@@ -20,6 +20,25 @@ def pytest_configure(config: pytest.Config) -> None:
     sys._called_from_test = True  # type: ignore[attr-defined]
 
 
+_openai_clients: list[Any] = []
+
+
+def openai_client(url: str) -> Any:
+    """The official OpenAI SDK pointed at a router; closed after the test (no leaked sockets)."""
+    import openai
+
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+    _openai_clients.append(client)
+    return client
+
+
+@pytest.fixture(autouse=True)
+def _close_openai_clients() -> Iterator[None]:
+    yield
+    while _openai_clients:
+        _openai_clients.pop().close()
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"

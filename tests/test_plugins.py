@@ -10,6 +10,8 @@ import wave
 import openai
 import pytest
 
+from tests.conftest import openai_client
+
 from speech_router.plugins import hookspecs
 from speech_router.plugins.manager import DEFAULT_PLUGINS, backend_registry, create_plugin_manager
 from tests.plugins import tone_plugin
@@ -42,7 +44,7 @@ def test_hook_register_backends(router):
     pm = create_plugin_manager(load_entrypoints=False, plugins=[tone_plugin])
     assert backend_registry(pm).types["sine"] is tone_plugin.ToneBackend  # aliases register too
     srv = router(tone_config(), pm=pm)
-    client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
+    client = openai_client(srv.url)
     resp = client.audio.speech.with_raw_response.create(model="beep", voice="high", input="twenty characters!!",
                                                         response_format="wav")
     with wave.open(io.BytesIO(resp.content)) as w:
@@ -54,7 +56,7 @@ def test_hook_register_backends(router):
 def test_hook_prepare_request(router):
     pm = create_plugin_manager(load_entrypoints=False, plugins=[tone_plugin])
     srv = router(tone_config(), pm=pm)
-    client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
+    client = openai_client(srv.url)
     audio = client.audio.speech.create(model="beep", voice="high", input="  padded  ", response_format="wav").content
     assert "  padded  " in tone_plugin.seen["prepare_request"]
     with wave.open(io.BytesIO(audio)) as w:  # the hook stripped the text before synthesis

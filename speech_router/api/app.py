@@ -25,7 +25,7 @@ from ..metrics import Metrics
 from ..plugins.manager import BackendRegistry, backend_registry, create_plugin_manager
 from ..router.dispatch import Router
 from . import routes
-from .errors import error_response, handle_exception, openai_error
+from .errors import error_response, openai_error
 from .middleware import RequestIdMiddleware
 
 log = logging.getLogger("speech_router")
@@ -74,7 +74,7 @@ def create_app(settings: Settings | None = None, *, pm: pluggy.PluginManager | N
             Route("/-/plugins", routes.plugins, methods=["GET"]),
         ],
         middleware=[Middleware(RequestIdMiddleware)],
-        exception_handlers={SpeechRouterError: _known_error, HTTPException: _http_error, Exception: handle_exception},
+        exception_handlers={SpeechRouterError: _known_error, HTTPException: _http_error},
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -95,8 +95,19 @@ def _tts_url_model(router: Router) -> str | None:
     return None
 
 
+#: synthesis routes and their metric label (the OpenAI alias counts under the canonical path)
+SYNTHESIS_ROUTES = {"/v1/audio/speech": "/v1/audio/speech", "/audio/speech": "/v1/audio/speech",
+                    "/synthesize": "/synthesize", "/tts_url": "/tts_url"}
+
+
 async def _known_error(request: Request, exc: Exception) -> JSONResponse:
-    return error_response(exc, request)
+    response = error_response(exc, request)
+    route = SYNTHESIS_ROUTES.get(request.url.path)
+    if route is not None:  # every refused synthesis counts, also those refused while parsing
+        model = request.scope.get("state", {}).get("model", "")
+        request.app.state.metrics.requests.labels(route=route, model=model, pool="", endpoint="",
+                                                  status=str(response.status_code)).inc()
+    return response
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

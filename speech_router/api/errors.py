@@ -5,16 +5,12 @@ Nothing from a backend's traceback reaches a client: ``BackendError.detail`` is 
 
 from __future__ import annotations
 
-import logging
 import math
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from ..errors import BackendError, BackendOverloaded, BackendRejected, RequestInvalid, Unavailable
-
-log = logging.getLogger(__name__)
-
 
 def openai_error(status: int, message: str, *, type_: str = "invalid_request_error", param: str | None = None,
                  code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -45,10 +41,3 @@ def describe(exc: Exception) -> tuple[int, str, str, str | None, str | None, dic
     if isinstance(exc, BackendError):
         return 502, exc.message, "server_error", None, "backend_error", None
     return 500, "Internal server error.", "server_error", None, "internal_error", None
-
-
-async def handle_exception(request: Request, exc: Exception) -> JSONResponse:
-    """Last resort for anything unexpected: log it with the request id, answer a plain 500."""
-    log.exception("unhandled error on %s %s (request %s)", request.method, request.url.path,
-                  request.headers.get("x-request-id", ""))
-    return error_response(exc, request)

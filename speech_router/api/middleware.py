@@ -1,13 +1,20 @@
-"""ASGI middleware: every response carries a request id."""
+"""ASGI middleware: every response carries a request id, and nothing unexpected escapes as a bare 500.
+
+It wraps the app's routes from outside Starlette's exception handlers, so it also sees errors no
+handler knows; it logs them with the request id and answers in the route's error shape.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+log = logging.getLogger("speech_router.api")
 
 
 class RequestIdMiddleware:
@@ -24,11 +31,33 @@ class RequestIdMiddleware:
         request_id = given if _SAFE_ID.match(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
 
+        started = False
+
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
                 headers.append((b"x-request-id", request_id.encode("latin-1")))
                 message["headers"] = headers
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("unhandled error on %s %s (request %s)", scope.get("method"), scope.get("path"), request_id)
+            if started:
+                raise  # the status line is out: the connection is cut and the client sees a broken response
+            await _internal_error(scope, send_with_id)
+
+
+async def _internal_error(scope: Scope, send: Send) -> None:
+    if scope.get("path") == "/tts_url":
+        body = {"status": "error", "error": "Internal server error."}
+    else:
+        body = {"error": {"message": "Internal server error.", "type": "server_error", "param": None,
+                          "code": "internal_error"}}
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": 500,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})

@@ -13,9 +13,9 @@ from starlette.responses import Response, StreamingResponse
 
 from ..audio import FORMATS
 from ..errors import BackendError, RequestInvalid, SpeechRouterError
+from ..router.pool import PRIORITIES
 from ..types import SynthesisRequest
 from .audio_out import AudioMeter, audio_body, check_format, passes_through, sse_error, sse_events
-from .errors import describe
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,15 @@ def check_capabilities(router: Any, sreq: SynthesisRequest) -> None:
                                  f"{sreq.model!r}", param="emotion", code="unsupported_parameter")
 
 
+def request_priority(request: Request, settings: Any) -> str:
+    """Interactive (default) or batch, from the configured request header."""
+    value = request.headers.get(settings.server.priority_header, "interactive").strip().lower() or "interactive"
+    if value not in PRIORITIES:
+        raise RequestInvalid(f"Invalid {settings.server.priority_header} header {value!r}: use interactive or batch.",
+                             param=settings.server.priority_header)
+    return value
+
+
 async def synthesize_response(request: Request, sreq: SynthesisRequest, *, fmt: str, sample_rate: int | None,
                               stream: bool, sse: bool, route: str, check_voice: bool = True) -> Response:
     state = request.app.state
@@ -49,11 +58,11 @@ async def synthesize_response(request: Request, sreq: SynthesisRequest, *, fmt: 
         if check_voice:
             router.check_voice(sreq.model, sreq.voice or "", sreq.voice_params)
         check_capabilities(router, sreq)
+        priority = request_priority(request, state.settings)
         state.pm.hook.prepare_request(request=sreq, settings=state.settings)
-        dispatched = await router.synthesize(sreq)
-    except SpeechRouterError as exc:
-        metrics.requests.labels(**labels, status=str(describe(exc)[0])).inc()
-        raise
+        dispatched = await router.synthesize(sreq, priority=priority)
+    except SpeechRouterError:
+        raise  # counted by the error handler, with everything refused earlier
     ep, pool, resp = dispatched.endpoint, dispatched.pool, dispatched.response
     labels.update(pool=pool.name, endpoint=ep.name)
     meter = AudioMeter()
@@ -61,9 +70,10 @@ async def synthesize_response(request: Request, sreq: SynthesisRequest, *, fmt: 
     body = audio_body(resp, fmt, sample_rate, meter)
     if sse:
         body = sse_events(body, len(sreq.text), meter)
-    headers = {ENDPOINT_HEADER: ep.name}
-    if dispatched.attempts > 1:
-        headers["x-speech-router-attempts"] = str(dispatched.attempts)
+    headers = {ENDPOINT_HEADER: ep.name, "x-speech-router-pool": pool.name,
+               "x-speech-router-attempts": str(dispatched.attempts)}
+    if dispatched.fallback_reason:
+        headers["x-speech-router-fallback"] = dispatched.fallback_reason
     media_type = "text/event-stream" if sse else FORMATS[fmt].content_type
 
     async def finished(status: str) -> None:

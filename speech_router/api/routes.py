@@ -15,7 +15,9 @@ from ..plugins.manager import get_plugins
 from ..router.voices import resolve_voice
 from ..types import Emotion, EmotionMethod, SynthesisRequest
 from .respond import synthesize_response
-from .schemas import SpeechRequest, SynthesizeRequest, parse
+from pydantic import ValidationError
+
+from .schemas import EmotionSpec, SpeechRequest, SynthesizeRequest, invalid_from, parse
 
 OPENAI_SPEECH = "/v1/audio/speech"
 
@@ -32,7 +34,7 @@ async def read_json(request: Request, limit: int) -> Any:
             raise RequestTooLarge(f"Request body is over the {limit} byte limit.", param=None, code="body_too_large")
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise RequestInvalid("We could not parse the JSON body of your request. Send a JSON object.",
                              param=None, code="invalid_json") from None
 
@@ -41,8 +43,10 @@ def _state(request: Request) -> Any:
     return request.app.state
 
 
-def _check_model(settings: Any, model: str) -> None:
-    if model not in settings.models:
+def _check_model(request: Request, settings: Any, model: str) -> None:
+    if model in settings.models:
+        request.scope["state"]["model"] = model  # a configured name: safe as a metric label
+    else:
         raise RequestInvalid(f"Model {model!r} not found. Available models: {', '.join(settings.models)}.",
                              param="model", code="model_not_found")
 
@@ -61,7 +65,7 @@ async def openai_speech(request: Request) -> Response:
     state = _state(request)
     settings = state.settings
     body = parse(SpeechRequest, await read_json(request, settings.server.max_body_bytes))
-    _check_model(settings, body.model)
+    _check_model(request, settings, body.model)
     _check_text(settings, body.input, "input")
     voice = body.voice_name
     params = resolve_voice(settings, voice)
@@ -79,7 +83,7 @@ async def synthesize(request: Request) -> Response:
     settings = state.settings
     body = parse(SynthesizeRequest, await read_json(request, settings.server.max_body_bytes))
     model = body.model or next(iter(settings.models))
-    _check_model(settings, model)
+    _check_model(request, settings, model)
     _check_text(settings, body.text, "text")
     params = resolve_voice(settings, body.voice)
     emotion = Emotion()
@@ -118,13 +122,26 @@ async def tts_url(request: Request) -> Response:
     if not any(isinstance(body.get(k), str) or isinstance(body.get(k), list) for k in
                ("spk_audio_path", "audio_paths", "audio_path")):
         raise RequestInvalid("'spk_audio_path' is required and must be a string.", param="spk_audio_path")
+    _check_emo_vec(body)
     model = state.tts_url_model
     if model is None:
         raise RequestInvalid("No index-tts-vllm pool is configured for /tts_url.", param=None, code="not_configured")
+    request.scope["state"]["model"] = model
     sreq = SynthesisRequest(text=text, model=model, passthrough=body, response_format="wav",
                             request_id=request.scope["state"]["request_id"])
     return await synthesize_response(request, sreq, fmt="wav", sample_rate=None, stream=True, sse=False,
                                      route="/tts_url", check_voice=False)
+
+
+def _check_emo_vec(body: dict[str, Any]) -> None:
+    """The node answers 500 for a bad emotion vector; say 400 first, as the native route does."""
+    if body.get("emo_control_method") != 2 or "emo_vec" not in body:
+        return
+    try:
+        EmotionSpec(vector=body["emo_vec"])
+    except ValidationError as exc:
+        err = invalid_from(exc)
+        raise RequestInvalid(err.message.replace("'vector'", "'emo_vec'"), param="emo_vec") from None
 
 
 async def list_models(request: Request) -> JSONResponse:

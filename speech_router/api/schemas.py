@@ -20,7 +20,7 @@ class VoiceId(BaseModel):
 class SpeechRequest(BaseModel):
     """OpenAI's create-speech body. Unknown fields are ignored, as SDKs may add new ones."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     model: str = Field(min_length=1)
     input: str
@@ -38,7 +38,7 @@ class SpeechRequest(BaseModel):
 class EmotionSpec(BaseModel):
     """IndexTTS2 emotion: at most one of ``audio`` (a configured voice), ``vector`` or ``text``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     audio: str | None = None
     weight: float = Field(1.0, ge=0.0, le=1.0)
@@ -53,7 +53,7 @@ class EmotionSpec(BaseModel):
             return value
         if len(value) != len(EMOTIONS):
             raise ValueError(f"must have {len(EMOTIONS)} values ({', '.join(EMOTIONS)})")
-        if any(v < 0 or v > 1 for v in value):
+        if any(not (0 <= v <= 1) for v in value):  # also refuses NaN
             raise ValueError("each value must be between 0 and 1")
         if sum(value) > MAX_EMOTION_SUM:
             raise ValueError(f"the values must sum to at most {MAX_EMOTION_SUM}")
@@ -70,7 +70,7 @@ class EmotionSpec(BaseModel):
 class SynthesizeRequest(BaseModel):
     """The native ``POST /synthesize`` body."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     text: str
     voice: str = Field(min_length=1)
@@ -95,7 +95,7 @@ def parse(model: type[BaseModel], data: Any) -> Any:
 
 def invalid_from(exc: ValidationError) -> RequestInvalid:
     err = exc.errors(include_url=False)[0]
-    loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "VoiceId", "str"))]
+    loc = [str(p) for p in err["loc"] if not isinstance(p, int) and not str(p).startswith(("function-", "VoiceId", "str"))]
     param = ".".join(loc) or None
     kind, ctx = err["type"], err.get("ctx") or {}
     got = err.get("input")

@@ -10,7 +10,7 @@ import aiohttp
 import openai
 import pytest
 
-from tests.conftest import fleet_config
+from tests.conftest import fleet_config, openai_client
 
 pytestmark = pytest.mark.anyio
 
@@ -21,7 +21,7 @@ def wav_info(data: bytes) -> tuple[int, int, int, float]:
 
 
 def client_for(url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+    return openai_client(url)
 
 
 def test_openai_sdk_gets_valid_wav_and_traffic_spreads_over_both_nodes(nodes, router):

@@ -17,7 +17,7 @@ import numpy as np
 import openai
 import pytest
 
-from tests.conftest import fleet_config
+from tests.conftest import fleet_config, openai_client
 from tests.emulator import audio as emu_audio
 
 FORMATS = ["mp3", "opus", "aac", "flac", "wav", "pcm"]
@@ -58,7 +58,7 @@ def embedded(router):
 
 
 def client(url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+    return openai_client(url)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
