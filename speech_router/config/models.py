@@ -88,6 +88,8 @@ class BreakerConfig(_Strict):
 class BalancerConfig(_Strict):
     """Health-weighted least-outstanding-requests with power-of-d choices."""
 
+    policy: Literal["latency", "least_outstanding", "round_robin"] = Field(
+        "latency", description="latency: the full policy; the others are plain baselines, for comparison")
     choices: int = Field(2, ge=1, description="endpoints sampled (by effective weight) per pick; 2 = power of two")
     slow_start: float = Field(30.0, ge=0, description="seconds over which a new or recovered endpoint ramps up")
     latency_half_life: float = Field(30.0, gt=0, description="seconds after which a latency sample counts half")

@@ -50,6 +50,7 @@ class Pool:
         self.rng = rng or random.Random()
         self._waiters: dict[str, deque[asyncio.Future[None]]] = {p: deque() for p in PRIORITIES}
         self.on_panic: Callable[[Pool], None] | None = None
+        self._rr = -1
         for ep in endpoints:
             ep.breaker.may_trip = self._may_eject
 
@@ -104,6 +105,9 @@ class Pool:
             panic = bool(candidates)
         if not candidates:
             return None, False, False
+        policy = self.config.balancer.policy
+        if policy != "latency":
+            return self._baseline(policy, candidates), True, panic
         sample = self._sample(candidates)
         any_known = any(ep.latency.known for ep in self.endpoints)
         scores = {ep.name: self._score(ep, chars, any_known) for ep in sample}
@@ -118,6 +122,19 @@ class Pool:
         if free and not any_known:
             return min(free, key=lambda ep: self._score(ep, chars, any_known)), True, panic
         return None, True, panic  # wait: the best one is busy (or every sampled one is)
+
+    def _baseline(self, policy: str, candidates: list[Endpoint]) -> Endpoint | None:
+        """The plain policies other proxies use: kept for comparison in bench/."""
+        free = [ep for ep in candidates if ep.has_capacity]
+        if not free:
+            return None
+        if policy == "round_robin":
+            self._rr = (self._rr + 1) % len(self.endpoints)
+            order = self.endpoints[self._rr:] + self.endpoints[:self._rr]
+            return next(ep for ep in order if ep in free)
+        low = min((ep.inflight + 1) / ep.weight for ep in free)
+        tied = [ep for ep in free if (ep.inflight + 1) / ep.weight == low]
+        return min(tied, key=lambda ep: ep.picks / ep.weight)
 
     def _sample(self, candidates: list[Endpoint]) -> list[Endpoint]:
         d = self.config.balancer.choices
