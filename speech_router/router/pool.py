@@ -23,7 +23,9 @@ from .endpoint import Endpoint
 
 PRIORITIES = ("interactive", "batch")
 #: expected times this close count as equal
-TIE_TOLERANCE = 0.15
+TIE_TOLERANCE = 0.05
+#: how much a busy endpoint's expected time grows with its share of slots in use
+CONTENTION = 0.5
 
 
 @dataclass
@@ -92,7 +94,10 @@ class Pool:
         weight = ep.effective_weight()
         if not any_known:  # nothing learned yet: plain weighted least-outstanding
             return (ep.inflight + 1) / weight
-        return (ep.free_in() + (self.predict(ep, chars) or 0.0)) / weight
+        predicted = self.predict(ep, chars) or 0.0
+        if ep.has_capacity:  # requests sharing a GPU slow each other down: lean towards idle endpoints
+            return predicted * (1 + CONTENTION * ep.inflight / ep.max_concurrency) / weight
+        return (ep.free_in() + predicted) / weight
 
     # -- picking --------------------------------------------------------------------------------------------
 
