@@ -44,11 +44,19 @@ class RequestIdMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except StreamAborted:
+            if not started:
+                raise
+            # the status line is out: returning now leaves the body incomplete, which the client sees
         except Exception:
             log.exception("unhandled error on %s %s (request %s)", scope.get("method"), scope.get("path"), request_id)
             if started:
                 raise  # the status line is out: the connection is cut and the client sees a broken response
             await _internal_error(scope, send_with_id)
+
+
+class StreamAborted(Exception):
+    """An endpoint failed after audio reached the client: end the response incomplete (already logged)."""
 
 
 async def _internal_error(scope: Scope, send: Send) -> None:

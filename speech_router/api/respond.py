@@ -15,6 +15,7 @@ from ..audio import FORMATS
 from ..errors import BackendError, RequestInvalid, SpeechRouterError
 from ..router.pool import PRIORITIES
 from ..types import SynthesisRequest
+from .middleware import StreamAborted
 from .audio_out import AudioMeter, audio_body, check_format, passes_through, sse_error, sse_events
 
 log = logging.getLogger(__name__)
@@ -114,8 +115,8 @@ async def synthesize_response(request: Request, sreq: SynthesisRequest, *, fmt: 
             log.warning("request %s: endpoint %s failed mid-stream: %s", sreq.request_id, ep.name, exc.message)
             if sse:
                 yield sse_error(exc.message)
-            else:
-                raise  # the chunked body ends without its terminator: the client sees a truncated response
+            else:  # the chunked body ends without its terminator: the client sees a truncated response
+                raise StreamAborted(exc.message) from None
         finally:
             await _close(body)
             await finished(status)

@@ -174,6 +174,9 @@ class PoolConfig(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict)
     api_key_env: str | None = None
     max_connections: int = Field(100, ge=1, description="aiohttp connection pool size for the whole pool")
+    verify_body: bool | None = Field(
+        None, description="read the whole answer before sending it, so a truncated or broken body is retried "
+                          "elsewhere; default: on for backend types that do not stream (they send it all at once)")
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     balancer: BalancerConfig = Field(default_factory=BalancerConfig)
     queue: QueueConfig = Field(default_factory=QueueConfig)

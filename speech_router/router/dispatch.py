@@ -31,6 +31,9 @@ from .pool import Lease, Pool
 
 log = logging.getLogger(__name__)
 
+#: a verified body is read whole before the client gets a byte, up to this size (then it streams)
+MAX_VERIFIED_BYTES = 64 * 1024 * 1024
+
 
 @dataclass
 class Dispatched:
@@ -205,7 +208,7 @@ class Router:
                     and request.passthrough is None:
                 continue
             try:
-                result = await self._try_pool(pool, request, deadline, priority, errors)
+                result = await self._try_pool(pool, request, deadline, priority, errors, last_pool=i == len(route) - 1)
             except (QueueFull, QueueTimeout, Unavailable, BackendError) as exc:
                 if isinstance(exc, DeadlineExceeded) or (isinstance(exc, BackendError) and retry_reason(exc) is None):
                     raise
@@ -221,7 +224,7 @@ class Router:
         raise last
 
     async def _try_pool(self, pool: Pool, request: SynthesisRequest, deadline: float, priority: str,
-                        errors: list[str]) -> Dispatched:
+                        errors: list[str], last_pool: bool = True) -> Dispatched:
         retry = pool.config.retry
         budget = self.budgets[pool.name]
         budget.request()
@@ -235,7 +238,8 @@ class Router:
                 raise DeadlineExceeded(f"model {request.model!r}: no answer within the request deadline")
             self.metrics.queue_depth.labels(pool.name, priority).set(pool.queue_depth(priority) + 1)
             try:
-                lease = await pool.acquire(chars, priority=priority, exclude=tried, timeout=remaining)
+                lease = await pool.acquire(chars, priority=priority, exclude=tried, timeout=remaining,
+                                           allow_panic=last_pool)
             except Unavailable as exc:
                 if isinstance(exc, (QueueFull, QueueTimeout)):
                     self.metrics.queue_rejections.labels(pool.name, exc.code).inc()
@@ -279,7 +283,7 @@ class Router:
         self.metrics.inflight.labels(ep.pool, ep.name).set(ep.inflight)
         try:
             try:
-                response = await asyncio.wait_for(self._first_byte(ep, request), timeout)
+                response = await asyncio.wait_for(self._first_byte(pool, ep, request), timeout)
             except TimeoutError:
                 raise BackendTimeout(f"endpoint {ep.name} did not answer within {timeout:.1f}s",
                                      endpoint=ep.name) from None
@@ -299,17 +303,27 @@ class Router:
         self.metrics.attempts.labels(ep.pool, ep.name, "ok").inc()
         return response
 
-    async def _first_byte(self, ep: Endpoint, request: SynthesisRequest) -> AudioResponse:
+    async def _first_byte(self, pool: Pool, ep: Endpoint, request: SynthesisRequest) -> AudioResponse:
+        """Start the synthesis and read its first bytes: all of them when the body is verified."""
         response = await ep.backend.synthesize(request)
+        verify = pool.config.verify_body
+        if verify is None:
+            verify = not ep.backend.capabilities.streaming
+        head: list[bytes] = []
+        size = 0
         try:
-            first = await response.chunks.__anext__()
-        except StopAsyncIteration:
-            await response.aclose()
-            raise BackendFailed(f"endpoint {ep.name} sent an empty body", endpoint=ep.name) from None
+            async for chunk in response.chunks:
+                head.append(chunk)
+                size += len(chunk)
+                if not verify or size > MAX_VERIFIED_BYTES:
+                    break
         except BaseException:
             await response.aclose()
             raise
-        response.chunks = _prepend(first, response.chunks)
+        if not size:
+            await response.aclose()
+            raise BackendFailed(f"endpoint {ep.name} sent an empty body", endpoint=ep.name)
+        response.chunks = _prepend(head, response.chunks)
         return response
 
     async def _hedged(self, pool: Pool, lease: Lease, request: SynthesisRequest, timeout: float,
@@ -393,9 +407,10 @@ def _fallback_reason(exc: Exception) -> str:
     return "attempts_exhausted"
 
 
-async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _prepend(head: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     try:
-        yield first
+        for chunk in head:
+            yield chunk
         async for chunk in rest:
             yield chunk
     finally:

@@ -5,8 +5,9 @@ in rotation, with probability by effective weight (weight x success rate x slow 
 the one expected to finish this text first: its learned latency for this many characters, plus the
 wait for a slot when it is full. When the best choice is full, or every endpoint is, the request
 waits in the pool's queue (interactive before batch) until a slot frees, its queue time runs out
-(503) or the queue is full (429). When no endpoint is in rotation at all, the pool ignores health
-and uses every endpoint (panic mode) rather than failing everything.
+(503) or the queue is full (429). When no endpoint is in rotation at all and there is no later pool
+to fall back to, the pool ignores health and uses every endpoint (panic mode) rather than failing
+everything.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ class Pool:
     def _may_eject(self) -> bool:
         """Envoy's max_ejection_percent: never let the breakers take out more than this share of the pool."""
         ejected = sum(1 for ep in self.endpoints if ep.breaker.ejected)
+        if ejected == 0:  # as Envoy: one endpoint may always be ejected, whatever the share
+            return True
         return (ejected + 1) * 100 <= self.config.breaker.max_ejected_percent * len(self.endpoints)
 
     # -- latency estimates ----------------------------------------------------------------------------------
@@ -101,11 +104,12 @@ class Pool:
 
     # -- picking --------------------------------------------------------------------------------------------
 
-    def choose(self, chars: int, exclude: Collection[str] = ()) -> tuple[Endpoint | None, bool, bool]:
+    def choose(self, chars: int, exclude: Collection[str] = (), *,
+               allow_panic: bool = True) -> tuple[Endpoint | None, bool, bool]:
         """(endpoint with a free slot or None, whether anything is selectable at all, panic)."""
         candidates = [ep for ep in self.endpoints if ep.name not in exclude and ep.in_rotation]
         panic = False
-        if not candidates and not any(ep.in_rotation for ep in self.endpoints):
+        if not candidates and allow_panic and not any(ep.in_rotation for ep in self.endpoints):
             candidates = [ep for ep in self.endpoints if ep.name not in exclude]
             panic = bool(candidates)
         if not candidates:
@@ -158,8 +162,9 @@ class Pool:
         return chosen
 
     async def acquire(self, chars: int, *, priority: str = "interactive", exclude: Collection[str] = (),
-                      timeout: float | None = None) -> Lease:
-        """Reserve a slot, waiting in the queue when needed."""
+                      timeout: float | None = None, allow_panic: bool = True) -> Lease:
+        """Reserve a slot, waiting in the queue when needed. Panic mode only when ``allow_panic``
+        (the dispatcher allows it on a route's last pool: earlier pools fall back instead)."""
         loop = asyncio.get_running_loop()
         queue_cfg = self.config.queue
         limit = queue_cfg.timeout if timeout is None else min(timeout, queue_cfg.timeout)
@@ -169,7 +174,7 @@ class Pool:
         queue = self._waiters[priority if priority in self._waiters else "interactive"]
         try:
             while True:
-                ep, selectable, panic = self.choose(chars, exclude)
+                ep, selectable, panic = self.choose(chars, exclude, allow_panic=allow_panic)
                 if ep is not None and (panic or ep.breaker.allow()):
                     if panic and self.on_panic is not None:
                         self.on_panic(self)
@@ -202,7 +207,7 @@ class Pool:
 
     def try_acquire(self, chars: int, exclude: Collection[str] = ()) -> Lease | None:
         """A slot now on an endpoint outside ``exclude``, without waiting (for hedging)."""
-        ep, _, panic = self.choose(chars, exclude)
+        ep, _, panic = self.choose(chars, exclude, allow_panic=False)
         if ep is None or panic or not ep.breaker.allow():
             return None
         predicted = self.predict(ep, chars)

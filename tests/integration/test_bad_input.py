@@ -453,7 +453,7 @@ def test_node_500_is_502_naming_the_endpoint_without_its_traceback(nodes, router
     # the operator gets what the client does not: the node's traceback, in the router's log
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "Traceback" in logged and "CUDA out of memory" in logged and endpoint in logged
-    assert call(srv.url + "/health", method="GET").status == 200
+    assert call(srv.url + "/livez", method="GET").status == 200  # alive; its breaker has ejected the node
 
 
 def test_node_answering_garbage_is_502_not_200(nodes, router):
