@@ -20,6 +20,10 @@ from ..types import AudioResponse
 
 #: encoders cheap enough to run on the event loop; the others run in a worker thread
 _INLINE = {"wav", "pcm"}
+#: the first FAST_START_S of audio is encoded PIECE_S at a time, and each piece's bytes are sent at once;
+#: after that each chunk from the backend is encoded whole, one worker-thread hop per chunk
+PIECE_S = 0.1
+FAST_START_S = 0.5
 #: SSE usage: output tokens are counted as 20 ms audio frames (documented in README)
 FRAMES_PER_SECOND = 50
 
@@ -81,6 +85,7 @@ async def _convert(resp: AudioResponse, fmt: str, sample_rate: int | None, meter
     parser = WavStreamParser() if resp.format == "wav" else None
     encoder: StreamEncoder | None = None
     pending = b""
+    piece = 0  # bytes of PCM per encoder.write() while the response starts
     async for chunk in chunks:
         if parser is not None:
             try:
@@ -98,15 +103,42 @@ async def _convert(resp: AudioResponse, fmt: str, sample_rate: int | None, meter
         if encoder is None:
             encoder = make_encoder(fmt, rate, output_rate(fmt, rate, sample_rate))
             meter.sample_rate = rate
-        meter.samples += len(pcm) // 2
-        out = encoder.write(pcm) if fmt in _INLINE else await asyncio.to_thread(encoder.write, pcm)
-        if out:
-            yield out
+            piece = 2 * max(1, round(rate * PIECE_S))
+        if fmt in _INLINE:
+            meter.samples += len(pcm) // 2
+            if out := encoder.write(pcm):
+                yield out
+            continue
+        while len(pcm) > piece and meter.samples < rate * FAST_START_S:
+            # A node's chunk can hold 1.5 s of audio: encode the start in pieces, send each piece's bytes.
+            out, used = await asyncio.to_thread(_encode_until_output, encoder, pcm, piece)
+            meter.samples += used // 2
+            pcm = pcm[used:]
+            if out:
+                yield out
+        if pcm:  # the rest of the chunk in one worker-thread call: the client already has audio to play
+            meter.samples += len(pcm) // 2
+            if out := await asyncio.to_thread(encoder.write, pcm):
+                yield out
     if encoder is None:
         raise BackendFailed("backend sent no audio")
     tail = encoder.finish() if fmt in _INLINE else await asyncio.to_thread(encoder.finish)
     if tail:
         yield tail
+
+
+def _encode_until_output(encoder: StreamEncoder, pcm: bytes, piece: int) -> tuple[bytes, int]:
+    """Write `pcm` in pieces until one gives bytes (the Ogg header, an mp3 frame); (bytes, PCM bytes used).
+
+    Runs in a worker thread: one thread hop per piece that produced output, not per piece.
+    """
+    out, used = b"", 0
+    while used < len(pcm):
+        out = encoder.write(pcm[used:used + piece])
+        used += piece
+        if out:
+            break
+    return out, min(used, len(pcm))
 
 
 async def _metered(chunks: AsyncIterator[bytes], resp: AudioResponse, meter: AudioMeter) -> AsyncIterator[bytes]:

@@ -6,6 +6,7 @@ import numpy as np
 
 from . import formats
 from .aac import AacEncoder
+from .opus import PyavOpusEncoder, pyav_opus_available
 from .sndfile import SNDFILE_FORMATS, SndfileEncoder
 from .stream import StreamEncoder
 from .wav import wav_header
@@ -53,6 +54,8 @@ def make_encoder(fmt: str, input_rate: int, output_rate: int | None = None) -> S
 
     `output_rate=None` resolves to `formats.output_rate(fmt, input_rate, None)`; an explicit rate is
     used as given after checking that the codec can write it (mp3 and opus only take a few rates).
+    opus is encoded with PyAV's libopus when PyAV is installed, else with libsndfile's (slower per
+    byte, so it runs at a higher bitrate; see sndfile.OPUS_FALLBACK_BIT_RATE).
     Raises ValueError for an unknown format or rate, FormatUnavailable for aac without PyAV.
     """
     spec = formats.audio_format(fmt)
@@ -64,6 +67,8 @@ def make_encoder(fmt: str, input_rate: int, output_rate: int | None = None) -> S
         return WavEncoder(spec.content_type, input_rate, rate)
     if fmt == "aac":
         return AacEncoder(spec.content_type, input_rate, rate)
+    if fmt == "opus" and pyav_opus_available():
+        return PyavOpusEncoder(spec.content_type, input_rate, rate)
     assert fmt in SNDFILE_FORMATS
     return SndfileEncoder(fmt, spec.content_type, input_rate, rate)
 
@@ -72,7 +77,8 @@ def encode_all(pcm: bytes, input_rate: int, fmt: str, output_rate: int | None = 
     """Encode a whole buffer.
 
     Unlike streaming, headers come out final: exact WAV sizes, FLAC STREAMINFO with sample count
-    and MD5, and the LAME/Xing frame that gives mp3 players the duration and gapless trimming.
+    and MD5, and the LAME/Xing frame that gives mp3 players the duration and gapless trimming (so a
+    whole mp3 stays VBR, while a streamed one is CBR).
     """
     encoder = make_encoder(fmt, input_rate, output_rate)
     encoder._whole = True

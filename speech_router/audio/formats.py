@@ -19,7 +19,7 @@ __all__ = [
 
 # libsndfile's MP3 writer (LAME) only takes the MPEG-1/2/2.5 rates.
 MP3_RATES: tuple[int, ...] = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
-# libopus (through libsndfile's Ogg/Opus writer) only takes these.
+# libopus (through PyAV or libsndfile's Ogg/Opus writer) only takes these.
 OPUS_RATES: tuple[int, ...] = (8000, 12000, 16000, 24000, 48000)
 
 

@@ -8,9 +8,12 @@ import wave
 import av
 import numpy as np
 import pytest
+import soundfile as sf
 
 from speech_router.audio import FormatUnavailable, encode_all, make_encoder
+from speech_router.audio.opus import PyavOpusEncoder
 from speech_router.audio.sink import ByteSink
+from speech_router.audio.sndfile import SndfileEncoder, mp3_stream_kbps
 
 RATE = 22050
 SECONDS = 1.5
@@ -219,3 +222,63 @@ def test_sink_keeps_rewrites_before_take() -> None:
     sink.write(b"1234")
     assert sink.take() == b"1234body"
     assert sink.dropped == 0
+
+
+@pytest.mark.parametrize("path", ["pyav", "libsndfile"])
+@pytest.mark.parametrize("mode", ["whole", "streamed"])
+def test_opus_from_pyav_and_from_the_libsndfile_fallback(monkeypatch: pytest.MonkeyPatch, path: str, mode: str) -> None:
+    with monkeypatch.context() as patch:
+        if path == "libsndfile":
+            patch.setitem(sys.modules, "av", None)  # as if PyAV were not installed
+        expected = SndfileEncoder if path == "libsndfile" else PyavOpusEncoder
+        assert type(make_encoder("opus", RATE)) is expected
+        assert make_encoder("opus", RATE).finish() == b""
+        if mode == "whole":
+            data = encode_all(PCM, RATE, "opus")
+        else:
+            pieces, tail = stream("opus", 4410)
+            assert b"".join(pieces[:3])  # pages leave while the audio still comes in
+            data = b"".join(pieces) + tail
+    assert data[:4] == b"OggS"
+    assert opus_head(data) == (1, 24000)
+    rate, channels, samples = decode(data)  # FFmpeg, whichever encoder wrote it
+    assert (rate, channels) == (48000, 1)
+    assert SECONDS - 0.002 <= len(samples) / rate <= SECONDS + TOLERANCE["opus"]
+    assert abs(dominant_hz(samples, rate) - TONE) < 5
+    middle = samples[len(samples) // 4 : 3 * len(samples) // 4]
+    assert 0.28 < np.max(np.abs(middle)) < 0.34
+
+
+def mp3_frames(data: bytes) -> list[tuple[int, int]]:
+    """(bitrate kbps, sample rate) of every MPEG-1/2 Layer III frame, walking the headers from the start."""
+    frames, at = [], 0
+    while at + 4 <= len(data) and data[at] == 0xFF and data[at + 1] & 0xE0 == 0xE0:
+        mpeg1 = (data[at + 1] >> 3) & 3 == 3
+        table = (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320) if mpeg1 else (
+            0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160)
+        kbps, rate = table[data[at + 2] >> 4], (44100, 48000, 32000)[(data[at + 2] >> 2) & 3] >> (0 if mpeg1 else 1)
+        frames.append((kbps, rate))
+        at += (144 if mpeg1 else 72) * kbps * 1000 // rate + ((data[at + 2] >> 1) & 1)
+    assert at >= len(data) - 128, "trailing bytes are at most an ID3v1 tag"
+    return frames
+
+
+@pytest.mark.parametrize("rate", [22050, 44100])
+def test_streamed_mp3_is_constant_bitrate_so_libsndfile_reads_its_length(rate: int) -> None:
+    encoder = make_encoder("mp3", RATE, rate)
+    pieces = [encoder.write(PCM[i : i + 4410]) for i in range(0, len(PCM), 4410)]
+    data = b"".join(pieces) + encoder.finish()
+    assert isinstance(encoder, SndfileEncoder) and encoder.constant_bitrate
+    assert set(mp3_frames(data)) == {(mp3_stream_kbps(rate), rate)}
+    # libsndfile has no LAME/Xing frame to read and estimates the length from the first frame's bitrate
+    with sf.SoundFile(io.BytesIO(data)) as f:
+        assert f.samplerate == rate
+        read = sum(len(block) for block in f.blocks(blocksize=4096, dtype="int16"))
+    for seconds in (read / rate, len(decode(data)[2]) / rate):  # libsndfile, then FFmpeg
+        assert SECONDS - 0.002 <= seconds <= SECONDS + TOLERANCE["mp3"], seconds
+
+
+def test_whole_mp3_stays_vbr_and_libsndfile_reads_its_length_from_the_lame_frame() -> None:
+    data = encode_all(PCM, RATE, "mp3")
+    with sf.SoundFile(io.BytesIO(data)) as f:
+        assert SECONDS - 0.002 <= f.frames / f.samplerate <= SECONDS + TOLERANCE["mp3"]
