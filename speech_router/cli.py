@@ -15,6 +15,11 @@ from .errors import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["worker"]:  # its own parser; loads an engine only in that process
+        from .worker.cli import main as worker_main
+
+        return worker_main(argv[1:])
     parser = argparse.ArgumentParser(prog="speech-router", description="One stable URL in front of TTS servers.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -31,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     eps = sub.add_parser("endpoints", help="table of pools and endpoints with live health")
     eps.add_argument("--config", "-c", default=os.environ.get("SPEECH_ROUTER_CONFIG"))
     eps.add_argument("--url", help="ask a running router (its /health) instead of checking from here")
+
+    sub.add_parser("worker", help="serve a local engine on one GPU, e.g. `speech-router worker indextts2 --help` "
+                                  "(docs/indextts2-local.md)")
 
     args = parser.parse_args(argv)
     return {"serve": _serve, "check-config": _check_config, "endpoints": _endpoints}[args.command](args)
@@ -64,7 +72,11 @@ def _serve(args: argparse.Namespace) -> int:
     port = settings.server.port if args.port is None else args.port
     level = (args.log_level or settings.server.log_level).lower()
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(settings, pm=pm)
+    try:
+        app = create_app(settings, pm=pm)  # builds the endpoints, which may still find the config wrong
+    except ConfigError as exc:
+        print(f"speech-router: invalid configuration:\n{exc}", file=sys.stderr)
+        return 1
     uvicorn.run(app, host=host, port=port, log_level=level, proxy_headers=False)
     return 0
 

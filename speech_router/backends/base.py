@@ -70,6 +70,18 @@ class Backend(ABC):
         self.options = options
         self.context = context
 
+    @classmethod
+    def expand_endpoints(cls, pool_name: str, pool: PoolConfig,
+                         options: BaseModel) -> list[tuple[EndpointConfig, BaseModel]]:
+        """The endpoints to build for a pool, each with the options its backend gets.
+
+        By default the configured endpoints (or one in-process endpoint named ``<pool>-0``), all with
+        the pool's options. Types whose endpoints come from elsewhere override it (one per GPU device).
+        """
+        from ..config.models import EndpointConfig
+
+        return [(ep, options) for ep in pool.endpoints or [EndpointConfig(name=f"{pool_name}-0")]]
+
     @property
     def name(self) -> str:
         """The endpoint's name, as used in logs, metric labels and response headers."""

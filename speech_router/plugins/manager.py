@@ -25,6 +25,7 @@ DEFAULT_PLUGINS = (
     "speech_router.backends.index_tts_vllm",
     "speech_router.backends.openai_compat",
     "speech_router.backends.espeak",
+    "speech_router.backends.indextts2_local",
 )
 ENTRYPOINT_GROUP = "speech_router"
 

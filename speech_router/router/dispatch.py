@@ -18,7 +18,7 @@ from typing import Any
 
 from ..backends.base import Backend, BackendContext
 from ..backends.http import HttpSessions
-from ..config.models import EndpointConfig, Settings
+from ..config.models import Settings
 from ..errors import (BackendError, BackendFailed, BackendOverloaded, BackendTimeout, BackendUnavailable,
                       DeadlineExceeded, QueueFull, QueueTimeout, RequestInvalid, Unavailable)
 from ..metrics import Metrics
@@ -84,8 +84,8 @@ class Router:
         options = backend_cls.Options.model_validate(cfg.options)
         context = BackendContext(pool_name=name, pool=cfg, sessions=self.sessions)
         endpoints = []
-        for ep_cfg in cfg.endpoints or [EndpointConfig(name=f"{name}-0")]:
-            ep = Endpoint(backend_cls(ep_cfg, options, context), name, clock=self.clock, weight=ep_cfg.weight,
+        for ep_cfg, ep_options in backend_cls.expand_endpoints(name, cfg, options):
+            ep = Endpoint(backend_cls(ep_cfg, ep_options, context), name, clock=self.clock, weight=ep_cfg.weight,
                           max_concurrency=ep_cfg.max_concurrency or cfg.max_concurrency, breaker=cfg.breaker,
                           balancer=cfg.balancer, health_check=cfg.health_check)
             ep.breaker.on_change = self._breaker_listener(ep)

@@ -22,5 +22,5 @@ EXIT_HUNG = 4  # exit status of the standalone watchdog (--hang-timeout)
 EXIT_ORPHANED = 5  # the parent process went away
 DEFAULT_WARMUP_TEXT = "Warming up."
 
-__all__ = ["DEFAULT_WARMUP_TEXT", "EXIT_HUNG", "EXIT_LOAD_FAILED", "EXIT_ORPHANED", "LISTENING", "LOAD_FAILED", "MARKER",
-           "READY"]
+__all__ = ["DEFAULT_WARMUP_TEXT", "EXIT_HUNG", "EXIT_LOAD_FAILED", "EXIT_ORPHANED", "LISTENING", "LOAD_FAILED",
+           "MARKER", "READY"]

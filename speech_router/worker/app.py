@@ -16,10 +16,8 @@ import asyncio
 import contextlib
 import logging
 import os
-import threading
 import time
 import traceback
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -31,77 +29,15 @@ from starlette.routing import Route
 
 from ..audio.wav import wav_header
 from . import EXIT_HUNG
-from .engine import SAMPLE_RATE, IndexTts2Engine, RequestError, empty_cache, gpu_memory, infer_kwargs, is_oom
+from .engine import SAMPLE_RATE, IndexTts2Engine, gpu_memory, is_oom
+from .jobs import DONE, Job, Slot
+from .request import RequestError, infer_kwargs
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 DISCONNECT_POLL_S = 0.5  # how often a waiting request checks that its client is still there
 HEALTH_GPU_TIMEOUT_S = 1.0
-_DONE = object()
-
-
-class Slot:
-    """The engine, held by one request at a time; the others wait in arrival order."""
-
-    def __init__(self) -> None:
-        self.busy = False
-        self.waiters: deque[asyncio.Future[None]] = deque()
-
-    async def enter(self) -> None:
-        if not self.busy and not self.waiters:
-            self.busy = True
-            return
-        fut = asyncio.get_running_loop().create_future()
-        self.waiters.append(fut)
-        try:
-            await fut  # leave() hands the slot over by resolving it
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                self.leave()  # it was handed to us as we gave up: pass it on
-            else:
-                self.waiters.remove(fut)
-            raise
-
-    def leave(self) -> None:
-        while self.waiters:
-            fut = self.waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                return
-        self.busy = False
-
-
-class Job:
-    """One synthesis: run on the engine thread, read on the loop through ``queue``."""
-
-    def __init__(self, kwargs: dict[str, Any]) -> None:
-        self.kwargs = kwargs
-        self.loop = asyncio.get_running_loop()
-        self.queue: asyncio.Queue[object] = asyncio.Queue()
-        self.cancelled = threading.Event()
-        self.progress_at = time.monotonic()
-
-    def cancel(self) -> None:
-        self.cancelled.set()
-
-    def _put(self, item: object) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-
-    def run(self, engine: IndexTts2Engine) -> None:
-        """On the engine thread. Never raises: the outcome goes to the queue."""
-        try:
-            for pcm in engine.stream(self.kwargs):
-                self.progress_at = time.monotonic()
-                if self.cancelled.is_set():
-                    break  # the client left: stop at this segment (stream() closes the generator)
-                self._put(pcm)
-            self._put(_DONE)
-        except BaseException as exc:  # noqa: BLE001 - every failure is the request's answer
-            if is_oom(exc):
-                empty_cache()
-            self._put(exc)
 
 
 class WorkerState:
@@ -206,6 +142,8 @@ async def _unless_disconnected(request: Request, awaitable: Awaitable[T]) -> tup
             if done:
                 return True, task.result()
             if await request.is_disconnected():
+                if task.done():  # it finished meanwhile (the slot may be ours): let the caller go on
+                    return True, task.result()
                 return False, None
     finally:
         if not task.done():
@@ -261,7 +199,7 @@ def _failure(state: WorkerState, exc: BaseException) -> Response:
 
 async def _body(state: WorkerState, job: Job, first: object) -> AsyncIterator[bytes]:
     try:
-        if first is _DONE:  # no segment at all: an empty WAV
+        if first is DONE:  # no segment at all: an empty WAV
             yield wav_header(SAMPLE_RATE, 1, None)
             state.served += 1
             return
@@ -269,7 +207,7 @@ async def _body(state: WorkerState, job: Job, first: object) -> AsyncIterator[by
         yield wav_header(SAMPLE_RATE, 1, None) + first
         while True:
             item = await job.queue.get()
-            if item is _DONE:
+            if item is DONE:
                 state.served += 1
                 return
             if isinstance(item, BaseException):

@@ -30,8 +30,8 @@ PARENT_POLL_S = 1.0
 
 
 def build_parser(prog: str = "speech-router worker") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="Serve a local TTS engine on one device over "
-                                                            "index-tts-vllm v2's HTTP protocol (POST /tts_url, GET /health).")
+    parser = argparse.ArgumentParser(prog=prog, description="Serve a local TTS engine on one device over index-tts-"
+                                                            "vllm v2's HTTP protocol (POST /tts_url, GET /health).")
     sub = parser.add_subparsers(dest="engine", required=True)
     p = sub.add_parser("indextts2", help="IndexTTS2 (github index-tts/index-tts), installed in this interpreter")
     p.add_argument("--model-dir", required=True, help="the IndexTTS-2 checkpoints directory")

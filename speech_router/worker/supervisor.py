@@ -151,6 +151,7 @@ class Supervisor:
     def start(self) -> None:
         if self._task is None:
             self._closing = False
+            self._set("starting", "starting the worker")
             self._task = asyncio.create_task(self._run(), name=f"supervisor:{self.name}")
 
     async def aclose(self) -> None:
@@ -165,9 +166,7 @@ class Supervisor:
         if proc is not None and proc.returncode is None:
             await self._terminate(proc)
         if reader is not None:
-            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(reader), READER_GRACE_S)
-            reader.cancel()
+            await self._drain(reader)
         self._proc = self._reader = None
         self._set("closed", "closed")
 
@@ -177,7 +176,6 @@ class Supervisor:
             reason, got_ready = await self._one_life()
             if self._closing:
                 return
-            self.last_exit = reason
             if got_ready:
                 delay = self.spec.backoff_initial
             self.restarts += 1
@@ -195,7 +193,8 @@ class Supervisor:
                 *self.spec.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT, env=self.spec.env, cwd=self.spec.cwd, start_new_session=True)
         except OSError as exc:
-            return f"cannot start the worker ({self.spec.argv[0]}): {exc}", False
+            self.last_exit = f"cannot start the worker ({self.spec.argv[0]}): {exc}"
+            return self.last_exit, False
         self._proc, self.pid = proc, proc.pid
         self._set("starting", f"starting the worker (pid {proc.pid})")
         assert proc.stdout is not None
@@ -206,26 +205,37 @@ class Supervisor:
             while True:
                 await asyncio.wait({waiter}, timeout=self._tick())
                 if waiter.done():
-                    return self._exit_reason(proc.returncode), self._ready_once
+                    self._set("backoff", f"the worker exited (status {proc.returncode})")
+                    await self._drain(reader)  # its last words explain the exit
+                    self.last_exit = self._exit_reason(proc.returncode)
+                    return self.last_exit, self._ready_once
                 now = self.clock()
                 if self.state in ("starting", "loading") and now - started > self.spec.startup_timeout:
+                    self.last_exit = f"the worker did not get ready within {self.spec.startup_timeout:g}s"
                     await self._kill(proc)
-                    return f"the worker did not get ready within {self.spec.startup_timeout:g}s", False
+                    return self.last_exit, False
                 if self.ready and self.inflight > 0 and now - self.last_progress > self.spec.hang_timeout:
+                    self.last_exit = (f"a synthesis made no progress for {self.spec.hang_timeout:g}s; "
+                                      f"the worker (pid {proc.pid}) was killed")
                     self.hung_generations.add(self.generation)
+                    self._set("backoff", self.last_exit)
                     await self._kill(proc)
-                    return (f"a synthesis made no progress for {self.spec.hang_timeout:g}s; "
-                            f"the worker (pid {proc.pid}) was killed"), True
+                    return self.last_exit, True
         finally:
             if not waiter.done():
                 waiter.cancel()
             if proc.returncode is None:  # aclose() cancelled us: it stops the process and the reader
                 self._reader = reader
-            else:  # keep what it printed last
-                with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                    await asyncio.wait_for(asyncio.shield(reader), READER_GRACE_S)
-                reader.cancel()
+            else:
+                await self._drain(reader)
                 self._proc = None
+
+    @staticmethod
+    async def _drain(reader: asyncio.Task[None]) -> None:
+        """Let the reader take what is left in the pipe, for a short while; then stop it."""
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(reader), READER_GRACE_S)
+        reader.cancel()
 
     def _tick(self) -> float:
         return max(0.02, min(0.5, self.spec.hang_timeout / 4, self.spec.startup_timeout / 4))
@@ -301,7 +311,7 @@ class Supervisor:
         self._signal(proc, signal.SIGTERM)
         try:
             await asyncio.wait_for(proc.wait(), self.spec.stop_timeout)
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             log.warning("worker %s (pid %s) did not stop within %gs; killing it", self.name, proc.pid,
                         self.spec.stop_timeout)
             await self._kill(proc)
