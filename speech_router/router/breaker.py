@@ -47,6 +47,7 @@ class Breaker:
         self.reopen_at = 0.0
         self.probes = 0
         self._window: deque[tuple[float, bool]] = deque()
+        self._window_failures = 0  # kept in step with the window: picks read the rate on every request
 
     def __repr__(self) -> str:
         return f"Breaker(state={self.state.value!r}, consecutive={self.consecutive}, trips={self.trips})"
@@ -95,7 +96,7 @@ class Breaker:
         self.consecutive = 0
         if self.state == BreakerState.HALF_OPEN:
             self.trips = 0
-            self._window.clear()
+            self._clear_window()
             self._move(BreakerState.CLOSED)
 
     def failure(self) -> None:
@@ -112,14 +113,19 @@ class Breaker:
     def _record(self, ok: bool) -> None:
         now = self.clock()
         self._window.append((now, ok))
+        self._window_failures += not ok
+        self._trim(now)
+
+    def _trim(self, now: float) -> None:
         horizon = now - self.config.window
         while self._window and self._window[0][0] < horizon:
-            self._window.popleft()
+            self._window_failures -= not self._window.popleft()[1]
 
     def failure_ratio(self) -> float:
+        self._trim(self.clock())
         if not self._window:
             return 0.0
-        return sum(1 for _, ok in self._window if not ok) / len(self._window)
+        return self._window_failures / len(self._window)
 
     def _should_trip(self) -> bool:
         if self.consecutive >= self.config.consecutive_failures:
@@ -133,8 +139,12 @@ class Breaker:
         self.reopen_at = self.opened_at + backoff
         self.probes = 0
         self.consecutive = 0
-        self._window.clear()
+        self._clear_window()
         self._move(BreakerState.OPEN)
+
+    def _clear_window(self) -> None:
+        self._window.clear()
+        self._window_failures = 0
 
     def _move(self, new: BreakerState) -> None:
         old, self.state = self.state, new
