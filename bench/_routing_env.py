@@ -1,0 +1,258 @@
+"""Processes and probes for bench.routing: the fleet, a router per policy, router metrics and CPU time.
+
+Everything listens on 127.0.0.1. Children are `bench._procs.Child`s, so `stopped_on_exit()` stops them
+however the run ends.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench._procs import HOST, START_TIMEOUT_S, Child, router_command
+
+_NODE = re.compile(r"^(\S+) \(v2[^)]*\): (http://\S+)$", re.MULTILINE)
+_CONTROL = re.compile(r"^control: (http://\S+)$", re.MULTILINE)
+TICKS = os.sysconf("SC_CLK_TCK")
+
+#: router settings per balancing policy compared in scenarios a and b (merged into the pool's YAML)
+POLICIES: dict[str, dict[str, Any]] = {
+    # nginx-like: rotate blindly, no router-side limit, no breaker, no retry, no per-try time-out
+    # (max_connections too: the pool's shared aiohttp connection limit, 100 by default, would be a limit as well)
+    "round_robin": {"max_concurrency": 1000, "max_connections": 1000, "balancer": {"policy": "round_robin"},
+                    "breaker": {"enabled": False},
+                    "retry": {"max_attempts": 1, "per_try_timeout_floor": 300, "per_try_timeout_cap": 300}},
+    # issue #2's policy: least outstanding under a limit equal to the node's slots, retry only a failed
+    # connection (once), no breaker, no per-try time-out, a 30 s queue
+    "least_outstanding": {"max_concurrency": 4, "balancer": {"policy": "least_outstanding"},
+                          "breaker": {"enabled": False}, "queue": {"timeout": 30},
+                          "retry": {"max_attempts": 2, "retry_on": ["connect"], "per_try_timeout_floor": 300,
+                                    "per_try_timeout_cap": 300}},
+    # the full policy, every setting at its default
+    "full": {"balancer": {"policy": "latency"}},
+    # variants of the full policy, for experiments (`--policies-a`, `--policies-b`): score every endpoint on each
+    # pick instead of a power-of-two sample; send a hedged second try when the first is slow
+    "full_all_choices": {"balancer": {"policy": "latency", "choices": 100}},
+    "full_hedge": {"balancer": {"policy": "latency"}, "hedge": {"enabled": True}},
+}
+
+
+@dataclass
+class FleetProc:
+    child: Child
+    argv: list[str]
+    nodes: dict[str, str]  # name -> URL
+    control: str
+
+    def configure(self, node: str, changes: dict[str, Any]) -> None:
+        _post(f"{self.control}/_fleet/nodes/{node}/config", changes)
+
+    def state(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.control}/_fleet/state", timeout=5) as resp:
+            return json.load(resp)
+
+
+def fleet_argv(*, nodes: int, slots: int, speeds: Sequence[float], base_ms: float, per_char_ms: float,
+               sigma: float, wav_bytes: int | None = None, seed: int = 1) -> list[str]:
+    argv = ["--nodes", str(nodes), "--slots", str(slots), "--speeds", ",".join(f"{s:g}" for s in speeds),
+            "--base-ms", f"{base_ms:g}", "--per-char-ms", f"{per_char_ms:g}", "--jitter-sigma", f"{sigma:g}",
+            "--seed", str(seed)]
+    if wav_bytes is not None:
+        argv += ["--wav-bytes", str(wav_bytes)]
+    return argv
+
+
+def start_fleet(children: list[Child], log_dir: Path, name: str, fleet_args: list[str]) -> FleetProc:
+    argv = [sys.executable, "-m", "bench.fleet", "--host", HOST, "--port", "0", *fleet_args]
+    child = Child(argv, log_dir, name)
+    children.append(child)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        text = child.log.read_text("utf-8", "replace")
+        control = _CONTROL.search(text)
+        if control:
+            return FleetProc(child, argv, dict(_NODE.findall(text)), control.group(1))
+        child.check_alive()
+        time.sleep(0.05)
+    child.stop()
+    raise RuntimeError(f"the fleet did not start in {START_TIMEOUT_S:.0f} s:\n{child.tail()}")
+
+
+def router_yaml(nodes: dict[str, str], pool: dict[str, Any]) -> str:
+    """A router config: one index-tts-vllm pool over ``nodes``, model indextts2, voice alloy."""
+    settings = {
+        "server": {"host": HOST, "log_level": "warning"},
+        "pools": {"gpu": {"type": "index-tts-vllm", **pool,
+                          "endpoints": [{"url": url, "name": name} for name, url in nodes.items()]}},
+        "models": {"indextts2": ["gpu"]},
+        "voices": {"alloy": {"spk_audio_path": "/data/voices/alloy.wav"}},
+    }
+    return yaml.safe_dump(settings, sort_keys=False)
+
+
+@dataclass
+class RouterProc:
+    child: Child
+    url: str
+    config_path: Path
+
+    def metrics(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as resp:
+            return parse_metrics(resp.read().decode())
+
+
+def start_router(children: list[Child], log_dir: Path, name: str, config: str, port: int) -> RouterProc:
+    """`speech-router serve --config <file>`; returns once /readyz and /health answer 200 (every node up)."""
+    path = log_dir / f"{name}.yaml"
+    path.write_text(config, encoding="utf-8")
+    child = Child([*router_command(), "serve", "--config", str(path), "--host", HOST, "--port", str(port)],
+                  log_dir, name)
+    children.append(child)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        child.check_alive()
+        if _status(port, "/readyz") == 200 and _status(port, "/health") == 200:
+            return RouterProc(child, f"http://{HOST}:{port}", path)
+        time.sleep(0.1)
+    child.stop()
+    raise RuntimeError(f"the router did not become ready in {START_TIMEOUT_S:.0f} s:\n{child.tail()}")
+
+
+def _status(port: int, path: str) -> int | None:
+    conn = http.client.HTTPConnection(HOST, port, timeout=2)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    except OSError:
+        return None
+    finally:
+        conn.close()
+
+
+def _post(url: str, body: dict[str, Any]) -> None:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        resp.read()
+
+
+# -- router metrics -----------------------------------------------------------------------------------------
+
+def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """{(sample name, sorted labels): value} for every sample of the exposition."""
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def metrics_delta(before: dict[Any, float], after: dict[Any, float]) -> dict[Any, float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items()}
+
+
+def by_label(delta: dict[Any, float], name: str, *labels: str) -> dict[tuple[str, ...], float]:
+    """Sum a sample's values by the given labels, dropping zeros."""
+    out: dict[tuple[str, ...], float] = {}
+    for (sample, lbls), value in delta.items():
+        if sample == name and value:
+            d = dict(lbls)
+            key = tuple(d.get(label, "") for label in labels)
+            out[key] = out.get(key, 0.0) + value
+    return out
+
+
+def histogram_quantile(delta: dict[Any, float], name: str, q: float) -> float:
+    """Upper bound of the bucket holding quantile ``q`` of a histogram's new observations (all labels)."""
+    buckets: dict[float, float] = {}
+    for (sample, lbls), value in delta.items():
+        if sample == f"{name}_bucket":
+            le = float(dict(lbls)["le"])
+            buckets[le] = buckets.get(le, 0.0) + value
+    if not buckets or buckets.get(float("inf"), 0.0) <= 0:
+        return float("nan")
+    total = buckets[float("inf")]
+    for le in sorted(buckets):
+        if buckets[le] >= q * total:
+            return le
+    return float("inf")
+
+
+# -- CPU time -----------------------------------------------------------------------------------------------
+
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, over all cores."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = values[3] + values[4]
+    return (sum(values) - idle) / TICKS, sum(values) / TICKS
+
+
+class CpuMeter:
+    """CPU use of named processes (each a list of pids) and of the machine over one interval."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self.groups = groups
+        self._start = {name: sum(proc_cpu(p) for p in pids) for name, pids in groups.items()}
+        self._machine = machine_busy()
+        self._t0 = time.monotonic()
+
+    def stop(self) -> dict[str, float]:
+        """Percent of one core per group; ``untracked``: the rest of the machine's busy time, also in percent of
+        one core (other processes: a client measured separately, or whatever else runs on the machine);
+        ``machine``: busy share of all cores, in percent."""
+        wall = time.monotonic() - self._t0
+        used = {name: sum(proc_cpu(p) for p in pids) - self._start[name] for name, pids in self.groups.items()}
+        busy, total = machine_busy()
+        out = {name: 100 * v / wall for name, v in used.items()}
+        out["untracked"] = max(0.0, 100 * (busy - self._machine[0] - sum(used.values())) / wall)
+        out["machine"] = 100 * (busy - self._machine[0]) / max(1e-9, total - self._machine[1])
+        return out
+
+
+def wait_quiet(max_wait: float, threshold: float = 25.0, window: float = 1.0) -> float:
+    """Wait (up to ``max_wait`` s) until the machine is less than ``threshold`` % busy over ``window`` s, so other
+    work on a shared machine disturbs a measurement less; returns the last busy share measured, in percent."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        b0, t0 = machine_busy()
+        time.sleep(window)
+        b1, t1 = machine_busy()
+        share = 100 * (b1 - b0) / max(1e-9, t1 - t0)
+        if share < threshold or time.monotonic() >= deadline:
+            return share
