@@ -57,7 +57,8 @@ def request_headers(endpoint: EndpointConfig, pool: PoolConfig, request_id: str 
 
 
 def client_timeout(pool: PoolConfig) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=None, connect=pool.timeouts.connect, sock_read=pool.timeouts.read)
+    # sock_connect, not connect: waiting for a free pooled connection is not the endpoint's fault
+    return aiohttp.ClientTimeout(total=None, sock_connect=pool.timeouts.connect, sock_read=pool.timeouts.read)
 
 
 @contextlib.contextmanager

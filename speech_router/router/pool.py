@@ -27,6 +27,8 @@ PRIORITIES = ("interactive", "batch")
 TIE_TOLERANCE = 0.05
 #: how much a busy endpoint's expected time grows with its share of slots in use
 CONTENTION = 0.5
+#: the least wait assumed for a slot whose request already ran past its estimate, as a share of one
+OVERRUN_SHARE = 0.1
 
 
 @dataclass
@@ -100,7 +102,11 @@ class Pool:
         predicted = self.predict(ep, chars) or 0.0
         if ep.has_capacity:  # requests sharing a GPU slow each other down: lean towards idle endpoints
             return predicted * (1 + CONTENTION * ep.inflight / ep.max_concurrency) / weight
-        return (ep.free_in() + predicted) / weight
+        # full: wait for a slot (a request running past its estimate still needs some time), and for the
+        # requests already queued ahead, which share the pool's slots
+        slots = sum(e.max_concurrency for e in self.endpoints if e.in_rotation) or ep.max_concurrency
+        wait = max(ep.free_in(), OVERRUN_SHARE * predicted) + self.queue_depth() / slots * predicted
+        return (wait + predicted) / weight
 
     # -- picking --------------------------------------------------------------------------------------------
 
