@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
+from typing import Any
 
 from .formats import FormatUnavailable
-from .sink import ByteSink
-from .stream import StreamEncoder
-
-if TYPE_CHECKING:
-    import av
+from .pyav import PyavEncoder
 
 __all__ = ["AAC_BIT_RATE", "AacEncoder"]
 
@@ -28,7 +22,7 @@ def _import_av() -> Any:
     return av
 
 
-class AacEncoder(StreamEncoder):
+class AacEncoder(PyavEncoder):
     """Each 1024-sample AAC frame is muxed and sent as soon as it is encoded.
 
     ADTS has no header and no gapless info, so decoders also play the encoder's 1024 priming
@@ -36,28 +30,5 @@ class AacEncoder(StreamEncoder):
     """
 
     def __init__(self, content_type: str, input_rate: int, output_rate: int) -> None:
-        self._av = _import_av()
-        super().__init__(content_type, input_rate, output_rate)
-        self._sink = ByteSink()
-        # flush_packets: hand every ADTS frame to the sink now instead of filling a 32 KiB AVIO buffer.
-        self._container: av.container.OutputContainer = self._av.open(
-            self._sink, "w", format="adts", container_options={"flush_packets": "1"}
-        )
-        self._stream: av.AudioStream = self._container.add_stream("aac", rate=output_rate, layout="mono")
-        self._stream.bit_rate = AAC_BIT_RATE
-        self._pts = 0
-
-    def _encode(self, samples: np.ndarray) -> None:
-        frame = self._av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = self.sample_rate
-        frame.pts = self._pts
-        self._pts += samples.size
-        # PyAV converts to the codec's float planar format and re-cuts 1024-sample frames itself.
-        self._container.mux(self._stream.encode(frame))
-
-    def _close(self) -> None:
-        self._container.mux(self._stream.encode(None))
-        self._container.close()
-
-    def _drain(self) -> bytes:
-        return self._sink.take()
+        super().__init__(_import_av(), content_type, input_rate, output_rate, container_format="adts",
+                         container_options={}, codec="aac", bit_rate=AAC_BIT_RATE)

@@ -8,15 +8,7 @@ libsndfile's default 36 kbps (bench/README.md has the measurements).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
-
-from .sink import ByteSink
-from .stream import StreamEncoder
-
-if TYPE_CHECKING:
-    import av
+from .pyav import PyavEncoder
 
 __all__ = [
     "OPUS_APPLICATION",
@@ -46,7 +38,7 @@ def pyav_opus_available() -> bool:
     return "libopus" in av.codecs_available
 
 
-class PyavOpusEncoder(StreamEncoder):
+class PyavOpusEncoder(PyavEncoder):
     """Ogg/Opus, mono, at 24 kHz (or another libopus rate); each page goes out as soon as it is closed.
 
     The Ogg muxer writes the encoder delay as OpusHead pre-skip and trims the last packet through the
@@ -54,38 +46,9 @@ class PyavOpusEncoder(StreamEncoder):
     """
 
     def __init__(self, content_type: str, input_rate: int, output_rate: int) -> None:
-        import av as _av
+        import av
 
-        self._av: Any = _av
-        super().__init__(content_type, input_rate, output_rate)
-        self._sink = ByteSink()
-        # flush_packets, as in aac.py: each page reaches the sink when the muxer closes it, whatever FFmpeg's
-        # buffering defaults for custom I/O (this FFmpeg already flushes Ogg pages by itself).
-        self._container: av.container.OutputContainer = self._av.open(
-            self._sink, "w", format="ogg",
-            container_options={"page_duration": str(OPUS_PAGE_DURATION_US), "flush_packets": "1"},
-        )  # fmt: skip
-        self._stream: av.AudioStream = self._container.add_stream(
-            "libopus", rate=output_rate, layout="mono",
-            options={"application": OPUS_APPLICATION, "compression_level": str(OPUS_COMPLEXITY)},
-        )  # fmt: skip
-        self._stream.bit_rate = OPUS_BIT_RATE
-        self._pts = 0
-
-    def _encode(self, samples: np.ndarray) -> None:
-        frame = self._av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = self.sample_rate
-        frame.pts = self._pts
-        self._pts += samples.size
-        # PyAV re-cuts the samples into libopus's 20 ms frames itself.
-        self._container.mux(self._stream.encode(frame))
-
-    def _close(self) -> None:
-        if self._pts:
-            self._container.mux(self._stream.encode(None))
-        self._container.close()
-
-    def _drain(self) -> bytes:
-        if not self._pts:
-            return b""  # an Ogg file with headers and no audio does not open in FFmpeg
-        return self._sink.take()
+        super().__init__(av, content_type, input_rate, output_rate, container_format="ogg",
+                         container_options={"page_duration": str(OPUS_PAGE_DURATION_US)}, codec="libopus",
+                         bit_rate=OPUS_BIT_RATE,
+                         codec_options={"application": OPUS_APPLICATION, "compression_level": str(OPUS_COMPLEXITY)})
