@@ -93,23 +93,25 @@ def start_node(log_dir: Path, extra: Sequence[str] = ()) -> tuple[Child, int]:
     raise RuntimeError(f"the emulated node did not start in {START_TIMEOUT_S:.0f} s:\n{child.tail()}")
 
 
-def start_router(config_yaml: str, port: int, log_dir: Path) -> Child:
-    """`speech-router serve --config <file> --port <port>`; returns once GET /readyz answers 200."""
-    config = log_dir / "router.yaml"
+def start_router(config_yaml: str, port: int, log_dir: Path, *, name: str = "router",
+                 ready: Sequence[str] = ("/readyz",)) -> Child:
+    """`speech-router serve --config <file> --port <port>`; returns once every path in `ready` answers 200."""
+    config = log_dir / f"{name}.yaml"
     config.write_text(config_yaml, encoding="utf-8")
     child = Child([*router_command(), "serve", "--config", str(config), "--host", HOST, "--port", str(port)],
-                  log_dir, "router")
+                  log_dir, name)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         child.check_alive()
-        if _status(port, "/readyz") == 200:
+        if all(http_status(port, path) == 200 for path in ready):
             return child
         time.sleep(0.1)
     child.stop()
     raise RuntimeError(f"the router did not become ready in {START_TIMEOUT_S:.0f} s:\n{child.tail()}")
 
 
-def _status(port: int, path: str) -> int | None:
+def http_status(port: int, path: str) -> int | None:
+    """GET http://127.0.0.1:<port><path>: the status, or None when nothing answers."""
     conn = http.client.HTTPConnection(HOST, port, timeout=2)
     try:
         conn.request("GET", path)
@@ -120,6 +122,17 @@ def _status(port: int, path: str) -> int | None:
         return None
     finally:
         conn.close()
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, for benchmark reports."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
 
 
 @contextlib.contextmanager

@@ -6,7 +6,6 @@ however the run ends.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import re
@@ -21,7 +20,8 @@ from typing import Any
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench._procs import HOST, START_TIMEOUT_S, Child, router_command
+from bench._procs import HOST, START_TIMEOUT_S, Child
+from bench._procs import start_router as _start_router
 
 _NODE = re.compile(r"^(\S+) \(v2[^)]*\): (http://\S+)$", re.MULTILINE)
 _CONTROL = re.compile(r"^control: (http://\S+)$", re.MULTILINE)
@@ -115,32 +115,9 @@ class RouterProc:
 
 def start_router(children: list[Child], log_dir: Path, name: str, config: str, port: int) -> RouterProc:
     """`speech-router serve --config <file>`; returns once /readyz and /health answer 200 (every node up)."""
-    path = log_dir / f"{name}.yaml"
-    path.write_text(config, encoding="utf-8")
-    child = Child([*router_command(), "serve", "--config", str(path), "--host", HOST, "--port", str(port)],
-                  log_dir, name)
+    child = _start_router(config, port, log_dir, name=name, ready=("/readyz", "/health"))
     children.append(child)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        child.check_alive()
-        if _status(port, "/readyz") == 200 and _status(port, "/health") == 200:
-            return RouterProc(child, f"http://{HOST}:{port}", path)
-        time.sleep(0.1)
-    child.stop()
-    raise RuntimeError(f"the router did not become ready in {START_TIMEOUT_S:.0f} s:\n{child.tail()}")
-
-
-def _status(port: int, path: str) -> int | None:
-    conn = http.client.HTTPConnection(HOST, port, timeout=2)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        resp.read()
-        return resp.status
-    except OSError:
-        return None
-    finally:
-        conn.close()
+    return RouterProc(child, f"http://{HOST}:{port}", log_dir / f"{name}.yaml")
 
 
 def _post(url: str, body: dict[str, Any]) -> None:

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from bench._procs import cpu_model
+
 BEGIN, END = "<!-- routing:begin -->", "<!-- routing:end -->"
 POLICY_NAMES = {"round_robin": "round_robin (nginx-like)", "least_outstanding": "least_outstanding (#2)",
                 "full": "full policy (`latency`, defaults)",
@@ -41,14 +43,7 @@ def _verdict(ok: bool) -> str:
 
 
 def machine() -> str:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     tools = []
     for argv in (["wrk", "-v"], ["nginx", "-v"]):
         if shutil.which(argv[0]):

@@ -206,14 +206,7 @@ def router_verdict(cases: list[Case], target_s: float = 0.020) -> str:
 
 
 def machine_info() -> str:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = _procs.cpu_model()
     return (f"{datetime.date.today().isoformat()}; nproc {os.cpu_count()}; CPU {model}; "
             f"Python {platform.python_version()} ({platform.system()} {platform.machine()})")
 
