@@ -92,16 +92,22 @@ def nodes() -> Iterator[Callable[..., Node]]:
         node.server.stop()
 
 
+def serve_router(config: dict[str, Any], pm: Any = None, env: dict[str, str] | None = None) -> ServerHandle:
+    """A real speech-router for ``config`` on 127.0.0.1, started; the caller stops it."""
+    pm = pm or create_plugin_manager(load_entrypoints=False)
+    settings = settings_from_dict(config, registry=backend_registry(pm), env=env or {})
+    handle = ServerHandle(create_app(settings, pm=pm))
+    handle.start()
+    return handle
+
+
 @pytest.fixture
 def router() -> Iterator[Callable[..., ServerHandle]]:
     """Factory: ``router(config_dict, pm=...)`` serves a real speech-router on 127.0.0.1; stopped at teardown."""
     started: list[ServerHandle] = []
 
     def start(config: dict[str, Any], pm: Any = None, env: dict[str, str] | None = None) -> ServerHandle:
-        pm = pm or create_plugin_manager(load_entrypoints=False)
-        settings = settings_from_dict(config, registry=backend_registry(pm), env=env or {})
-        handle = ServerHandle(create_app(settings, pm=pm))
-        handle.start()
+        handle = serve_router(config, pm, env)
         started.append(handle)
         return handle
 

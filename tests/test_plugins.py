@@ -7,7 +7,6 @@ import io
 import sys
 import wave
 
-import openai
 import pytest
 
 from tests.conftest import openai_client

@@ -20,10 +20,7 @@ from typing import Any
 import openai
 import pytest
 
-from speech_router.api.app import create_app
-from speech_router.config.loader import settings_from_dict
-from speech_router.plugins.manager import backend_registry, create_plugin_manager
-from tests.conftest import Node, fleet_config, openai_client
+from tests.conftest import Node, fleet_config, openai_client, serve_router
 from tests.emulator.index_tts_vllm import EmulatorConfig
 from tests.emulator.serve import ServerHandle
 
@@ -113,13 +110,6 @@ def index_error(reply: Reply, status: int) -> str:
     return body["error"]
 
 
-def start_router(config: dict[str, Any]) -> ServerHandle:
-    pm = create_plugin_manager(load_entrypoints=False)
-    handle = ServerHandle(create_app(settings_from_dict(config, registry=backend_registry(pm), env={}), pm=pm))
-    handle.start()
-    return handle
-
-
 @dataclass
 class Fleet:
     node: Node
@@ -137,7 +127,7 @@ def fleet() -> Iterator[Fleet]:
     node.server.start()
     config = fleet_config(node.url)
     config["server"] = {"max_text_chars": MAX_TEXT_CHARS, "max_body_bytes": MAX_BODY_BYTES}
-    srv = start_router(config)
+    srv = serve_router(config)
     try:
         yield Fleet(node, srv)
     finally:

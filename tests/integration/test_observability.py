@@ -16,17 +16,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import openai
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from speech_router import hookimpl
-from speech_router.api.app import create_app
 from speech_router.cli import main as cli_main
-from speech_router.config.loader import settings_from_dict
-from speech_router.plugins.manager import DEFAULT_PLUGINS, backend_registry, create_plugin_manager
-from tests.conftest import Node, fleet_config, openai_client
+from speech_router.plugins.manager import DEFAULT_PLUGINS, create_plugin_manager
+from tests.conftest import Node, fleet_config, openai_client, serve_router
 from tests.emulator.index_tts_vllm import EmulatorConfig
 from tests.emulator.serve import ServerHandle
 
@@ -129,9 +126,7 @@ def fleet() -> Iterator[Fleet]:
     b.server.start()
     config = fleet_config(a.url, b.url)
     config["server"] = {"max_body_bytes": 1024}
-    pm = create_plugin_manager(load_entrypoints=False)
-    srv = ServerHandle(create_app(settings_from_dict(config, registry=backend_registry(pm), env={}), pm=pm))
-    srv.start()
+    srv = serve_router(config)
     try:
         yield Fleet(a, b, srv)
     finally:
@@ -396,10 +391,7 @@ def boom() -> Iterator[Fleet]:
     """A router whose ``prepare_request`` plugin raises, in front of one node."""
     a = Node(EmulatorConfig(name="a"))
     a.server.start()
-    pm = create_plugin_manager(load_entrypoints=False, plugins=[Boom()])
-    settings = settings_from_dict(fleet_config(a.url), registry=backend_registry(pm), env={})
-    srv = ServerHandle(create_app(settings, pm=pm))
-    srv.start()
+    srv = serve_router(fleet_config(a.url), pm=create_plugin_manager(load_entrypoints=False, plugins=[Boom()]))
     try:
         yield Fleet(a, a, srv)
     finally:
