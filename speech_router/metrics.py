@@ -8,6 +8,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+RTF_BUCKETS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 5, 10)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -77,6 +78,58 @@ class Metrics:
             "speech_router_hedges", "Hedged second tries, by which try won", ["pool", "winner"], registry=r)
         self.panics = Counter(
             "speech_router_panic_picks", "Picks made ignoring health because no endpoint was in rotation", ["pool"],
+            registry=r)
+
+        self.real_time_factor = Histogram(
+            "speech_router_real_time_factor", "Seconds spent per second of audio produced, per request (below 1: "
+            "faster than real time)", ["model", "pool", "endpoint"], buckets=RTF_BUCKETS, registry=r)
+        self.stream_errors = Counter(
+            "speech_router_stream_errors", "Responses cut short after audio was sent (an SSE error event or a "
+            "truncated body)", ["route", "model"], registry=r)
+        self.model_healthy = Gauge(
+            "speech_router_model_healthy", "1 when at least one endpoint on the model's route is in rotation",
+            ["model"], registry=r)
+        self.endpoint_draining = Gauge(
+            "speech_router_endpoint_draining", "1 while an endpoint takes no new requests (admin drain or removed "
+            "by a reload) and finishes those in flight", ["pool", "endpoint"], registry=r)
+
+        # operations (#5)
+        self.config_reloads = Counter(
+            "speech_router_config_reloads", "Configuration reloads, by trigger (sighup, file, admin) and result "
+            "(applied, unchanged, invalid)", ["trigger", "result"], registry=r)
+        self.config_errors = Counter(
+            "speech_router_config_errors", "Errors found in configurations that were refused on reload", registry=r)
+        self.config_last_reload_success = Gauge(
+            "speech_router_config_last_reload_successful", "1 when the last reload attempt was applied (or nothing "
+            "changed), 0 when the new config was refused", registry=r)
+        self.config_loaded_timestamp = Gauge(
+            "speech_router_config_loaded_timestamp_seconds", "When the running configuration was loaded (Unix time)",
+            registry=r)
+        self.auth_rejections = Counter(
+            "speech_router_auth_rejections", "Requests refused for a missing or unknown key (401), by reason",
+            ["reason"], registry=r)
+        self.rate_limited = Counter(
+            "speech_router_rate_limited", "Requests refused by a client key's requests-per-minute limit (429)",
+            ["client"], registry=r)
+        self.client_requests = Counter(
+            "speech_router_client_requests", "Requests by client key name (anonymous when auth is off) and status",
+            ["client", "status"], registry=r)
+
+        # long text and cache (#7)
+        self.fanout_requests = Counter(
+            "speech_router_fanout_requests", "Requests whose text was split into segments synthesized in parallel",
+            ["model"], registry=r)
+        self.segments = Counter(
+            "speech_router_segments", "Segments of fanned-out requests, by outcome (ok, cached, failed)",
+            ["model", "outcome"], registry=r)
+        self.cache_lookups = Counter(
+            "speech_router_cache_lookups", "Cache lookups by kind (response or segment) and result (hit or miss)",
+            ["model", "kind", "result"], registry=r)
+        self.cache_bytes = Gauge(
+            "speech_router_cache_bytes", "Bytes of audio held by the cache, by tier (memory, disk)", ["tier"],
+            registry=r)
+        self.cache_evictions = Counter(
+            "speech_router_cache_evictions", "Entries evicted to stay within the byte budget, by tier", ["tier"],
             registry=r)
 
     def render(self) -> bytes:

@@ -51,6 +51,8 @@ class SynthesisRequest:
     max_text_tokens_per_sentence: int | None = None
     request_id: str = ""
     passthrough: dict[str, Any] | None = None
+    #: seconds the client will wait (its deadline header); it can only shorten the model's deadline
+    timeout: float | None = None
 
 
 @dataclass

@@ -32,6 +32,41 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ClientKeyConfig(_Strict):
+    """A client API key: its secret comes from an environment variable, never from the YAML itself."""
+
+    name: str = Field(description="shown in logs and metrics instead of the key")
+    key_env: str = Field(description="environment variable holding the key")
+    priority: Literal["interactive", "batch"] | None = Field(
+        None, description="priority class of this client's requests; default: the request header decides")
+    requests_per_minute: int | None = Field(None, ge=1, description="rate limit; beyond it 429")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError("invalid name: use letters, digits and _ . : / -")
+        return value
+
+
+class AuthConfig(_Strict):
+    """Client keys (``Authorization: Bearer``, OpenAI style) and the admin key.
+
+    Client authentication is on as soon as any key is known: listed in ``keys``, in ``keys_file`` or in
+    ``keys_env``. The admin API needs its own key (``admin_key_env``); without one it answers 403.
+    """
+
+    keys: list[ClientKeyConfig] = Field(default_factory=list)
+    keys_file: str | None = Field(
+        None, description="YAML file with a list of {name, key, priority, requests_per_minute}; re-read on reload")
+    keys_env: str = Field("SPEECH_ROUTER_API_KEYS",
+                          description="environment variable with comma-separated keys, each `key` or `name=key`")
+    open_paths: list[str] = Field(
+        default_factory=lambda: ["/livez", "/readyz", "/metrics", "/health"],
+        description="paths served without a client key")
+    admin_key_env: str = Field("SPEECH_ROUTER_ADMIN_KEY", description="environment variable with the admin key")
+
+
 class ServerConfig(_Strict):
     """How the router listens and what it accepts from clients."""
 
@@ -41,6 +76,16 @@ class ServerConfig(_Strict):
     max_text_chars: int = Field(DEFAULT_MAX_TEXT_CHARS, gt=0)
     log_level: str = "info"
     priority_header: str = Field("x-priority", description="request header choosing interactive or batch")
+    deadline_header: str = Field(
+        "x-request-timeout", description="request header with the seconds a client will wait; it can only "
+                                         "shorten the model's deadline")
+    access_log: bool = Field(True, description="one JSON line per request on the speech_router.access logger")
+    watch_config: bool = Field(True, description="reload when the config file changes (also on SIGHUP and "
+                                                 "POST /admin/reload)")
+    tts_url_path_prefixes: list[str] = Field(
+        default_factory=list, description="/tts_url drop-in: reference paths a client may send must start with one "
+                                          "of these; empty forwards them unchanged, as the node would accept them")
+    auth: AuthConfig = Field(default_factory=lambda: AuthConfig())
 
 
 class TimeoutConfig(_Strict):
@@ -189,12 +234,39 @@ class PoolConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+class FanoutConfig(_Strict):
+    """Long text: cut at sentence ends, synthesize the segments in parallel across the pool, stream in order."""
+
+    enabled: bool | None = Field(
+        None, description="default: on when the model's primary pool is an IndexTTS type (index-tts-vllm, "
+                          "indextts2-local), which work through long text one segment at a time")
+    threshold_chars: int = Field(200, ge=1, description="texts longer than this are fanned out")
+    max_segment_chars: int = Field(120, ge=10, description="longest segment; longer sentences split at clause marks")
+    min_segment_chars: int = Field(20, ge=0, description="shorter sentences merge with their neighbours")
+    max_parallel: int = Field(4, ge=1, description="segments of one request in flight at once (fairness)")
+    silence_ms: int = Field(200, ge=0, le=5000, description="silence between segments (IndexTTS uses 200 ms)")
+
+
+class ModelCacheConfig(_Strict):
+    """Per-model opt-in to the response cache (IndexTTS2 sampling varies between runs: off by default)."""
+
+    enabled: bool = False
+    segments: bool = Field(True, description="also cache each segment of a fanned-out text")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_bool(cls, value: Any) -> Any:
+        return {"enabled": value} if isinstance(value, bool) else value
+
+
 class ModelConfig(_Strict):
     """A model name clients send, and the route (pools in order) that serves it."""
 
     pools: list[str] = Field(min_length=1)
     description: str = ""
     deadline: float = Field(DEFAULT_DEADLINE_S, gt=0, description="overall time for a request: queueing and tries")
+    fanout: FanoutConfig = Field(default_factory=FanoutConfig)
+    cache: ModelCacheConfig = Field(default_factory=ModelCacheConfig)
 
     @model_validator(mode="before")
     @classmethod
@@ -230,6 +302,15 @@ class VoiceDirConfig(_Strict):
     extension: str = ".wav"
 
 
+class CacheConfig(_Strict):
+    """Where cached audio lives: memory (LRU within a byte budget), and optionally a directory on disk."""
+
+    memory_bytes: int = Field(256 * 1024 * 1024, ge=0)
+    directory: str | None = Field(None, description="also keep entries here (survives restarts)")
+    disk_bytes: int = Field(2 * 1024 * 1024 * 1024, ge=0)
+    max_entry_bytes: int = Field(16 * 1024 * 1024, gt=0, description="larger answers are not cached")
+
+
 class Settings(_Strict):
     """The whole configuration."""
 
@@ -238,6 +319,7 @@ class Settings(_Strict):
     models: dict[str, ModelConfig] = Field(min_length=1)
     voices: dict[str, VoiceConfig] = Field(default_factory=dict)
     voice_dir: VoiceDirConfig | None = None
+    cache: CacheConfig = Field(default_factory=CacheConfig)
     #: where the config came from, for logs ("file examples/x.yaml", "TTS_REMOTE_URL", "embedded default")
     source: str = Field("", exclude=True)
 

@@ -199,7 +199,10 @@ class Router:
     async def synthesize(self, request: SynthesisRequest, *, priority: str = "interactive") -> Dispatched:
         """Pick an endpoint along the model's route and start the synthesis there."""
         route = self.route(request.model)
-        deadline = self.clock() + self.settings.models[request.model].deadline
+        limit = self.settings.models[request.model].deadline
+        if request.timeout is not None:
+            limit = min(limit, request.timeout)
+        deadline = self.clock() + limit
         reason: str | None = None
         errors: list[str] = []
         last: Exception | None = None
