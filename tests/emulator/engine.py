@@ -72,7 +72,7 @@ class FakeIndexTTS2:
             await self.state.pause(None)
         async with self.state.slot():
             await self.state.pause(config.latency_s(str(text)))
-            if config.fail:
+            if config.fails(str(text)):
                 raise OutOfMemoryError(OOM_MESSAGE)
             return audio.INDEX_TTS_RATE, audio.render(str(text), os.fspath(spk_audio_prompt), audio.INDEX_TTS_RATE)
 

@@ -187,7 +187,7 @@ async def _speech(request: Request) -> Response:
             await state.pause(None)
         await held.enter_async_context(state.slot())
         await state.pause(config.delay_s)  # time to first byte; the per-character part paces the chunks
-        if config.fail:
+        if config.fails(text):
             raise _status_error(500, config.retry_after_s)
         body = audio.encode(audio.render(text, voice, audio.OPENAI_RATE, speed), audio.OPENAI_RATE, fmt)
         state.served += 1

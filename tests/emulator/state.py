@@ -24,11 +24,16 @@ class Knobs:
     hang: bool = False  # synthesis is accepted and never answered (until the server stops)
     hang_health: bool = False  # health/model listings never answer either: a frozen process
     fail: bool = False  # synthesis fails like the real server does under CUDA OOM
+    fail_text: str | None = None  # synthesis fails like `fail`, only for texts that contain this
     delay_s: float = 0.0  # fixed synthesis latency
     delay_per_char_s: float = 0.0  # extra latency per character of text
     slots: int | None = None  # concurrent syntheses; the rest queue, like the GPU stage
     truncate: bool = False  # audio is cut short and the connection closed
     garbage: bool = False  # 200 with an audio content-type, but an HTML body
+
+    def fails(self, text: str) -> bool:
+        """Whether synthesizing `text` fails (`fail`, or `fail_text` found in it)."""
+        return self.fail or (self.fail_text is not None and self.fail_text in text)
 
     def latency_s(self, text: str) -> float:
         """Synthesis time for `text`: fixed part plus a part that grows with its length."""

@@ -1,0 +1,305 @@
+"""Long text: cut it at sentence ends, synthesize the segments across the fleet at once, play them in order.
+
+One GPU node works through a long text one segment after another; the router sees every node, so it
+sends each segment as its own sub-request through ``Router.synthesize`` (routing policy, retries and
+fallback apply) and streams segment 1 as soon as it is ready, then each next one in text order with
+a short silence between them. At most ``fanout.max_parallel`` segments of one request are in flight,
+so one long text cannot take the whole fleet from other requests.
+
+Failures: ``fan_out`` returns only once segment 1 is ready, so anything that fails before the first
+byte raises the real error (the request fails cleanly, with the usual status). A segment that fails
+later ends the stream with a ``BackendError`` from ``chunks``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+import soxr
+
+from ..audio import InvalidAudio, read_wav
+from ..config.models import FanoutConfig
+from ..errors import BackendError, BackendFailed, DeadlineExceeded, Unavailable
+from ..metrics import Metrics
+from ..text.segment import split_segments
+from ..types import AudioResponse, SynthesisRequest
+from .dispatch import Dispatched, retry_reason
+from .endpoint import Endpoint
+from .pool import Pool
+
+if TYPE_CHECKING:
+    from .dispatch import Router
+
+#: backend types that work through long text one segment at a time: fan-out is on by default for them
+SEGMENTING_TYPES = frozenset({"index-tts-vllm", "indextts2-local"})
+#: the rate raw PCM is assumed to have when a backend does not say (OpenAI's)
+DEFAULT_PCM_RATE = 24000
+
+
+@dataclasses.dataclass
+class SegmentAudio:
+    """One segment, decoded: mono int16 PCM at ``sample_rate``, and where it came from."""
+
+    pcm: bytes
+    sample_rate: int
+    endpoint: Endpoint | None  # None: served from the cache
+    pool: Pool | None
+    attempts: int
+    #: served from a cache rather than synthesized (counted as ``segments{outcome="cached"}``)
+    cached: bool = False
+
+
+#: ``(index, text) -> SegmentAudio``: the one step a per-segment cache wraps
+SegmentSynth = Callable[[int, str], Awaitable[SegmentAudio]]
+
+
+@dataclasses.dataclass
+class FannedOut(Dispatched):
+    """A fanned-out synthesis of ``segments`` segments.
+
+    ``endpoint`` and ``pool`` are segment 1's: the response's endpoint and pool headers and the request
+    metrics name where the first audio came from (both None when segment 1 came from the cache). ``attempts`` grows as segments finish: a streamed
+    response's header counts the segments ready when it started, a whole file's counts them all.
+    """
+
+    segments: int = 0
+
+
+def plan_segments(router: Router, sreq: SynthesisRequest) -> list[str]:
+    """The segments ``sreq`` is cut into, or [] when it is not fanned out."""
+    model = router.settings.models.get(sreq.model)
+    if model is None or sreq.passthrough is not None:  # /tts_url forwards the client's body untouched
+        return []
+    cfg = model.fanout
+    enabled = cfg.enabled
+    if enabled is None:
+        enabled = router.route(sreq.model)[0].backend_type in SEGMENTING_TYPES
+    if not enabled or len(sreq.text) <= cfg.threshold_chars:
+        return []
+    segments = split_segments(sreq.text, max_chars=cfg.max_segment_chars, min_chars=cfg.min_segment_chars)
+    return segments if len(segments) > 1 else []
+
+
+def fanout_enabled(router: Router, sreq: SynthesisRequest) -> bool:
+    """Whether ``sreq`` is fanned out: the model's setting, text over the threshold, more than one segment."""
+    return bool(plan_segments(router, sreq))
+
+
+def request_deadline(router: Router, sreq: SynthesisRequest) -> float:
+    """The one deadline (on ``router.clock``) that every segment of the request shares."""
+    limit = router.settings.models[sreq.model].deadline
+    if sreq.timeout is not None:
+        limit = min(limit, sreq.timeout)
+    return router.clock() + limit
+
+
+def segment_synthesizer(router: Router, sreq: SynthesisRequest, *, priority: str, deadline: float) -> SegmentSynth:
+    """The default segment step: dispatch a sub-request, read its body whole, decode it to PCM.
+
+    Reading the body whole lets a segment whose body breaks be dispatched again while none of it has
+    reached the client, as long as the pool's ``retry`` settings allow another attempt.
+    """
+    fmt = _decodable_format(router, sreq.model)
+
+    async def synthesize_segment(index: int, text: str) -> SegmentAudio:
+        attempts = 0
+        while True:
+            remaining = deadline - router.clock()
+            if remaining <= 0:
+                raise DeadlineExceeded(f"model {sreq.model!r}: segment {index + 1} not ready within the deadline")
+            rid = f"{sreq.request_id}-{index + 1}" if sreq.request_id else ""
+            sub = dataclasses.replace(sreq, text=text, response_format=fmt, timeout=remaining, request_id=rid)
+            dispatched = await router.synthesize(sub, priority=priority)
+            attempts += dispatched.attempts
+            try:
+                pcm, rate = await _read_pcm(dispatched.response, dispatched.endpoint.name)
+            except BackendError as exc:
+                if not _may_redispatch(router, dispatched.pool, exc, attempts):
+                    raise
+                continue
+            return SegmentAudio(pcm, rate, dispatched.endpoint, dispatched.pool, attempts)
+
+    return synthesize_segment
+
+
+async def fan_out(router: Router, sreq: SynthesisRequest, *, priority: str = "interactive",
+                  synthesize: SegmentSynth | None = None, texts: list[str] | None = None) -> FannedOut:
+    """Start every segment of ``sreq`` and return once segment 1 is ready.
+
+    ``synthesize`` replaces the default segment step (``segment_synthesizer``), e.g. with a cached one;
+    ``texts`` are the segments when the caller already planned them (``plan_segments``).
+    The response is mono PCM at segment 1's rate; closing it early cancels the segments still running.
+    """
+    texts = texts or plan_segments(router, sreq)
+    if not texts:
+        raise ValueError(f"request {sreq.request_id!r} is not fanned out (check fanout_enabled first)")
+    cfg: FanoutConfig = router.settings.models[sreq.model].fanout
+    if synthesize is None:
+        synthesize = segment_synthesizer(router, sreq, priority=priority, deadline=request_deadline(router, sreq))
+    router.metrics.fanout_requests.labels(sreq.model).inc()
+    run = _Segments(texts, synthesize, cfg.max_parallel, router.metrics, sreq.model)
+    try:
+        first = await run.first_ready()
+    except BaseException:
+        await run.aclose()
+        raise
+    audio = _InOrder(run, first.sample_rate, cfg.silence_ms)
+    result = FannedOut(response=AudioResponse(format="pcm", chunks=audio, sample_rate=first.sample_rate,
+                                              content_type="audio/pcm", close=audio.aclose),
+                       endpoint=first.endpoint, pool=first.pool, attempts=run.attempts, segments=len(texts))
+    run.result = result
+    return result
+
+
+class _Segments:
+    """The segment tasks of one request, started in text order, at most ``max_parallel`` at a time."""
+
+    def __init__(self, texts: list[str], synthesize: SegmentSynth, max_parallel: int, metrics: Metrics,
+                 model: str) -> None:
+        self.texts = texts
+        self.attempts = 0
+        self.result: FannedOut | None = None
+        self._synthesize = synthesize
+        self._metrics = metrics
+        self._model = model
+        self._gate = asyncio.Semaphore(max_parallel)  # FIFO: waiting segments start in text order
+        self.tasks = [asyncio.create_task(self._run(i, text)) for i, text in enumerate(texts)]
+
+    def __repr__(self) -> str:
+        done = sum(t.done() for t in self.tasks)
+        return f"_Segments(segments={len(self.tasks)}, done={done}, model={self._model!r})"
+
+    async def _run(self, index: int, text: str) -> SegmentAudio:
+        async with self._gate:
+            try:
+                segment = await self._synthesize(index, text)
+            except (BackendError, Unavailable):
+                self._metrics.segments.labels(self._model, "failed").inc()
+                for later in self.tasks[index + 1:]:  # the stream ends here: free their slots for others
+                    later.cancel()
+                raise
+        self._metrics.segments.labels(self._model, "cached" if segment.cached else "ok").inc()
+        self.attempts += segment.attempts
+        if self.result is not None:
+            self.result.attempts = self.attempts
+        return segment
+
+    async def first_ready(self) -> SegmentAudio:
+        """Segment 1; or the first failure of any segment before it is ready (nothing was sent yet)."""
+        pending: set[asyncio.Task[SegmentAudio]] = set(self.tasks)
+        while True:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            failed = [i for i, t in enumerate(self.tasks) if t in done and not t.cancelled() and t.exception()]
+            if failed:
+                raise self.tasks[failed[0]].exception()  # type: ignore[misc]
+            if self.tasks[0] in done:
+                return self.tasks[0].result()
+
+    async def aclose(self) -> None:
+        """Cancel what still runs (each task gives its endpoint slot back) and wait for them to finish."""
+        for task in self.tasks:
+            task.cancel()  # synchronous, so a caller cancelled during the wait below still stops them
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+class _InOrder:
+    """The response body: segment 1, silence, segment 2, ... each once it and all before it are ready."""
+
+    def __init__(self, run: _Segments, sample_rate: int, silence_ms: int) -> None:
+        self._run = run
+        self._rate = sample_rate
+        self._silence = bytes(2 * round(sample_rate * silence_ms / 1000))
+        self._next = 0
+        self._ready: deque[bytes] = deque()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"_InOrder(next={self._next}, of={len(self._run.tasks)}, sample_rate={self._rate})"
+
+    def __aiter__(self) -> _InOrder:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._ready:
+            return self._ready.popleft()
+        tasks = self._run.tasks
+        if self._closed or self._next >= len(tasks):
+            await self.aclose()
+            raise StopAsyncIteration
+        index, task = self._next, tasks[self._next]
+        await asyncio.wait({task})  # not `await task`: a cancelled reader must not cancel the segment
+        try:
+            segment = task.result()
+        except (BackendError, Unavailable, asyncio.CancelledError) as exc:
+            await self.aclose()
+            message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            raise BackendError(f"segment {index + 1} of {len(tasks)} failed: {message}",
+                               endpoint=getattr(exc, "endpoint", "")) from exc
+        self._next += 1
+        pcm = _resampled(segment, self._rate)
+        if index == 0:
+            return pcm
+        if self._silence:
+            self._ready.append(pcm)
+            return self._silence
+        return pcm
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._ready.clear()
+        await self._run.aclose()
+
+
+def _resampled(segment: SegmentAudio, rate: int) -> bytes:
+    if segment.sample_rate == rate:
+        return segment.pcm
+    samples = np.frombuffer(segment.pcm, dtype="<i2")
+    return np.asarray(soxr.resample(samples, segment.sample_rate, rate), dtype="<i2").tobytes()
+
+
+async def _read_pcm(resp: AudioResponse, endpoint: str) -> tuple[bytes, int]:
+    """The whole body as mono int16 PCM and its rate; the endpoint's slot is given back either way."""
+    chunks = resp.chunks
+    try:
+        data = b"".join([chunk async for chunk in chunks])
+    finally:
+        with contextlib.suppress(Exception):
+            await chunks.aclose()  # type: ignore[attr-defined]
+    if resp.format == "wav":
+        try:
+            rate, pcm = read_wav(data)
+        except InvalidAudio as exc:
+            raise BackendFailed(f"endpoint {endpoint} sent invalid WAV: {exc}", endpoint=endpoint) from None
+    elif resp.format == "pcm":
+        rate, pcm = resp.sample_rate or DEFAULT_PCM_RATE, data[: len(data) & ~1]
+    else:
+        raise BackendFailed(f"endpoint {endpoint} sent {resp.format!r} audio, not WAV or PCM", endpoint=endpoint)
+    if not pcm:
+        raise BackendFailed(f"endpoint {endpoint} sent no audio", endpoint=endpoint)
+    return pcm, rate
+
+
+def _may_redispatch(router: Router, pool: Pool, exc: BackendError, attempts: int) -> bool:
+    """Whether a segment whose body broke may be dispatched again (same rules as any retry)."""
+    retry = pool.config.retry
+    reason = retry_reason(exc)
+    if reason is None or reason not in retry.retry_on or attempts >= retry.max_attempts:
+        return False
+    if not router.budgets[pool.name].try_retry():
+        router.metrics.retries_denied.labels(pool.name).inc()
+        return False
+    router.metrics.retries.labels(pool.name, reason).inc()
+    return True
+
+
+def _decodable_format(router: Router, model: str) -> str:
+    """Ask for audio this module can decode: WAV, or raw PCM where the primary pool cannot send WAV."""
+    endpoints = router.route(model)[0].endpoints
+    formats = endpoints[0].backend.capabilities.formats if endpoints else frozenset({"wav"})
+    return "pcm" if "wav" not in formats and "pcm" in formats else "wav"
