@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,15 +13,21 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from ..audio import FORMATS
+from ..cache import CachedAudio
 from ..errors import BackendError, RequestInvalid, SpeechRouterError
+from ..router import fanout
+from ..router.dispatch import Dispatched
 from ..router.pool import PRIORITIES
 from ..types import SynthesisRequest
-from .middleware import StreamAborted
 from .audio_out import AudioMeter, audio_body, check_format, passes_through, sse_error, sse_events
+from .cached import CACHE_HEADER, ResponseCache, one_chunk
+from .middleware import StreamAborted
 
 log = logging.getLogger(__name__)
 
 ENDPOINT_HEADER = "x-speech-router-endpoint"
+#: the pool and endpoint label of answers served by the response cache
+CACHE_LABEL = "cache"
 
 
 def check_capabilities(router: Any, sreq: SynthesisRequest) -> None:
@@ -40,7 +47,10 @@ def check_capabilities(router: Any, sreq: SynthesisRequest) -> None:
 
 
 def request_priority(request: Request, settings: Any) -> str:
-    """Interactive (default) or batch, from the configured request header."""
+    """The client key's priority class when it has one, else the configured header (default interactive)."""
+    keyed = request.scope.get("state", {}).get("client_priority")
+    if keyed:
+        return str(keyed)
     value = request.headers.get(settings.server.priority_header, "interactive").strip().lower() or "interactive"
     if value not in PRIORITIES:
         raise RequestInvalid(f"Invalid {settings.server.priority_header} header {value!r}: use interactive or batch.",
@@ -48,41 +58,84 @@ def request_priority(request: Request, settings: Any) -> str:
     return value
 
 
+def request_deadline(request: Request, settings: Any) -> float | None:
+    """Seconds the client will wait, from the configured deadline header (a positive number), or None."""
+    header = settings.server.deadline_header
+    raw = request.headers.get(header)
+    if raw is None:
+        return None
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise RequestInvalid(f"Invalid {header} header {raw[:32]!r}: give the seconds you will wait, a positive "
+                             "number.", param=header)
+    return value
+
+
 async def synthesize_response(request: Request, sreq: SynthesisRequest, *, fmt: str, sample_rate: int | None,
                               stream: bool, sse: bool, route: str, check_voice: bool = True) -> Response:
     state = request.app.state
-    router, metrics = state.router, state.metrics
+    router, metrics, cache = state.router, state.metrics, state.cache
     started = time.perf_counter()
     labels = {"route": route, "model": sreq.model, "pool": "", "endpoint": ""}
+    access = request.scope.setdefault("state", {}).setdefault("access", {})  # for the access log
+    access.update(model=sreq.model, voice=sreq.voice, chars=len(sreq.text))
     try:
         check_format(fmt, sample_rate)
         if check_voice:
             router.check_voice(sreq.model, sreq.voice or "", sreq.voice_params)
         check_capabilities(router, sreq)
-        priority = request_priority(request, state.settings)
+        priority = access["priority"] = request_priority(request, state.settings)
+        wait = request_deadline(request, state.settings)
+        if wait is not None:
+            sreq.timeout = wait if sreq.timeout is None else min(wait, sreq.timeout)
         state.pm.hook.prepare_request(request=sreq, settings=state.settings)
-        dispatched = await router.synthesize(sreq, priority=priority)
+        key = cache.response_key(state.settings, sreq, fmt, sample_rate) if cache.enabled(state.settings, sreq) \
+            else None
+        if key is not None and (hit := await cache.lookup(sreq.model, "response", key)) is not None:
+            labels.update(pool=CACHE_LABEL, endpoint=CACHE_LABEL)
+            access.update(backend=CACHE_LABEL, pool=CACHE_LABEL, attempts=0, cache="hit")
+            return _cached_answer(hit, sreq, sse, metrics, labels, started)
+        dispatched = await _dispatch(router, state.settings, cache, sreq, priority)
     except SpeechRouterError:
         raise  # counted by the error handler, with everything refused earlier
     ep, pool, resp = dispatched.endpoint, dispatched.pool, dispatched.response
-    labels.update(pool=pool.name, endpoint=ep.name)
+    ep_name = ep.name if ep is not None else CACHE_LABEL  # a fan-out's segment 1 may come from the cache
+    pool_name = pool.name if pool is not None else CACHE_LABEL
+    labels.update(pool=pool_name, endpoint=ep_name)
+    access.update(backend=ep_name, pool=pool_name, attempts=dispatched.attempts,
+                  fallback=dispatched.fallback_reason, queue_wait_s=dispatched.queued)
     meter = AudioMeter()
     passthrough = passes_through(resp, fmt, sample_rate)
     body = audio_body(resp, fmt, sample_rate, meter)
+    headers = {ENDPOINT_HEADER: ep_name, "x-speech-router-pool": pool_name,
+               "x-speech-router-attempts": str(dispatched.attempts)}
+    if key is not None:  # stored once sent completely, in the format sent (before any SSE framing)
+        headers[CACHE_HEADER] = access["cache"] = "miss"
+        fix = fmt == "wav" and not passthrough
+        body = cache.tee(body, key, lambda data: CachedAudio(
+            _fix_wav_sizes(data) if fix else data, FORMATS[fmt].content_type, fmt, meter.sample_rate or None,
+            seconds=meter.seconds))
     if sse:
         body = sse_events(body, len(sreq.text), meter)
-    headers = {ENDPOINT_HEADER: ep.name, "x-speech-router-pool": pool.name,
-               "x-speech-router-attempts": str(dispatched.attempts)}
     if dispatched.fallback_reason:
         headers["x-speech-router-fallback"] = dispatched.fallback_reason
+    if isinstance(dispatched, fanout.FannedOut):  # endpoint and pool headers are segment 1's
+        headers["x-speech-router-segments"] = str(dispatched.segments)
     media_type = "text/event-stream" if sse else FORMATS[fmt].content_type
 
     async def finished(status: str) -> None:
         elapsed = time.perf_counter() - started
         metrics.requests.labels(**labels, status=status).inc()
         metrics.request_duration.labels(**labels).observe(elapsed)
-        metrics.characters.labels(sreq.model, pool.name, ep.name).inc(len(sreq.text))
-        metrics.audio_seconds.labels(sreq.model, pool.name, ep.name).inc(meter.seconds)
+        metrics.characters.labels(sreq.model, pool_name, ep_name).inc(len(sreq.text))
+        metrics.audio_seconds.labels(sreq.model, pool_name, ep_name).inc(meter.seconds)
+        if status == "200" and meter.seconds > 0:  # time spent per second of audio, queueing left out
+            rtf = max(0.0, elapsed - dispatched.queued) / meter.seconds
+            metrics.real_time_factor.labels(sreq.model, pool_name, ep_name).observe(rtf)
+        access["attempts"] = dispatched.attempts  # a fan-out's total is known only now
 
     if not stream:  # a finished file with its length: read it all, then answer
         try:
@@ -94,6 +147,7 @@ async def synthesize_response(request: Request, sreq: SynthesisRequest, *, fmt: 
             await _close(body)
         if fmt == "wav" and not passthrough:
             data = _fix_wav_sizes(data)
+        headers["x-speech-router-attempts"] = str(dispatched.attempts)  # a fan-out's total is known now
         metrics.time_to_first_byte.labels(**labels).observe(time.perf_counter() - started)
         await finished("200")
         return Response(data, media_type=media_type, headers=headers)
@@ -112,7 +166,8 @@ async def synthesize_response(request: Request, sreq: SynthesisRequest, *, fmt: 
                 yield chunk
         except BackendError as exc:
             status = "502"
-            log.warning("request %s: endpoint %s failed mid-stream: %s", sreq.request_id, ep.name, exc.message)
+            metrics.stream_errors.labels(route, sreq.model).inc()
+            log.warning("request %s: endpoint %s failed mid-stream: %s", sreq.request_id, ep_name, exc.message)
             if sse:
                 yield sse_error(exc.message)
             else:  # the chunked body ends without its terminator: the client sees a truncated response
@@ -122,6 +177,36 @@ async def synthesize_response(request: Request, sreq: SynthesisRequest, *, fmt: 
             await finished(status)
 
     return StreamingResponse(send(), media_type=media_type, headers=headers)
+
+
+async def _dispatch(router: Any, settings: Any, cache: ResponseCache, sreq: SynthesisRequest,
+                    priority: str) -> Dispatched:
+    """A long text fans out across the fleet (#7), its segments cached when the model opts in; else one request."""
+    texts = fanout.plan_segments(router, sreq)
+    if not texts:
+        return await router.synthesize(sreq, priority=priority)
+    synthesize = None
+    if cache.enabled(settings, sreq) and settings.models[sreq.model].cache.segments:
+        step = fanout.segment_synthesizer(router, sreq, priority=priority,
+                                          deadline=fanout.request_deadline(router, sreq))
+        synthesize = cache.segments(settings, sreq, step)
+    return await fanout.fan_out(router, sreq, priority=priority, synthesize=synthesize, texts=texts)
+
+
+def _cached_answer(hit: CachedAudio, sreq: SynthesisRequest, sse: bool, metrics: Any, labels: dict[str, str],
+                   started: float) -> Response:
+    """A whole answer from the cache: the same bytes as the first time, in one piece (SSE: one delta)."""
+    headers = {CACHE_HEADER: "hit", ENDPOINT_HEADER: CACHE_LABEL, "x-speech-router-attempts": "0"}
+    elapsed = time.perf_counter() - started
+    metrics.time_to_first_byte.labels(**labels).observe(elapsed)
+    metrics.request_duration.labels(**labels).observe(elapsed)
+    metrics.requests.labels(**labels, status="200").inc()
+    metrics.audio_seconds.labels(sreq.model, CACHE_LABEL, CACHE_LABEL).inc(hit.seconds)
+    if not sse:
+        return Response(hit.data, media_type=hit.content_type, headers=headers)
+    meter = AudioMeter(samples=round(hit.seconds * 1000), sample_rate=1000)  # only its seconds are read
+    return StreamingResponse(sse_events(one_chunk(hit.data), len(sreq.text), meter), media_type="text/event-stream",
+                             headers=headers)
 
 
 async def _close(body: AsyncIterator[bytes]) -> None:

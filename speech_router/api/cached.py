@@ -1,0 +1,121 @@
+"""The response cache in the request path: whole answers, and each segment of a fanned-out text.
+
+Per-model opt-in (``models.<name>.cache``): IndexTTS2 samples, so the same text sounds a little
+different each time and some users want that. A whole answer is stored in the format it was sent in
+(before SSE framing), only when it was sent completely; a segment is stored as decoded PCM, so a long
+text that repeats known sentences reuses them whatever format it asks for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from ..cache import AudioCache, CachedAudio, cache_key
+from ..config.models import Settings
+from ..metrics import Metrics
+from ..router.fanout import SegmentAudio, SegmentSynth
+from ..types import SynthesisRequest
+
+log = logging.getLogger(__name__)
+
+CACHE_HEADER = "x-speech-router-cache"
+
+
+class ResponseCache:
+    """Looks answers up and stores them; counts ``cache_lookups`` per model, kind and result."""
+
+    def __init__(self, store: AudioCache, metrics: Metrics) -> None:
+        self.store = store
+        self.metrics = metrics
+        self._writes: set[asyncio.Task[None]] = set()
+
+    def enabled(self, settings: Settings, sreq: SynthesisRequest) -> bool:
+        model = settings.models.get(sreq.model)
+        return model is not None and model.cache.enabled
+
+    def response_key(self, settings: Settings, sreq: SynthesisRequest, fmt: str, sample_rate: int | None) -> str:
+        # the fan-out settings change the joined audio (silences, cut points): a changed config must miss
+        fanout = settings.models[sreq.model].fanout.model_dump(mode="json")
+        return cache_key(sreq, kind="response", fmt=fmt, sample_rate=sample_rate, extra={"fanout": fanout})
+
+    async def lookup(self, model: str, kind: str, key: str) -> CachedAudio | None:
+        entry = await self.store.get(key)
+        self.metrics.cache_lookups.labels(model, kind, "hit" if entry is not None else "miss").inc()
+        return entry
+
+    def store_later(self, key: str, entry: CachedAudio) -> None:
+        """Store without holding up the response (a disk write may take a while)."""
+        task = asyncio.create_task(self._store(key, entry))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _store(self, key: str, entry: CachedAudio) -> None:
+        try:
+            await self.store.put(key, entry)
+        except Exception:  # noqa: BLE001 - the cache never fails a request
+            log.exception("storing a cache entry failed")
+
+    def tee(self, body: AsyncIterator[bytes], key: str, make_entry: Callable[[bytes], CachedAudio | None]
+            ) -> AsyncIterator[bytes]:
+        """Pass ``body`` through; once it ended normally, store what went out (a cut-short body is never stored)."""
+
+        async def teed() -> AsyncIterator[bytes]:
+            parts: list[bytes] = []
+            size, limit = 0, self.store.config.max_entry_bytes
+            try:
+                async for chunk in body:
+                    if parts is not None:
+                        size += len(chunk)
+                        if size > limit:
+                            parts = None  # type: ignore[assignment] - too big to cache: stop collecting
+                        else:
+                            parts.append(chunk)
+                    yield chunk
+            finally:
+                await _aclose(body)
+            if parts is not None and (entry := make_entry(b"".join(parts))) is not None:
+                self.store_later(key, entry)
+
+        return teed()
+
+    def segments(self, settings: Settings, sreq: SynthesisRequest, synthesize: SegmentSynth) -> SegmentSynth:
+        """Wrap a fan-out's segment step: known segments come from the cache, new ones are stored."""
+        model = sreq.model
+
+        async def cached_segment(index: int, text: str) -> SegmentAudio:
+            key = cache_key(dataclasses.replace(sreq, text=text), kind="segment", fmt="pcm", sample_rate=None)
+            entry = await self.lookup(model, "segment", key)
+            if entry is not None and entry.sample_rate:
+                return SegmentAudio(entry.data, entry.sample_rate, None, None, 0, cached=True)
+            segment = await synthesize(index, text)
+            self.store_later(key, CachedAudio(segment.pcm, "audio/pcm", "pcm", segment.sample_rate,
+                                              seconds=len(segment.pcm) / 2 / segment.sample_rate))
+            return segment
+
+        return cached_segment
+
+    async def aclose(self) -> None:
+        """Let pending writes finish, then release the store."""
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
+        self.store.close()
+
+
+def one_chunk(data: bytes) -> AsyncIterator[bytes]:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield data
+
+    return chunks()
+
+
+async def _aclose(body: Any) -> None:
+    aclose = getattr(body, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception:  # noqa: BLE001
+            pass
