@@ -1,4 +1,4 @@
-"""``speech-router``: serve, check-config, endpoints."""
+"""``speech-router``: serve, check-config, endpoints, and the admin commands backends, drain, reload."""
 
 from __future__ import annotations
 
@@ -37,11 +37,26 @@ def main(argv: list[str] | None = None) -> int:
     eps.add_argument("--config", "-c", default=os.environ.get("SPEECH_ROUTER_CONFIG"))
     eps.add_argument("--url", help="ask a running router (its /health) instead of checking from here")
 
+    bks = sub.add_parser("backends", help="backends of a running router: state, breaker, in-flight, latency "
+                                          "(admin API; key from $SPEECH_ROUTER_ADMIN_KEY)")
+    bks.add_argument("--url", default=os.environ.get("SPEECH_ROUTER_URL", "http://127.0.0.1:8000"))
+    bks.add_argument("--json", action="store_true", help="print the admin API's JSON")
+
+    drain = sub.add_parser("drain", help="stop sending new requests to a backend; those in flight finish")
+    drain.add_argument("name")
+    drain.add_argument("--undo", action="store_true", help="undrain: take new requests again (with slow start)")
+    drain.add_argument("--url", default=os.environ.get("SPEECH_ROUTER_URL", "http://127.0.0.1:8000"))
+
+    rld = sub.add_parser("reload", help="ask a running router to reload its configuration")
+    rld.add_argument("--url", default=os.environ.get("SPEECH_ROUTER_URL", "http://127.0.0.1:8000"))
+
     sub.add_parser("worker", help="serve a local engine on one GPU, e.g. `speech-router worker indextts2 --help` "
                                   "(docs/indextts2-local.md)")
 
     args = parser.parse_args(argv)
-    return {"serve": _serve, "check-config": _check_config, "endpoints": _endpoints}[args.command](args)
+    commands = {"serve": _serve, "check-config": _check_config, "endpoints": _endpoints, "backends": _backends,
+                "drain": _drain, "reload": _reload}
+    return commands[args.command](args)
 
 
 def _registry() -> Any:
@@ -72,12 +87,18 @@ def _serve(args: argparse.Namespace) -> int:
     port = settings.server.port if args.port is None else args.port
     level = (args.log_level or settings.server.log_level).lower()
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.server.access_log:  # our JSON lines replace uvicorn's access log: one line per request
+        from .api.access_log import configure_access_logger
+
+        configure_access_logger()
     try:
-        app = create_app(settings, pm=pm)  # builds the endpoints, which may still find the config wrong
+        # building the endpoints may still find the config wrong
+        app = create_app(settings, pm=pm, config_path=args.config)
     except ConfigError as exc:
         print(f"speech-router: invalid configuration:\n{exc}", file=sys.stderr)
         return 1
-    uvicorn.run(app, host=host, port=port, log_level=level, proxy_headers=False)
+    uvicorn.run(app, host=host, port=port, log_level=level, proxy_headers=False,
+                access_log=not settings.server.access_log)
     return 0
 
 
@@ -133,8 +154,85 @@ async def _check_all(settings: Any) -> list[dict[str, Any]]:
         await router.aclose()
 
 
-def _print_table(rows: list[dict[str, Any]]) -> None:
-    cols = ["pool", "name", "type", "url", "state", "inflight", "max_concurrency", "detail"]
+def _admin(url: str, method: str, path: str) -> tuple[int, Any]:
+    """Call the admin API with the key from ``$SPEECH_ROUTER_ADMIN_KEY``; (status, JSON body)."""
+    request = urllib.request.Request(url.rstrip("/") + path, method=method, data=b"" if method == "POST" else None)
+    key = os.environ.get("SPEECH_ROUTER_ADMIN_KEY", "")
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, json.load(exc)
+        except ValueError:
+            return exc.code, {"error": {"message": exc.reason}}
+
+
+def _admin_failed(status: int, body: Any, url: str) -> bool:
+    if status < 400:
+        return False
+    message = body.get("error", {}).get("message") if isinstance(body, dict) else None
+    print(f"speech-router: {url} answered {status}: {message or body}", file=sys.stderr)
+    return True
+
+
+def _backends(args: argparse.Namespace) -> int:
+    try:
+        status, body = _admin(args.url, "GET", "/admin/backends")
+    except OSError as exc:
+        print(f"speech-router: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 1
+    if _admin_failed(status, body, args.url):
+        return 1
+    if args.json:
+        print(json.dumps(body, indent=2))
+        return 0
+    rows = body["backends"]
+    for row in rows:
+        row["breaker"] = row["breaker"]["state"]
+        lat = row.get("latency")
+        row["latency"] = f"{lat['base_s']:.3f}s+{lat['per_char_s'] * 1000:.2f}ms/char" if lat else None
+        row["weight"] = f"{row['weight']:g}/{row['effective_weight']:g}"
+    _print_table(rows, ["pool", "name", "type", "url", "state", "breaker", "inflight", "max_concurrency", "weight",
+                        "latency", "served"])
+    return 0
+
+
+def _drain(args: argparse.Namespace) -> int:
+    action = "undrain" if args.undo else "drain"
+    try:
+        status, body = _admin(args.url, "POST", f"/admin/backends/{args.name}/{action}")
+    except OSError as exc:
+        print(f"speech-router: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 1
+    if _admin_failed(status, body, args.url):
+        return 1
+    print(f"{body['name']}: {body['state']} ({body['inflight']} in flight)")
+    return 0
+
+
+def _reload(args: argparse.Namespace) -> int:
+    try:
+        status, body = _admin(args.url, "POST", "/admin/reload")
+    except OSError as exc:
+        print(f"speech-router: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 1
+    if status == 422:
+        print("speech-router: the new configuration was refused; the running one stays:", file=sys.stderr)
+        for line in body.get("errors", []):
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    if _admin_failed(status, body, args.url):
+        return 1
+    changes = "; ".join(f"{k}: {', '.join(v)}" for k, v in body.get("changes", {}).items() if v)
+    print(f"{body['result']}" + (f": {changes}" if changes else ""))
+    return 0
+
+
+def _print_table(rows: list[dict[str, Any]], cols: list[str] | None = None) -> None:
+    cols = cols or ["pool", "name", "type", "url", "state", "inflight", "max_concurrency", "detail"]
     table = [[str(r.get(c) if r.get(c) is not None else "-") for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in table)) if table else len(c) for i, c in enumerate(cols)]
     print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths)))

@@ -132,5 +132,15 @@ class Metrics:
             "speech_router_cache_evictions", "Entries evicted to stay within the byte budget, by tier", ["tier"],
             registry=r)
 
+    def forget_endpoint(self, pool: str, endpoint: str, backend_type: str) -> None:
+        """Drop the gauges of an endpoint a reload removed, so its last values do not linger as if live."""
+        for gauge, labels in ((self.inflight, (pool, endpoint)), (self.up, (pool, endpoint, backend_type)),
+                              (self.max_concurrency, (pool, endpoint)), (self.breaker_state, (pool, endpoint)),
+                              (self.endpoint_draining, (pool, endpoint))):
+            try:
+                gauge.remove(*labels)
+            except KeyError:
+                pass
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -29,14 +29,15 @@ class HttpSessions:
     """One ``aiohttp.ClientSession`` per pool: keep-alive and a bounded connection pool, closed on shutdown."""
 
     def __init__(self) -> None:
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._sessions: dict[tuple[str, int], aiohttp.ClientSession] = {}
 
     def get(self, pool_name: str, pool: PoolConfig) -> aiohttp.ClientSession:
-        session = self._sessions.get(pool_name)
+        key = (pool_name, pool.max_connections)  # a reload that changes the limit gets a new session
+        session = self._sessions.get(key)
         if session is None or session.closed:
             connector = aiohttp.TCPConnector(limit=pool.max_connections, keepalive_timeout=KEEPALIVE_S)
             session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
-            self._sessions[pool_name] = session
+            self._sessions[key] = session
         return session
 
     async def aclose(self) -> None:

@@ -210,7 +210,7 @@ def _name_endpoints(settings: Settings) -> list[tuple[tuple[Any, ...], str]]:
     for pool_name, pool in settings.pools.items():
         for i, ep in enumerate(pool.endpoints):
             if ep.name is None:
-                base = urlsplit(ep.url).netloc if ep.url else f"{pool_name}-{i}"
+                base = urlsplit(ep.url).netloc.rpartition("@")[2] if ep.url else f"{pool_name}-{i}"  # no credentials
                 ep.name = base if base not in seen else f"{pool_name}/{base}"
             if ep.name in seen:
                 issues.append((("pools", pool_name, "endpoints", i, "name"), f"duplicate endpoint name {ep.name!r}"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import time
@@ -18,7 +19,7 @@ from typing import Any
 
 from ..backends.base import Backend, BackendContext
 from ..backends.http import HttpSessions
-from ..config.models import Settings
+from ..config.models import PoolConfig, Settings
 from ..errors import (BackendError, BackendFailed, BackendOverloaded, BackendTimeout, BackendUnavailable,
                       DeadlineExceeded, QueueFull, QueueTimeout, RequestInvalid, Unavailable)
 from ..metrics import Metrics
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: a verified body is read whole before the client gets a byte, up to this size (then it streams)
 MAX_VERIFIED_BYTES = 64 * 1024 * 1024
+#: how often a retired endpoint is checked for its last request in flight
+RETIRE_POLL_S = 0.05
 
 
 @dataclass
@@ -75,24 +78,40 @@ class Router:
         self.pools: dict[str, Pool] = {name: self._build_pool(name) for name in settings.pools}
         self.budgets = {name: RetryBudget(p.retry.budget_ratio, p.retry.budget_min, p.retry.budget_window, clock)
                         for name, p in settings.pools.items()}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._health_tasks: dict[Endpoint, asyncio.Task[None]] = {}
+        self._closers: set[asyncio.Task[None]] = set()
+        #: endpoints removed by a reload that still finish requests in flight
+        self.retiring: list[Endpoint] = []
         self.started = False
 
     def _build_pool(self, name: str) -> Pool:
         cfg = self.settings.pools[name]
+        pool = Pool(name, cfg.type, self._build_endpoints(name, cfg, {}, []), cfg, self.clock, self.rng)
+        pool.on_panic = lambda p: self.metrics.panics.labels(p.name).inc()
+        return pool
+
+    def _build_endpoints(self, name: str, cfg: PoolConfig, reuse: dict[str, Endpoint],
+                         fresh: list[Endpoint]) -> list[Endpoint]:
+        """The pool's endpoints: those in ``reuse`` whose configuration is unchanged, new ones for the rest
+        (appended to ``fresh``). Raises ``ConfigError`` before anything runs when the options are wrong."""
         backend_cls: type[Backend] = self.registry.get(cfg.type)
         options = backend_cls.Options.model_validate(cfg.options)
         context = BackendContext(pool_name=name, pool=cfg, sessions=self.sessions)
+        pool_part = cfg.model_dump(mode="json", exclude={"endpoints"})
         endpoints = []
         for ep_cfg, ep_options in backend_cls.expand_endpoints(name, cfg, options):
-            ep = Endpoint(backend_cls(ep_cfg, ep_options, context), name, clock=self.clock, weight=ep_cfg.weight,
-                          max_concurrency=ep_cfg.max_concurrency or cfg.max_concurrency, breaker=cfg.breaker,
-                          balancer=cfg.balancer, health_check=cfg.health_check)
-            ep.breaker.on_change = self._breaker_listener(ep)
+            key = json.dumps([name, pool_part, ep_cfg.model_dump(mode="json"), ep_options.model_dump(mode="json")],
+                             sort_keys=True, default=str)
+            ep = reuse.pop(key, None)
+            if ep is None:
+                ep = Endpoint(backend_cls(ep_cfg, ep_options, context), name, clock=self.clock, weight=ep_cfg.weight,
+                              max_concurrency=ep_cfg.max_concurrency or cfg.max_concurrency, breaker=cfg.breaker,
+                              balancer=cfg.balancer, health_check=cfg.health_check)
+                ep.key = key
+                ep.breaker.on_change = self._breaker_listener(ep)
+                fresh.append(ep)
             endpoints.append(ep)
-        pool = Pool(name, cfg.type, endpoints, cfg, self.clock, self.rng)
-        pool.on_panic = lambda p: self.metrics.panics.labels(p.name).inc()
-        return pool
+        return endpoints
 
     @property
     def endpoints(self) -> list[Endpoint]:
@@ -111,7 +130,11 @@ class Router:
 
     async def start(self) -> None:
         """Open every backend and run a first health check, then keep checking in the background."""
-        for ep in self.endpoints:
+        await self._start_endpoints(self.endpoints)
+        self.started = True
+
+    async def _start_endpoints(self, endpoints: list[Endpoint]) -> None:
+        for ep in endpoints:
             try:
                 await ep.backend.open()
             except Exception as exc:  # noqa: BLE001 - one broken endpoint must not stop the router
@@ -119,12 +142,86 @@ class Router:
                 log.error("endpoint %s in pool %s failed to open: %s", ep.name, ep.pool, exc)
             self.metrics.max_concurrency.labels(ep.pool, ep.name).set(ep.max_concurrency)
             self.metrics.breaker_state.labels(ep.pool, ep.name).set(0)
-        await asyncio.gather(*(self._first_check(ep) for ep in self.endpoints))
-        for ep in self.endpoints:
+            self.metrics.endpoint_draining.labels(ep.pool, ep.name).set(0)
+        await asyncio.gather(*(self._first_check(ep) for ep in endpoints))
+        for ep in endpoints:
             if ep.health_check.enabled:
                 task = run_checks(ep, self._health_changed, self._deep_request(ep))
-                self._tasks.append(asyncio.create_task(task))
-        self.started = True
+                self._health_tasks[ep] = asyncio.create_task(task)
+
+    # -- reload and drain -----------------------------------------------------------------------------------
+
+    async def apply(self, settings: Settings) -> dict[str, list[str]]:
+        """Switch to ``settings`` without dropping a request.
+
+        Endpoints whose configuration is unchanged keep their state (health, breaker, learned latency);
+        new ones are opened and checked before they join, then ramp up (slow start); removed and changed
+        ones leave the rotation at once and are closed when their requests in flight are done. Pools keep
+        their queues. Raises ``ConfigError`` (and changes nothing) when a backend refuses the new options.
+        """
+        reuse = {ep.key: ep for ep in self.endpoints}
+        fresh: list[Endpoint] = []
+        planned = {name: self._build_endpoints(name, cfg, reuse, fresh) for name, cfg in settings.pools.items()}
+        removed = list(reuse.values())
+        await self._start_endpoints(fresh)
+        old_pools = self.settings.pools
+        self.settings = settings
+        for name, endpoints in planned.items():
+            cfg = settings.pools[name]
+            pool = self.pools.get(name)
+            if pool is None:
+                pool = self.pools[name] = Pool(name, cfg.type, endpoints, cfg, self.clock, self.rng)
+                pool.on_panic = lambda p: self.metrics.panics.labels(p.name).inc()
+            else:
+                pool.update(cfg, endpoints, cfg.type)
+            if name not in old_pools or old_pools[name].retry != cfg.retry:
+                r = cfg.retry
+                self.budgets[name] = RetryBudget(r.budget_ratio, r.budget_min, r.budget_window, self.clock)
+        for name in [n for n in self.pools if n not in settings.pools]:
+            self.pools.pop(name).retire()
+            self.budgets.pop(name, None)
+        for ep in fresh:
+            ep.joined()  # slow start
+        for ep in removed:
+            self._retire(ep)
+        added, gone = {ep.name for ep in fresh}, {ep.name for ep in removed}
+        return {"added": sorted(added - gone), "removed": sorted(gone - added), "replaced": sorted(added & gone)}
+
+    def drain(self, ep: Endpoint, draining: bool = True) -> None:
+        """Admin drain: no new requests (those in flight finish); undrain brings it back with slow start."""
+        if ep.draining == draining:
+            return
+        ep.draining = draining
+        self.metrics.endpoint_draining.labels(ep.pool, ep.name).set(1 if draining else 0)
+        log.info("endpoint %s in pool %s %s", ep.name, ep.pool, "draining" if draining else "undrained")
+        if not draining:
+            ep.joined()
+        pool = self.pools.get(ep.pool)
+        if pool is not None:
+            pool.wake()
+
+    def _retire(self, ep: Endpoint) -> None:
+        self.drain(ep)
+        ep.retired = True
+        task = self._health_tasks.pop(ep, None)
+        if task is not None:
+            task.cancel()
+        self.retiring.append(ep)
+        self._closers.add(asyncio.create_task(self._close_when_idle(ep)))
+
+    async def _close_when_idle(self, ep: Endpoint) -> None:
+        try:
+            while ep.inflight > 0:
+                await asyncio.sleep(RETIRE_POLL_S)
+            log.info("endpoint %s (pool %s) removed by a reload: drained and closed", ep.name, ep.pool)
+        finally:
+            with contextlib.suppress(Exception):
+                await ep.backend.aclose()
+            if ep in self.retiring:
+                self.retiring.remove(ep)
+            self._closers.discard(asyncio.current_task())  # type: ignore[arg-type]
+            if self.endpoint(ep.name) is None:  # gone for good: its label children go too (bounded cardinality)
+                self.metrics.forget_endpoint(ep.pool, ep.name, ep.backend.type)
 
     async def _first_check(self, ep: Endpoint) -> None:
         if ep.healthy is False:  # failed to open
@@ -152,8 +249,8 @@ class Router:
 
     def _health_changed(self, ep: Endpoint) -> None:
         self.metrics.up.labels(ep.pool, ep.name, ep.backend.type).set(1 if ep.available else 0)
-        if ep.available:
-            self.pools[ep.pool].wake()
+        if ep.available and (pool := self.pools.get(ep.pool)) is not None:
+            pool.wake()
 
     def _breaker_listener(self, ep: Endpoint) -> Callable[[Breaker, BreakerState, BreakerState], None]:
         def changed(breaker: Breaker, old: BreakerState, new: BreakerState) -> None:
@@ -168,19 +265,20 @@ class Router:
                 log.info("breaker of endpoint %s in pool %s: %s -> %s", ep.name, ep.pool, old.value, new.value)
             if new == BreakerState.CLOSED:
                 ep.joined()  # slow start after recovery
-            if new != BreakerState.OPEN:
-                self.pools[ep.pool].wake()
+            if new != BreakerState.OPEN and (pool := self.pools.get(ep.pool)) is not None:
+                pool.wake()
 
         return changed
 
     async def aclose(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._health_tasks.values(), *self._closers]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._tasks.clear()
-        for ep in self.endpoints:
+        self._health_tasks.clear()
+        for ep in [*self.endpoints, *self.retiring]:
             try:
                 await ep.backend.aclose()
             except Exception:  # noqa: BLE001
@@ -206,8 +304,10 @@ class Router:
         reason: str | None = None
         errors: list[str] = []
         last: Exception | None = None
-        for i, pool in enumerate(route):
-            if i > 0 and not pool.endpoints[0].backend.supports_voice(request.voice_params) \
+        i = -1
+        while (i := i + 1) < len(route):
+            pool = route[i]
+            if i > 0 and pool.endpoints and not pool.endpoints[0].backend.supports_voice(request.voice_params) \
                     and request.passthrough is None:
                 continue
             try:
@@ -215,6 +315,8 @@ class Router:
             except (QueueFull, QueueTimeout, Unavailable, BackendError) as exc:
                 if isinstance(exc, DeadlineExceeded) or (isinstance(exc, BackendError) and retry_reason(exc) is None):
                     raise
+                if pool.retired and request.model in self.settings.models:  # a reload removed it meanwhile
+                    route += [p for p in self.route(request.model) if p not in route]
                 last = exc
                 reason = _fallback_reason(exc)
                 continue
@@ -255,12 +357,13 @@ class Router:
             self.metrics.picks.labels(pool.name, lease.endpoint.name).inc()
             attempts += 1
             tried.add(lease.endpoint.name)
-            timeout = min(pool.per_try_timeout(lease.endpoint, chars), max(0.001, deadline - self.clock()))
+            per_try, left = pool.per_try_timeout(lease.endpoint, chars), deadline - self.clock()
+            timeout = min(per_try, max(0.001, left))
             try:
                 if pool.config.hedge.enabled:
                     response, lease = await self._hedged(pool, lease, request, timeout, tried)
                 else:
-                    response = await self._attempt(pool, lease, request, timeout)
+                    response = await self._attempt(pool, lease, request, timeout, deadline_bound=left < per_try)
             except BackendError as exc:
                 last = exc
                 errors.append(f"{exc.endpoint or lease.endpoint.name}: {exc.message}")
@@ -279,8 +382,13 @@ class Router:
         assert last is not None
         raise last
 
-    async def _attempt(self, pool: Pool, lease: Lease, request: SynthesisRequest, timeout: float) -> AudioResponse:
-        """One try: start the synthesis and wait for the first byte (within ``timeout``)."""
+    async def _attempt(self, pool: Pool, lease: Lease, request: SynthesisRequest, timeout: float,
+                       deadline_bound: bool = False) -> AudioResponse:
+        """One try: start the synthesis and wait for the first byte (within ``timeout``).
+
+        ``deadline_bound``: the request's deadline, not the endpoint's per-try time, set ``timeout``; running
+        out of it then is no failure of the endpoint (a client's short deadline must not trip breakers).
+        """
         ep = lease.endpoint
         started = self.clock()
         self.metrics.inflight.labels(ep.pool, ep.name).set(ep.inflight)
@@ -288,6 +396,9 @@ class Router:
             try:
                 response = await asyncio.wait_for(self._first_byte(pool, ep, request), timeout)
             except TimeoutError:
+                if deadline_bound:  # handled below as not the endpoint's fault, like a cancellation
+                    raise DeadlineExceeded(f"model {request.model!r}: no answer within the request deadline") \
+                        from None
                 raise BackendTimeout(f"endpoint {ep.name} did not answer within {timeout:.1f}s",
                                      endpoint=ep.name) from None
         except BackendError as exc:

@@ -46,6 +46,12 @@ class Endpoint:
         #: when the endpoint last joined the rotation; slow start ramps its weight from there
         self.available_since = -math.inf
         self._running: dict[int, float] = {}
+        #: identity of the configuration this endpoint was built from; a reload keeps it when unchanged
+        self.key = ""
+        #: takes no new requests and finishes those in flight (admin drain, or removed by a reload)
+        self.draining = False
+        #: removed by a reload: closed once idle
+        self.retired = False
 
     def __repr__(self) -> str:
         return f"Endpoint(name={self.name!r}, pool={self.pool!r}, state={self.state!r}, inflight={self.inflight})"
@@ -61,7 +67,7 @@ class Endpoint:
 
     @property
     def in_rotation(self) -> bool:
-        return self.available and self.breaker.can_allow()
+        return self.available and not self.draining and self.breaker.can_allow()
 
     @property
     def has_capacity(self) -> bool:
@@ -136,6 +142,8 @@ class Endpoint:
 
     @property
     def state(self) -> str:
+        if self.draining:
+            return "draining"
         if self.healthy is False:
             return "down"
         if self.breaker.ejected:
@@ -153,7 +161,7 @@ class Endpoint:
         ejected = breaker.ejected  # also moves an expired open breaker to half_open
         return {
             "name": self.name, "pool": self.pool, "type": self.backend.type, "url": url, "state": self.state,
-            "healthy": self.available, "detail": self.detail, "inflight": self.inflight,
+            "healthy": self.available, "draining": self.draining, "detail": self.detail, "inflight": self.inflight,
             "max_concurrency": self.max_concurrency, "weight": self.weight,
             "effective_weight": round(self.effective_weight(), 3), "served": self.served,
             "breaker": {"state": breaker.state.value, "trips": breaker.trips,

@@ -56,8 +56,25 @@ class Pool:
         self._waiters: dict[str, deque[asyncio.Future[None]]] = {p: deque() for p in PRIORITIES}
         self.on_panic: Callable[[Pool], None] | None = None
         self._rr = -1
+        #: removed from the configuration by a reload; its waiters move on to the model's current route
+        self.retired = False
+        self.update(config, endpoints, backend_type)
+
+    def update(self, config: PoolConfig, endpoints: list[Endpoint], backend_type: str | None = None) -> None:
+        """Take a reloaded configuration: new settings and endpoint list, same queue (waiters keep their place)."""
+        self.config = config
+        self.endpoints = endpoints
+        if backend_type is not None:
+            self.backend_type = backend_type
         for ep in endpoints:
             ep.breaker.may_trip = self._may_eject
+        self.wake()
+
+    def retire(self) -> None:
+        """The pool left the configuration: no endpoint is selectable any more; waiters wake and move on."""
+        self.retired = True
+        self.endpoints = []
+        self.wake()
 
     def __repr__(self) -> str:
         return f"Pool(name={self.name!r}, type={self.backend_type!r}, endpoints={[e.name for e in self.endpoints]})"
@@ -116,7 +133,7 @@ class Pool:
         candidates = [ep for ep in self.endpoints if ep.name not in exclude and ep.in_rotation]
         panic = False
         if not candidates and allow_panic and not any(ep.in_rotation for ep in self.endpoints):
-            candidates = [ep for ep in self.endpoints if ep.name not in exclude]
+            candidates = [ep for ep in self.endpoints if ep.name not in exclude and not ep.draining]
             panic = bool(candidates)
         if not candidates:
             return None, False, False

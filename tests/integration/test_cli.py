@@ -26,14 +26,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(env: dict[str, str], *args: str) -> Iterator[str]:
-    """``speech-router serve`` in a subprocess on a free loopback port; killed at the end."""
+def serving(env: dict[str, str], *args: str, procs: list[subprocess.Popen] | None = None) -> Iterator[str]:
+    """``speech-router serve`` in a subprocess on a free loopback port (appended to ``procs``); killed at the end."""
     port = free_port()
     full_env = {k: v for k, v in os.environ.items() if k not in ("TTS_REMOTE_URL", "SPEECH_ROUTER_CONFIG")}
     full_env.update(env)
     proc = subprocess.Popen([*CLI, "serve", "--host", "127.0.0.1", "--port", str(port), *args], env=full_env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
+    if procs is not None:
+        procs.append(proc)
     try:
         deadline = time.monotonic() + 30
         while True:

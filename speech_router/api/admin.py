@@ -1,0 +1,83 @@
+"""The admin API: see and steer the fleet while traffic flows. Its key is checked by the auth middleware.
+
+``GET /admin/backends``, ``POST /admin/backends/{name}/drain`` and ``/undrain``, ``POST /admin/reload``,
+``GET /admin/config`` (secrets redacted).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from .errors import openai_error
+
+REDACTED = "***"
+
+
+async def backends(request: Request) -> JSONResponse:
+    """Every endpoint with its state, breaker, in-flight count, weights and learned latency."""
+    router = request.app.state.router
+    rows = [{**ep.describe(), "retired": False} for ep in router.endpoints]
+    rows += [{**ep.describe(), "retired": True} for ep in router.retiring]
+    pools = {name: {"type": pool.backend_type, "queue_depth": pool.queue_depth(), "healthy": pool.healthy}
+             for name, pool in router.pools.items()}
+    return JSONResponse({"backends": rows, "pools": pools})
+
+
+async def drain(request: Request) -> JSONResponse:
+    return _set_draining(request, True)
+
+
+async def undrain(request: Request) -> JSONResponse:
+    return _set_draining(request, False)
+
+
+def _set_draining(request: Request, draining: bool) -> JSONResponse:
+    router = request.app.state.router
+    name = request.path_params["name"]
+    ep = router.endpoint(name)
+    if ep is None:
+        known = ", ".join(e.name for e in router.endpoints)
+        return openai_error(404, f"No backend named {name!r}. Known: {known}.", param="name", code="backend_not_found")
+    router.drain(ep, draining)
+    return JSONResponse(ep.describe())
+
+
+async def reload(request: Request) -> JSONResponse:
+    """Reload now; 200 when applied or unchanged, 422 with every error when the new config is refused."""
+    result = await request.app.state.reloader.reload("admin")
+    return JSONResponse(result.as_dict(), status_code=422 if result.result == "invalid" else 200)
+
+
+async def config(request: Request) -> JSONResponse:
+    """The running configuration; header values and credentials in URLs are replaced by ``***``."""
+    settings = request.app.state.settings
+    return JSONResponse({"source": settings.source, "config": redact(settings.model_dump(mode="json"))})
+
+
+def redact(value: Any, key: str = "") -> Any:
+    """Headers can carry tokens and URLs can carry passwords; key *names* of env variables are kept."""
+    if isinstance(value, dict):
+        if key == "headers":
+            return {k: REDACTED for k in value}
+        return {k: redact(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v, key) for v in value]
+    if isinstance(value, str) and key == "url" and "@" in value:
+        parts = urlsplit(value)
+        host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+        return parts._replace(netloc=f"{REDACTED}@{host}").geturl()
+    return value
+
+
+ROUTES = [
+    Route("/admin/backends", backends, methods=["GET"]),
+    Route("/admin/backends/{name:path}/drain", drain, methods=["POST"]),
+    Route("/admin/backends/{name:path}/undrain", undrain, methods=["POST"]),
+    Route("/admin/reload", reload, methods=["POST"]),
+    Route("/admin/config", config, methods=["GET"]),
+]
