@@ -96,7 +96,7 @@ def serve_router(config: dict[str, Any], pm: Any = None, env: dict[str, str] | N
     """A real speech-router for ``config`` on 127.0.0.1, started; the caller stops it."""
     pm = pm or create_plugin_manager(load_entrypoints=False)
     settings = settings_from_dict(config, registry=backend_registry(pm), env=env or {})
-    handle = ServerHandle(create_app(settings, pm=pm))
+    handle = ServerHandle(create_app(settings, pm=pm, env=env))
     handle.start()
     return handle
 

@@ -13,7 +13,7 @@ from typing import Any
 from ..config.models import Settings
 from ..errors import RequestInvalid
 
-_PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # fullmatch: "$" would accept a trailing newline
 
 
 def resolve_voice(settings: Settings, name: str, *, param: str = "voice") -> dict[str, Any]:
@@ -21,7 +21,7 @@ def resolve_voice(settings: Settings, name: str, *, param: str = "voice") -> dic
     voice = settings.voices.get(name)
     if voice is not None:
         return voice.params()
-    if settings.voice_dir is not None and _PLAIN_NAME.match(name):
+    if settings.voice_dir is not None and _PLAIN_NAME.fullmatch(name):
         d = settings.voice_dir
         return {"spk_audio_path": f"{d.path.rstrip('/')}/{name}{d.extension}"}
     known = ", ".join(sorted(settings.voices)) or "none configured"
