@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import pluggy
@@ -18,28 +19,41 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from ..cache import AudioCache
 from ..config.loader import load_settings
 from ..config.models import Settings
 from ..errors import SpeechRouterError
 from ..metrics import Metrics
 from ..plugins.manager import BackendRegistry, backend_registry, create_plugin_manager
 from ..router.dispatch import Router
-from . import routes
+from . import admin, openapi, routes
+from .access_log import AccessLogMiddleware
+from .auth import Authenticator, AuthMiddleware
+from .cached import ResponseCache
 from .errors import error_response, openai_error
 from .middleware import RequestIdMiddleware
+from .reload import Reloader
 
 log = logging.getLogger("speech_router")
 
 
 def create_app(settings: Settings | None = None, *, pm: pluggy.PluginManager | None = None,
-               config_path: str | None = None) -> Starlette:
-    """Build the app from ``settings`` (or load them from ``config_path``, ``TTS_REMOTE_URL`` or the default)."""
+               config_path: str | None = None, env: Mapping[str, str] | None = None) -> Starlette:
+    """Build the app from ``settings`` (or load them from ``config_path``, ``TTS_REMOTE_URL`` or the default).
+
+    ``env`` (default ``os.environ``) is where client and admin keys are read from (``app.state.env``).
+    """
+    env = os.environ if env is None else env
     pm = pm or create_plugin_manager()
     registry: BackendRegistry = backend_registry(pm)
     if settings is None:
-        settings = load_settings(config_path, registry=registry)
+        settings = load_settings(config_path, registry=registry, env=env)
+    auth = Authenticator.from_settings(settings, env=env)
     metrics = Metrics()
     router = Router(settings, registry, metrics)
+    cache = ResponseCache(AudioCache(settings.cache, metrics), metrics)
+    metrics.config_loaded_timestamp.set_to_current_time()
+    metrics.config_last_reload_success.set(1)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -52,10 +66,13 @@ def create_app(settings: Settings | None = None, *, pm: pluggy.PluginManager | N
         for result in pm.hook.startup(router=router):
             if hasattr(result, "__await__"):
                 await result
+        reloader.start()
         try:
             yield
         finally:
+            await reloader.stop()
             await router.aclose()
+            await cache.aclose()
 
     app = Starlette(
         routes=[
@@ -72,8 +89,10 @@ def create_app(settings: Settings | None = None, *, pm: pluggy.PluginManager | N
             Route("/readyz", routes.readyz, methods=["GET"]),
             Route("/metrics", routes.metrics, methods=["GET"]),
             Route("/-/plugins", routes.plugins, methods=["GET"]),
+            Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
+            *admin.ROUTES,
         ],
-        middleware=[Middleware(RequestIdMiddleware)],
+        middleware=[Middleware(RequestIdMiddleware), Middleware(AccessLogMiddleware), Middleware(AuthMiddleware)],
         exception_handlers={SpeechRouterError: _known_error, HTTPException: _http_error},
         lifespan=lifespan,
     )
@@ -84,7 +103,21 @@ def create_app(settings: Settings | None = None, *, pm: pluggy.PluginManager | N
     app.state.registry = registry
     app.state.created = routes.started_at()
     app.state.tts_url_model = _tts_url_model(router)
+    app.state.env = env
+    app.state.auth = auth
+    app.state.cache = cache
+    reloader = app.state.reloader = Reloader(app, config_path, on_applied=[_refresh_state(app)])
     return app
+
+
+def _refresh_state(app: Starlette) -> Any:
+    """What else follows the settings after a reload."""
+    async def refresh(old: Settings, new: Settings) -> None:
+        app.state.tts_url_model = _tts_url_model(app.state.router)
+        if new.cache != old.cache:
+            await app.state.cache.store.resize(new.cache)
+
+    return refresh
 
 
 def _tts_url_model(router: Router) -> str | None:

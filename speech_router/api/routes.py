@@ -4,6 +4,7 @@ it to ``speech_router.api.respond``, which dispatches it and streams the answer.
 from __future__ import annotations
 
 import json
+import posixpath
 import time
 from typing import Any
 
@@ -17,7 +18,7 @@ from ..types import Emotion, EmotionMethod, SynthesisRequest
 from .respond import synthesize_response
 from pydantic import ValidationError
 
-from .schemas import EmotionSpec, SpeechRequest, SynthesizeRequest, invalid_from, parse
+from .schemas import EmotionSpec, SpeechRequest, SynthesizeRequest, TtsUrlRequest, invalid_from, parse
 
 OPENAI_SPEECH = "/v1/audio/speech"
 
@@ -58,6 +59,12 @@ def _check_text(settings: Any, text: str, param: str) -> None:
     if len(text) > limit:
         raise RequestInvalid(f"Invalid '{param}': string too long. Expected at most {limit} characters, "
                              f"got {len(text)}.", param=param, code="string_above_max_length")
+    if not text.isascii():  # JSON's "\ud800" decodes to a lone surrogate: not text, and no engine can encode it
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise RequestInvalid(f"Invalid '{param}': {text[exc.start]!a} at position {exc.start} is a lone "
+                                 "UTF-16 surrogate, not a character.", param=param, code="invalid_text") from None
 
 
 async def openai_speech(request: Request) -> Response:
@@ -123,6 +130,8 @@ async def tts_url(request: Request) -> Response:
                ("spk_audio_path", "audio_paths", "audio_path")):
         raise RequestInvalid("'spk_audio_path' is required and must be a string.", param="spk_audio_path")
     _check_emo_vec(body)
+    _check_reference_paths(body, settings.server.tts_url_path_prefixes)
+    parse(TtsUrlRequest, body)  # the node crashes (500) on a wrong type; the body itself goes on unchanged
     model = state.tts_url_model
     if model is None:
         raise RequestInvalid("No index-tts-vllm pool is configured for /tts_url.", param=None, code="not_configured")
@@ -142,6 +151,34 @@ def _check_emo_vec(body: dict[str, Any]) -> None:
     except ValidationError as exc:
         err = invalid_from(exc)
         raise RequestInvalid(err.message.replace("'vector'", "'emo_vec'"), param="emo_vec") from None
+
+
+#: fields of index-tts-vllm's v1/v2 ``/tts_url`` bodies that name files on the node (any ``*_path(s)`` also counts)
+REFERENCE_PATH_FIELDS = ("spk_audio_path", "emo_ref_path", "emo_audio_prompt", "audio_path", "audio_paths")
+
+
+def _check_reference_paths(body: dict[str, Any], prefixes: list[str]) -> None:
+    """With ``server.tts_url_path_prefixes`` set, every path must lie under one of them once normalised.
+
+    The normalised path replaces the given one, so the node never resolves a ``..`` itself.
+    """
+    if not prefixes:
+        return
+    roots = [posixpath.normpath(p) for p in prefixes]
+    for field, value in body.items():
+        if value is None or not (field in REFERENCE_PATH_FIELDS or field.endswith(("_path", "_paths"))):
+            continue
+        paths = value if isinstance(value, list) else [value]
+        for path in paths:
+            if not isinstance(path, str) or not path or not any(_under(posixpath.normpath(path), r) for r in roots):
+                raise RequestInvalid(f"'{field}' must name a file under one of the allowed paths: "
+                                     f"{', '.join(prefixes)}.", param=field, code="path_not_allowed")
+        normalised = [posixpath.normpath(p) for p in paths]
+        body[field] = normalised if isinstance(value, list) else normalised[0]
+
+
+def _under(path: str, root: str) -> bool:
+    return root == "/" and path.startswith("/") or path == root or path.startswith(root.rstrip("/") + "/")
 
 
 async def list_models(request: Request) -> JSONResponse:
@@ -194,6 +231,8 @@ async def metrics(request: Request) -> Response:
     state = _state(request)
     for ep in state.router.endpoints:
         state.metrics.inflight.labels(ep.pool, ep.name).set(ep.inflight)
+    for model in state.settings.models:
+        state.metrics.model_healthy.labels(model).set(1 if state.router.model_healthy(model) else 0)
     return PlainTextResponse(state.metrics.render(), media_type=CONTENT_TYPE)
 
 

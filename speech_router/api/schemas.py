@@ -83,6 +83,38 @@ class SynthesizeRequest(BaseModel):
     stream: bool = False
 
 
+def _absent_not_null(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)  # the None default means "absent"; a client may not send null
+
+
+class TtsUrlRequest(BaseModel):
+    """index-tts-vllm's ``/tts_url`` body (v2, or v1's ``audio_paths``), forwarded to a node unchanged.
+
+    Strict types, because the node gets the body as sent and crashes (HTTP 500) on a string where it
+    reads a number: that must be the client's 400, not a failure counted against the node.
+    """
+
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False, json_schema_extra={
+        "anyOf": [{"required": ["spk_audio_path"]}, {"required": ["audio_paths"]}, {"required": ["audio_path"]}]})
+
+    text: str
+    spk_audio_path: str | None = Field(None, description="speaker reference audio: a path on the node (v2)")
+    # absent or a list, never null: a v1 node indexes it without a None check (as a v2 node does emo_vec)
+    audio_paths: list[str] = Field(None, min_length=1, description="speaker reference paths (v1)",
+                                   json_schema_extra=_absent_not_null)
+    audio_path: str | None = Field(None, description="speaker reference path (v1)")
+    emo_control_method: int = Field(0, ge=0, le=3, description="0 speaker audio, 1 emo_ref_path, 2 emo_vec, "
+                                                                "3 emo_text")
+    emo_ref_path: str | None = None
+    emo_weight: float = 1.0
+    emo_vec: list[float] = Field(None, description="8 weights (happy ... calm), each 0..1, sum at most 1.5",
+                                 json_schema_extra=_absent_not_null)
+    emo_text: str | None = None
+    emo_random: bool = False
+    max_text_tokens_per_sentence: int = Field(120, ge=1)
+    seed: int | None = Field(None, description="v1 only")
+
+
 def parse(model: type[BaseModel], data: Any) -> Any:
     """Validate ``data``; the first problem becomes a ``RequestInvalid`` naming its field."""
     if not isinstance(data, dict):

@@ -51,6 +51,10 @@ class IndexTtsVllmBackend(Backend):
     def request_body(self, request: SynthesisRequest) -> tuple[str, dict[str, Any]]:
         """The path and JSON body the node expects for this request."""
         if request.passthrough is not None:
+            if self.api == "v2" and not isinstance(request.passthrough.get("spk_audio_path"), str):
+                # api_server_v2 reads data["spk_audio_path"] and answers a KeyError as HTTP 500
+                raise BackendRejected("index-tts-vllm v2 nodes need 'spk_audio_path' (a path on the node); "
+                                      "'audio_paths' is the IndexTTS 1.x form", endpoint=self.name)
             return "/tts_url", request.passthrough
         params = request.voice_params
         if self.api == "v1":

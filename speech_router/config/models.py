@@ -62,7 +62,7 @@ class AuthConfig(_Strict):
     keys_env: str = Field("SPEECH_ROUTER_API_KEYS",
                           description="environment variable with comma-separated keys, each `key` or `name=key`")
     open_paths: list[str] = Field(
-        default_factory=lambda: ["/livez", "/readyz", "/metrics", "/health"],
+        default_factory=lambda: ["/livez", "/readyz", "/metrics", "/health", "/openapi.json"],
         description="paths served without a client key")
     admin_key_env: str = Field("SPEECH_ROUTER_ADMIN_KEY", description="environment variable with the admin key")
 

@@ -1,0 +1,347 @@
+"""``GET /openapi.json``: an OpenAPI 3.1 document of the routes this app serves.
+
+Route metadata is one table (``OPERATIONS``), not YAML in docstrings, so a test can hold it against the
+app's routes and a new route cannot go undocumented. Request bodies come from the pydantic models the
+handlers validate with, so the document and the validation cannot drift apart. Only routes the app
+really has are documented: an entry whose handler does not exist yet stays out of the document.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Mount, Route
+
+from .. import __version__
+from ..audio import FORMATS
+from ..config.models import ServerConfig, Settings
+from .schemas import SpeechRequest, SynthesizeRequest, TtsUrlRequest
+
+OPENAPI_VERSION = "3.1.0"
+REF_TEMPLATE = "#/components/schemas/{model}"
+EXAMPLE_TEXT = "Hello from speech-router."
+
+
+# --- shapes the handlers build as plain dicts; described here for clients -------------------------------
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str = Field(description="invalid_request_error, authentication_error, rate_limit_error or server_error")
+    param: str | None = Field(description="the request field at fault, dotted (`emotion.vector`)")
+    code: str | None = Field(description="machine-readable reason, e.g. model_not_found, queue_full")
+
+
+class Error(BaseModel):
+    """OpenAI's error body: on the OpenAI, native and admin routes."""
+
+    model_config = ConfigDict(extra="forbid")
+    error: ErrorDetail
+
+
+class TtsUrlError(BaseModel):
+    """index-tts-vllm's error body, kept on the ``/tts_url`` drop-in (without the node's traceback)."""
+
+    model_config = ConfigDict(extra="forbid")
+    status: Literal["error"]
+    error: str
+
+
+class SpeechAudioDelta(BaseModel):
+    type: Literal["speech.audio.delta"]
+    audio: str = Field(description="base64 of the next bytes of audio in the requested response_format")
+
+
+class Usage(BaseModel):
+    input_tokens: int = Field(description="characters of input")
+    output_tokens: int = Field(description="20 ms frames of audio")
+    total_tokens: int
+
+
+class SpeechAudioDone(BaseModel):
+    type: Literal["speech.audio.done"]
+    usage: Usage
+
+
+class StreamErrorDetail(BaseModel):
+    message: str
+    type: str
+
+
+class SpeechStreamError(BaseModel):
+    """Sent in place of more audio when the endpoint fails mid-stream; the stream then ends."""
+
+    type: Literal["error"]
+    error: StreamErrorDetail
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class VoiceCard(BaseModel):
+    id: str
+    object: Literal["voice"]
+    description: str
+    models: list[str] = Field(description="models whose backends can speak this voice")
+
+
+class VoiceList(BaseModel):
+    object: Literal["list"]
+    data: list[VoiceCard]
+    voice_dir: str | None = Field(None, description="other names resolve to files in this directory on the nodes")
+
+
+class ModelHealth(BaseModel):
+    healthy: bool
+    pools: list[str]
+
+
+class Health(BaseModel):
+    status: Literal["healthy", "unhealthy"]
+    models: dict[str, ModelHealth]
+    endpoints: list[dict[str, Any]] = Field(description="each endpoint's state, breaker and load")
+
+
+class Status(BaseModel):
+    status: str
+
+
+class Plugin(BaseModel):
+    name: str
+    hooks: list[str]
+    version: str | None
+
+
+COMPONENT_MODELS: tuple[type[BaseModel], ...] = (
+    SpeechRequest, SynthesizeRequest, TtsUrlRequest, Error, TtsUrlError, ModelList, VoiceList, Health, Status, Plugin,
+    SpeechAudioDelta, SpeechAudioDone, SpeechStreamError)
+
+
+# --- the route table ---------------------------------------------------------------------------------
+
+Content = dict[str, dict[str, Any]]
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": REF_TEMPLATE.format(model=model.__name__)}
+
+
+def _json(schema: type[BaseModel] | dict[str, Any]) -> Content:
+    return {"application/json": {"schema": schema if isinstance(schema, dict) else _ref(schema)}}
+
+
+AUDIO: Content = {fmt.content_type: {} for fmt in FORMATS.values()}  # binary bodies: no schema (OpenAPI 3.1)
+#: each event (OpenAPI 3.2's reading of an event-stream schema): JSON in `data`
+SSE: Content = {"text/event-stream": {"schema": {
+    "type": "object", "required": ["data"], "description": "Audio deltas, then `speech.audio.done` with usage.",
+    "properties": {"event": {"type": "string"}, "data": {
+        "type": "string", "contentMediaType": "application/json",
+        "contentSchema": {"oneOf": [_ref(SpeechAudioDelta), _ref(SpeechAudioDone), _ref(SpeechStreamError)]}}}}}}
+ANY_OBJECT: dict[str, Any] = {"type": "object"}
+
+ERROR_TEXT = {
+    400: "The request is invalid; `param` names the field.",
+    401: "No key, or an unknown one (`Authorization: Bearer <key>`).",
+    403: "The admin API is off: no admin key is configured.",
+    404: "No endpoint of that name.",
+    413: "The body is over `server.max_body_bytes`.",
+    429: "The client's rate limit or the pool's queue is full; retry after `Retry-After` seconds.",
+    500: "An unexpected error in the router (logged with the request id).",
+    502: "The endpoint failed; the message says which.",
+    503: "No healthy endpoint or the queue timed out; retry after `Retry-After` seconds.",
+    504: "The request's deadline passed.",
+}
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer", "minimum": 1}}}
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One documented method on one path."""
+
+    summary: str
+    tag: str
+    ok: Content
+    auth: Literal["apiKey", "adminKey"] | None = None
+    body: type[BaseModel] | None = None
+    errors: tuple[int, ...] = ()
+    error_body: type[BaseModel] = Error
+    also: tuple[tuple[int, str], ...] = ()  # other statuses answered with the success body: (status, why)
+    synthesis_headers: bool = False  # the priority and deadline request headers
+
+
+CLIENT_ERRORS = (401, 429)
+SYNTHESIS_ERRORS = (400, 401, 413, 429, 500, 502, 503, 504)
+ADMIN_ERRORS = (401, 403)
+NOT_READY = ((503, "Not ready: no model can be served."),)
+
+_SPEECH = Operation("Create speech (OpenAI's API)", "synthesis", {**AUDIO, **SSE}, "apiKey", SpeechRequest,
+                    SYNTHESIS_ERRORS, synthesis_headers=True)
+_MODELS = Operation("List models (OpenAI's API)", "discovery", _json(ModelList), "apiKey", errors=CLIENT_ERRORS)
+_VOICES = Operation("List voices and the models that speak them", "discovery", _json(VoiceList), "apiKey",
+                    errors=CLIENT_ERRORS)
+_DRAIN = Operation("Stop sending new requests to an endpoint", "admin", _json(ANY_OBJECT), "adminKey",
+                   errors=(*ADMIN_ERRORS, 404))
+
+OPERATIONS: dict[tuple[str, str], Operation] = {
+    ("POST", "/v1/audio/speech"): _SPEECH,
+    ("POST", "/audio/speech"): replace(_SPEECH, summary="Create speech (OpenAI's API, without /v1)"),
+    ("POST", "/synthesize"): Operation("Synthesize with IndexTTS2 controls (native API)", "synthesis", AUDIO,
+                                       "apiKey", SynthesizeRequest, SYNTHESIS_ERRORS, synthesis_headers=True),
+    ("POST", "/tts_url"): Operation("index-tts-vllm's /tts_url, routed to a healthy node", "synthesis",
+                                    {"audio/wav": {}}, "apiKey", TtsUrlRequest, SYNTHESIS_ERRORS, TtsUrlError,
+                                    synthesis_headers=True),
+    ("GET", "/v1/models"): _MODELS,
+    ("GET", "/models"): replace(_MODELS, summary="List models (without /v1)"),
+    ("GET", "/v1/audio/voices"): _VOICES,
+    ("GET", "/voices"): replace(_VOICES, summary="List voices (without /v1)"),
+    ("GET", "/health"): Operation("Every model's and endpoint's health; 503 when a model has none healthy",
+                                  "operations", _json(Health), also=((503, "Some model has no healthy endpoint."),)),
+    ("GET", "/livez"): Operation("The process answers", "operations", _json(Status)),
+    ("GET", "/readyz"): Operation("Started, and some model can be served; else 503", "operations", _json(Status),
+                                  also=NOT_READY),
+    ("GET", "/metrics"): Operation("Prometheus metrics", "operations", {"text/plain": {"schema": {"type": "string"}}}),
+    ("GET", "/-/plugins"): Operation("Loaded plugins and their hooks", "operations",
+                                     _json({"type": "array", "items": _ref(Plugin)}),
+                                     "apiKey", errors=CLIENT_ERRORS),
+    ("GET", "/admin/backends"): Operation("Every endpoint's state", "admin", _json(ANY_OBJECT), "adminKey",
+                                          errors=ADMIN_ERRORS),
+    ("POST", "/admin/backends/{name}/drain"): _DRAIN,
+    ("POST", "/admin/backends/{name}/undrain"): replace(_DRAIN, summary="Send new requests to an endpoint again"),
+    ("POST", "/admin/reload"): Operation("Re-read the configuration", "admin", _json(ANY_OBJECT), "adminKey",
+                                         errors=ADMIN_ERRORS, also=((422, "The new configuration was refused; "
+                                                                           "`errors` lists every problem."),)),
+    ("GET", "/admin/config"): Operation("The configuration in use, without secrets", "admin", _json(ANY_OBJECT),
+                                        "adminKey", errors=ADMIN_ERRORS),
+}
+
+SECURITY_SCHEMES = {
+    "apiKey": {"type": "http", "scheme": "bearer", "description": (
+        "A client key, sent as OpenAI's SDKs do. Needed only when client keys are configured.")},
+    "adminKey": {"type": "http", "scheme": "bearer", "description": "The admin key (`server.auth.admin_key_env`)."},
+}
+
+
+# --- building the document ---------------------------------------------------------------------------
+
+
+def app_operations(app_routes: Iterable[BaseRoute], prefix: str = "") -> Iterator[tuple[str, str]]:
+    """(method, OpenAPI path) for every route, mounts included; HEAD (Starlette's GET twin) left out."""
+    for route in app_routes:
+        if isinstance(route, Route):
+            path = re.sub(r"\{(\w+)(:\w+)?\}", r"{\1}", prefix + route.path)
+            for method in sorted(route.methods or ()):
+                if method != "HEAD":
+                    yield method, path
+        elif isinstance(route, Mount):
+            yield from app_operations(route.routes, prefix + route.path)
+
+
+def openapi_schema(app_routes: Iterable[BaseRoute], *, settings: Settings | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document for the routes given; ``settings`` adds working examples and header names."""
+    headers = _synthesis_headers(settings.server if settings else ServerConfig())
+    examples = _examples(settings)
+    paths: dict[str, dict[str, Any]] = {}
+    for method, path in app_operations(app_routes):
+        op = OPERATIONS.get((method, path))
+        if op is not None:
+            paths.setdefault(path, {})[method.lower()] = _operation(method, path, op, headers, examples)
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {"title": "speech-router", "version": __version__, "description": (
+            "One stable URL in front of a fleet of text-to-speech servers.")},
+        "paths": dict(sorted(paths.items())),
+        "components": {"schemas": component_schemas(), "securitySchemes": SECURITY_SCHEMES},
+    }
+
+
+def component_schemas() -> dict[str, Any]:
+    """Each model's JSON schema, with the ``$defs`` pydantic nests hoisted up to ``components.schemas``."""
+    out: dict[str, Any] = {}
+    for model in COMPONENT_MODELS:
+        schema = model.model_json_schema(ref_template=REF_TEMPLATE)
+        out.update(schema.pop("$defs", {}))
+        out[model.__name__] = schema
+    return dict(sorted(out.items()))
+
+
+def _operation(method: str, path: str, op: Operation, headers: list[dict[str, Any]],
+               examples: dict[type[BaseModel], dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "operationId": re.sub(r"[^A-Za-z0-9]+", "_", f"{method.lower()}{path}").strip("_"),
+        "summary": op.summary,
+        "tags": [op.tag],
+        "security": [{op.auth: []}] if op.auth else [],
+    }
+    params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+              for name in re.findall(r"\{(\w+)\}", path)]
+    if op.synthesis_headers:
+        params += headers
+    if params:
+        out["parameters"] = params
+    if op.body is not None:
+        media: dict[str, Any] = {"schema": _ref(op.body)}
+        if op.body in examples:
+            media["example"] = examples[op.body]
+        out["requestBody"] = {"required": True, "content": {"application/json": media}}
+    responses: dict[str, Any] = {"200": {"description": "OK", "content": op.ok}}
+    for status, why in op.also:
+        responses[str(status)] = {"description": why, "content": op.ok}
+    for status in op.errors:
+        responses[str(status)] = {"description": ERROR_TEXT[status], "content": _json(op.error_body)}
+        if status in (429, 503):
+            responses[str(status)]["headers"] = RETRY_AFTER
+    out["responses"] = responses
+    return out
+
+
+def _synthesis_headers(server: ServerConfig) -> list[dict[str, Any]]:
+    """The request headers every synthesis route reads; their names are configurable."""
+    return [
+        {"name": server.priority_header, "in": "header", "required": False,
+         "description": "interactive requests are served before batch ones (a client key's class wins)",
+         "schema": {"type": "string", "enum": ["interactive", "batch"]}},
+        {"name": server.deadline_header, "in": "header", "required": False,
+         "description": "seconds the client will wait; it can only shorten the model's deadline",
+         "schema": {"type": "number", "exclusiveMinimum": 0}},
+    ]
+
+
+def _examples(settings: Settings | None) -> dict[type[BaseModel], dict[str, Any]]:
+    """Bodies that work on this instance: its first model and voice."""
+    if settings is None or not settings.voices:
+        return {}
+    model = next(iter(settings.models))
+    voice, config = next(iter(settings.voices.items()))
+    out: dict[type[BaseModel], dict[str, Any]] = {
+        SpeechRequest: {"model": model, "input": EXAMPLE_TEXT, "voice": voice, "response_format": "wav"},
+        SynthesizeRequest: {"model": model, "text": EXAMPLE_TEXT, "voice": voice},
+    }
+    spk_audio_path = config.params().get("spk_audio_path")
+    if isinstance(spk_audio_path, str):
+        out[TtsUrlRequest] = {"text": EXAMPLE_TEXT, "spk_audio_path": spk_audio_path}
+    return out
+
+
+async def openapi_json(request: Request) -> JSONResponse:
+    """The document, built once and kept on ``app.state``; built again only when a reload swapped the settings."""
+    state = request.app.state
+    settings = getattr(state, "settings", None)
+    cached = getattr(state, "openapi", None)
+    if cached is None or cached[0] is not settings:
+        cached = state.openapi = (settings, openapi_schema(request.app.routes, settings=settings))
+    return JSONResponse(cached[1])
