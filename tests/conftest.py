@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -99,6 +101,42 @@ def serve_router(config: dict[str, Any], pm: Any = None, env: dict[str, str] | N
     handle = ServerHandle(create_app(settings, pm=pm, env=env))
     handle.start()
     return handle
+
+
+@dataclass
+class SharedFleet:
+    """Emulated nodes and the router in front of them, shared by a module's tests that change no knob."""
+
+    nodes: list[Node]
+    srv: ServerHandle
+
+    @property
+    def url(self) -> str:
+        return self.srv.url
+
+    @property
+    def node(self) -> Node:
+        return self.nodes[0]
+
+
+@contextlib.contextmanager
+def shared_fleet(*names: str, server: dict[str, Any] | None = None, env: dict[str, str] | None = None,
+                 pm: Any = None) -> Iterator[SharedFleet]:
+    """Start nodes ``names`` and a router over them (``fleet_config`` plus ``server`` settings); stop all at the end."""
+    started = [Node(EmulatorConfig(name=name)) for name in names]
+    for node in started:
+        node.server.start()
+    try:
+        config = fleet_config(*(n.url for n in started))
+        config["server"] = server or {}
+        srv = serve_router(config, pm, env=env)
+        try:
+            yield SharedFleet(started, srv)
+        finally:
+            srv.stop()
+    finally:
+        for node in started:
+            node.server.stop()
 
 
 @pytest.fixture

@@ -6,22 +6,14 @@ expansion reads, so nothing here touches ``os.environ``.
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
 
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from speech_router.api.app import create_app
-from speech_router.config.loader import settings_from_dict
-from speech_router.plugins.manager import backend_registry, create_plugin_manager
-from tests.conftest import Node, fleet_config
-from tests.emulator.index_tts_vllm import EmulatorConfig
+from tests.client import Reply, call
+from tests.conftest import SharedFleet, fleet_config, shared_fleet
 from tests.emulator.serve import ServerHandle
 
 ALICE, BOB, BATCH, ADMIN = "sk-alice-0123456789", "sk-bob-0123456789", "sk-batch-0123456789", "adm-0123456789"
@@ -31,33 +23,6 @@ KEYS = [{"name": "bob", "key_env": "BOB_KEY", "requests_per_minute": 3},
         {"name": "batchy", "key_env": "BATCH_KEY", "priority": "batch"}]
 SPEECH = {"model": "indextts2", "voice": "alloy", "input": "hello there", "response_format": "wav"}
 TTS_URL = {"text": "hello there", "spk_audio_path": "/data/voices/alloy.wav"}
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: Any
-    body: bytes
-
-    def json(self) -> Any:
-        assert self.headers["content-type"].startswith("application/json"), (self.status, self.headers)
-        return json.loads(self.body)
-
-
-def call(url: str, body: Any = None, *, key: str | None = None, headers: dict[str, str] | None = None,
-         method: str | None = None) -> Reply:
-    data = json.dumps(body).encode() if body is not None else None
-    all_headers = {"Content-Type": "application/json", **(headers or {})}
-    if key is not None:
-        all_headers["Authorization"] = f"Bearer {key}"
-    req = urllib.request.Request(url, data=data, headers=all_headers,
-                                 method=method or ("POST" if data is not None else "GET"))
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return Reply(resp.status, resp.headers, resp.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return Reply(exc.code, exc.headers, exc.read())
 
 
 def openai_error(reply: Reply, status: int, *, code: str, type_: str = "invalid_request_error") -> str:
@@ -84,52 +49,17 @@ def metric(url: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-def serve(config: dict[str, Any], env: dict[str, str]) -> ServerHandle:
-    pm = create_plugin_manager(load_entrypoints=False)
-    settings = settings_from_dict(config, registry=backend_registry(pm), env=env)
-    handle = ServerHandle(create_app(settings, pm=pm, env=env))
-    handle.start()
-    return handle
-
-
 @pytest.fixture
-def keyed_router() -> Iterator[Callable[..., ServerHandle]]:
-    """Factory: ``keyed_router(config, env)`` serves a router reading its keys from ``env``; stopped at teardown."""
-    started: list[ServerHandle] = []
-
-    def start(config: dict[str, Any], env: dict[str, str] | None = None) -> ServerHandle:
-        handle = serve(config, ENV if env is None else env)
-        started.append(handle)
-        return handle
-
-    yield start
-    for handle in started:
-        handle.stop()
-
-
-@dataclass
-class Fleet:
-    node: Node
-    srv: ServerHandle
-
-    @property
-    def url(self) -> str:
-        return self.srv.url
+def keyed_router(router: Callable[..., ServerHandle]) -> Callable[..., ServerHandle]:
+    """Factory: ``keyed_router(config, env)`` serves a router reading its keys from ``env`` (default ``ENV``)."""
+    return lambda config, env=None: router(config, env=ENV if env is None else env)
 
 
 @pytest.fixture(scope="module")
-def fleet() -> Iterator[Fleet]:
+def fleet() -> Iterator[SharedFleet]:
     """One node behind a router with client keys (alice, bob, batchy) and an admin key."""
-    node = Node(EmulatorConfig(name="n1"))
-    node.server.start()
-    config = fleet_config(node.url)
-    config["server"] = {"auth": {"keys": KEYS}}
-    srv = serve(config, ENV)
-    try:
-        yield Fleet(node, srv)
-    finally:
-        srv.stop()
-        node.server.stop()
+    with shared_fleet("n1", server={"auth": {"keys": KEYS}}, env=ENV) as f:
+        yield f
 
 
 # --- client keys ----------------------------------------------------------------------------------
@@ -312,18 +242,10 @@ def test_a_voice_never_becomes_a_path_the_client_chose(nodes, keyed_router, voic
 
 
 @pytest.fixture(scope="module")
-def prefixed() -> Iterator[Fleet]:
+def prefixed() -> Iterator[SharedFleet]:
     """/tts_url restricted to reference files under /data/voices/ (v2 node)."""
-    node = Node(EmulatorConfig(name="p1"))
-    node.server.start()
-    config = fleet_config(node.url)
-    config["server"] = {"tts_url_path_prefixes": ["/data/voices/"]}
-    srv = serve(config, {})
-    try:
-        yield Fleet(node, srv)
-    finally:
-        srv.stop()
-        node.server.stop()
+    with shared_fleet("p1", server={"tts_url_path_prefixes": ["/data/voices/"]}, env={}) as f:
+        yield f
 
 
 @pytest.mark.parametrize("path,forwarded", [("/data/voices/alloy.wav", "/data/voices/alloy.wav"),

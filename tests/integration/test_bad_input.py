@@ -11,18 +11,14 @@ import http.client
 import json
 import logging
 import socket
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import openai
 import pytest
 
-from tests.conftest import Node, fleet_config, openai_client, serve_router
-from tests.emulator.index_tts_vllm import EmulatorConfig
-from tests.emulator.serve import ServerHandle
+from tests.client import Reply, call
+from tests.conftest import SharedFleet, fleet_config, openai_client, shared_fleet
 
 MAX_TEXT_CHARS = 50
 MAX_BODY_BYTES = 2048
@@ -31,35 +27,6 @@ FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
 GOOD_SPEECH = {"model": "indextts2", "voice": "alloy", "input": "hello there", "response_format": "wav"}
 GOOD_NATIVE = {"model": "indextts2", "voice": "alloy", "text": "hello there"}
 GOOD_TTS_URL = {"text": "hello there", "spk_audio_path": "/data/voices/alloy.wav"}
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: Any
-    body: bytes
-
-    def json(self) -> Any:
-        assert self.headers["content-type"].startswith("application/json"), (self.status, self.headers)
-        return json.loads(self.body)
-
-
-def call(url: str, body: Any = None, *, raw: bytes | None = None, method: str = "POST",
-         headers: dict[str, str] | None = None) -> Reply:
-    """One request with urllib."""
-    data: Any = None
-    if raw is not None:
-        data = raw
-    elif body is not None:
-        data = json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return Reply(resp.status, resp.headers, resp.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return Reply(exc.code, exc.headers, exc.read())
 
 
 def call_chunked(url: str, data: bytes, chunk_size: int = 500) -> Reply:
@@ -110,33 +77,15 @@ def index_error(reply: Reply, status: int) -> str:
     return body["error"]
 
 
-@dataclass
-class Fleet:
-    node: Node
-    srv: ServerHandle
-
-    @property
-    def url(self) -> str:
-        return self.srv.url
-
-
 @pytest.fixture(scope="module")
-def fleet() -> Iterator[Fleet]:
+def fleet() -> Iterator[SharedFleet]:
     """One healthy node behind a router with small text and body limits, shared by the read-only tests."""
-    node = Node(EmulatorConfig(name="good"))
-    node.server.start()
-    config = fleet_config(node.url)
-    config["server"] = {"max_text_chars": MAX_TEXT_CHARS, "max_body_bytes": MAX_BODY_BYTES}
-    srv = serve_router(config)
-    try:
-        yield Fleet(node, srv)
-    finally:
-        srv.stop()
-        node.server.stop()
+    with shared_fleet("good", server={"max_text_chars": MAX_TEXT_CHARS, "max_body_bytes": MAX_BODY_BYTES}) as f:
+        yield f
 
 
 @pytest.fixture
-def untouched(fleet: Fleet) -> Iterator[None]:
+def untouched(fleet: SharedFleet) -> Iterator[None]:
     """The test's requests must never reach the node."""
     before = len(fleet.node.requests)
     yield

@@ -3,17 +3,13 @@ request ids, the plugin list and the ``speech-router endpoints`` CLI."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -23,37 +19,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from speech_router import hookimpl
 from speech_router.cli import main as cli_main
 from speech_router.plugins.manager import DEFAULT_PLUGINS, create_plugin_manager
-from tests.conftest import Node, fleet_config, openai_client, serve_router
-from tests.emulator.index_tts_vllm import EmulatorConfig
-from tests.emulator.serve import ServerHandle
+from tests.client import Reply, call
+from tests.conftest import SharedFleet, fleet_config, openai_client, shared_fleet
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 POLL_S = 5.0  # health checks run every 0.2 s (fleet_config); a state change shows well within this
 SPEECH = {"model": "indextts2", "voice": "alloy", "input": "hello there", "response_format": "wav"}
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: Any
-    body: bytes
-
-    def json(self) -> Any:
-        assert self.headers["content-type"].startswith("application/json"), (self.status, self.headers)
-        return json.loads(self.body)
-
-
-def call(url: str, body: Any = None, *, method: str | None = None, raw: bytes | None = None,
-         headers: dict[str, str] | None = None) -> Reply:
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    req = urllib.request.Request(url, data=data, method=method or ("POST" if data is not None else "GET"),
-                                 headers={"Content-Type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return Reply(resp.status, resp.headers, resp.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return Reply(exc.code, exc.headers, exc.read())
 
 
 def name_of(node: Any) -> str:
@@ -107,39 +78,18 @@ class Boom:
         raise RuntimeError("secret internal detail from /opt/app/boom.py")
 
 
-@dataclass
-class Fleet:
-    a: Node
-    b: Node
-    srv: ServerHandle
-
-    @property
-    def url(self) -> str:
-        return self.srv.url
-
-
 @pytest.fixture(scope="module")
-def fleet() -> Iterator[Fleet]:
+def fleet() -> Iterator[SharedFleet]:
     """Two healthy nodes behind one router, for the tests that change no knob; torn down once."""
-    a, b = Node(EmulatorConfig(name="a")), Node(EmulatorConfig(name="b"))
-    a.server.start()
-    b.server.start()
-    config = fleet_config(a.url, b.url)
-    config["server"] = {"max_body_bytes": 1024}
-    srv = serve_router(config)
-    try:
-        yield Fleet(a, b, srv)
-    finally:
-        srv.stop()
-        a.server.stop()
-        b.server.stop()
+    with shared_fleet("a", "b", server={"max_body_bytes": 1024}) as f:
+        yield f
 
 
 # --- /health, /livez, /readyz ------------------------------------------------------------------
 
 
 def test_health_is_200_with_every_endpoint_up(fleet):
-    a, b, srv = fleet.a, fleet.b, fleet.srv
+    a, b, srv = fleet.nodes[0], fleet.nodes[1], fleet.srv
     reply = call(srv.url + "/health")
     assert reply.status == 200
     body = reply.json()
@@ -331,9 +281,9 @@ def test_inflight_gauge_follows_a_request_in_flight(nodes, router):
 # --- request ids and the endpoint header --------------------------------------------------------
 
 
-def sent_to(fleet: Fleet, reply: Reply) -> dict[str, str]:
+def sent_to(fleet: SharedFleet, reply: Reply) -> dict[str, str]:
     """The headers of the last request the node that served ``reply`` received."""
-    node = {name_of(fleet.a): fleet.a, name_of(fleet.b): fleet.b}[reply.headers["x-speech-router-endpoint"]]
+    node = {name_of(fleet.nodes[0]): fleet.nodes[0], name_of(fleet.nodes[1]): fleet.nodes[1]}[reply.headers["x-speech-router-endpoint"]]
     return node.app.state.emulator.headers[-1]
 
 
@@ -369,7 +319,7 @@ def test_an_unsafe_request_id_is_replaced(fleet):
 
 
 def test_audio_responses_name_the_endpoint_that_served_them(fleet):
-    a, b, srv = fleet.a, fleet.b, fleet.srv
+    a, b, srv = fleet.nodes[0], fleet.nodes[1], fleet.srv
     by_name = {name_of(a): a, name_of(b): b}
     requests = [("/v1/audio/speech", SPEECH), ("/audio/speech", {**SPEECH, "response_format": "pcm"}),
                 ("/synthesize", {"voice": "alloy", "text": "native"}),
@@ -387,20 +337,14 @@ def test_audio_responses_name_the_endpoint_that_served_them(fleet):
 
 
 @pytest.fixture(scope="module")
-def boom() -> Iterator[Fleet]:
+def boom() -> Iterator[SharedFleet]:
     """A router whose ``prepare_request`` plugin raises, in front of one node."""
-    a = Node(EmulatorConfig(name="a"))
-    a.server.start()
-    srv = serve_router(fleet_config(a.url), pm=create_plugin_manager(load_entrypoints=False, plugins=[Boom()]))
-    try:
-        yield Fleet(a, a, srv)
-    finally:
-        srv.stop()
-        a.server.stop()
+    with shared_fleet("a", pm=create_plugin_manager(load_entrypoints=False, plugins=[Boom()])) as f:
+        yield f
 
 
 def test_an_unexpected_error_is_a_500_in_openai_shape_without_traceback(boom):
-    a, srv = boom.a, boom.srv
+    a, srv = boom.node, boom.srv
     reply = call(srv.url + "/v1/audio/speech", SPEECH)
     assert reply.status == 500
     assert reply.json() == {"error": {"message": "Internal server error.", "type": "server_error", "param": None,
