@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from speech_router.api.access_log import configure_access_logger
-from tests.conftest import fleet_config
-from tests.integration.test_auth import ALICE, SPEECH, call, serve
+from tests.client import call
+from tests.conftest import fleet_config, serve_router
+from tests.integration.test_auth import ALICE, SPEECH
 
 FIELDS = {"ts", "request_id", "method", "path", "status", "outcome", "client", "priority", "model", "voice", "chars",
           "backend", "pool", "attempts", "fallback", "queue_wait_s", "ttfb_s", "total_s", "bytes"}
@@ -67,7 +68,7 @@ def fleet(nodes, request) -> Iterator[Any]:
     config = fleet_config(node.url)
     config["voices"]["v" * 100] = {"spk_audio_path": "/data/voices/long.wav"}
     config["server"] = getattr(request, "param", {})
-    srv = serve(config, {"SPEECH_ROUTER_API_KEYS": f"alice={ALICE}"})
+    srv = serve_router(config, env={"SPEECH_ROUTER_API_KEYS": f"alice={ALICE}"})
     try:
         yield srv, node
     finally:
@@ -125,7 +126,7 @@ def test_a_refused_key_is_logged_without_a_client_name(fleet, lines):
 
 def test_an_endpoint_failure_after_the_first_byte_is_logged_as_an_error(nodes, lines):
     node = nodes(name="cut", truncate=True)
-    srv = serve(fleet_config(node.url, verify_body=False), {})
+    srv = serve_router(fleet_config(node.url, verify_body=False), env={})
     try:
         with pytest.raises(http.client.IncompleteRead):  # the body ends early: the client sees a broken response
             call(srv.url + "/v1/audio/speech", SPEECH, headers={"x-request-id": "req-cut"})
