@@ -9,6 +9,12 @@ Once a request holds a slot it takes
 
 The audio itself is silence of a fixed size (`--wav-bytes`), made once: routing is what is measured here.
 
+For long texts (`bench.longtext`), `--max-tokens N` makes a node work like IndexTTS2 on its GPU: it cuts
+the text at sentence ends, merges sentences up to N tokens, and synthesizes the pieces one after another,
+each paying `base_ms` again (`bench/_speech_model.py`); `--per-wide-char-ms` prices Chinese characters
+apart from Latin ones. `--audio-ms-per-char`/`--audio-ms-per-wide-char` make the answer a WAV as long as
+the text's speech would be (a tone, `--gap-ms` of silence between pieces) instead of the fixed one.
+
 Failure switches, changed at runtime (JSON of knob names to values):
 
 - `down`: stop listening (connection refused) and reset open connections; `false` listens again.
@@ -41,6 +47,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from bench._miniserver import MiniServer, Reply, Request
+from bench._speech_model import SpeechModel
 
 WAV_RATE = 22_050
 DEFAULT_WAV_BYTES = 44 + 2 * WAV_RATE // 10  # 0.1 s of 16-bit mono silence
@@ -80,12 +87,12 @@ class Knobs:
 class Node:
     """One emulated index-tts-vllm v2 node on its own port."""
 
-    def __init__(self, name: str, knobs: Knobs, *, slots: int | None, base_s: float, per_char_s: float,
+    def __init__(self, name: str, knobs: Knobs, *, slots: int | None, model: SpeechModel,
                  sigma: float, wav: bytes, rng: random.Random, host: str, port: int) -> None:
         self.name = name
         self.knobs = knobs
         self.slots = slots
-        self.base_s, self.per_char_s, self.sigma = base_s, per_char_s, sigma
+        self.model, self.sigma = model, sigma
         self.wav = wav
         self.rng = rng
         self.server = MiniServer(self.handle, host, port, extra_headers=[("x-emulator-node", name)])
@@ -99,10 +106,12 @@ class Node:
     def url(self) -> str:
         return f"http://{self.server.host}:{self.server.port}"
 
-    def service_time(self, chars: int) -> float:
+    def service_time(self, text: str) -> float:
         k = self.knobs
-        jitter = self.rng.lognormvariate(0.0, self.sigma) if self.sigma > 0 else 1.0
-        return (self.base_s + self.per_char_s * chars) / k.speed * k.slow * jitter
+        return self.model.service_time(text, self._jitter) / k.speed * k.slow
+
+    def _jitter(self) -> float:
+        return self.rng.lognormvariate(0.0, self.sigma) if self.sigma > 0 else 1.0
 
     async def configure(self, changes: dict[str, Any]) -> None:
         self.knobs.update(changes)
@@ -144,7 +153,7 @@ class Node:
             async with self._gate or contextlib.nullcontext():
                 self.busy += 1
                 try:
-                    await asyncio.sleep(self.service_time(len(text)))
+                    await asyncio.sleep(self.service_time(text))
                 finally:
                     self.busy -= 1
             if self.knobs.hang:  # stuck while it was being served
@@ -153,7 +162,7 @@ class Node:
                 self.failed += 1
                 return Reply.json({"status": "error", "error": OOM_TRACEBACK}, 500)
             self.served += 1
-            return Reply(200, self.wav, "audio/wav")
+            return Reply(200, self.model.wav(text) if self.model.makes_audio else self.wav, "audio/wav")
         finally:
             self.in_flight -= 1
 
@@ -231,6 +240,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--speeds", default="1", help="speed per node, comma-separated, or one for all (default 1)")
     p.add_argument("--base-ms", type=float, default=50.0, help="fixed service time at speed 1 (default 50)")
     p.add_argument("--per-char-ms", type=float, default=2.0, help="service time per character at speed 1 (default 2)")
+    p.add_argument("--per-wide-char-ms", type=float, default=None,
+                   help="service time per wide (Chinese) character at speed 1 (default: --per-char-ms)")
+    p.add_argument("--max-tokens", type=int, default=0,
+                   help="synthesize sentence pieces of up to N tokens one after another, each paying --base-ms "
+                        "(IndexTTS2 uses 120); 0: the whole text is one piece (default)")
+    p.add_argument("--audio-ms-per-char", type=float, default=0.0,
+                   help="answer a WAV this long per character (a tone) instead of --wav-bytes of silence")
+    p.add_argument("--audio-ms-per-wide-char", type=float, default=0.0, help="the same per wide character")
+    p.add_argument("--gap-ms", type=float, default=0.0, help="silence between pieces in that WAV")
     p.add_argument("--jitter-sigma", type=float, default=0.3, help="sigma of the lognormal(0, sigma) factor")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7000, help="node i listens on port+i; 0: free ports (default 7000)")
@@ -244,8 +262,12 @@ def _parser() -> argparse.ArgumentParser:
 def build(args: argparse.Namespace) -> Fleet:
     speeds = _floats(args.speeds, args.nodes, "speeds")
     wav = wav_bytes(args.wav_bytes)
+    per_wide = None if args.per_wide_char_ms is None else args.per_wide_char_ms / 1000
+    model = SpeechModel(base_s=args.base_ms / 1000, per_char_s=args.per_char_ms / 1000, per_wide_char_s=per_wide,
+                        max_tokens=args.max_tokens or None, audio_s_per_char=args.audio_ms_per_char / 1000,
+                        audio_s_per_wide_char=args.audio_ms_per_wide_char / 1000, gap_s=args.gap_ms / 1000)
     nodes = [Node(f"{args.name_prefix}{i}", Knobs(speed=speeds[i]), slots=args.slots or None,
-                  base_s=args.base_ms / 1000, per_char_s=args.per_char_ms / 1000, sigma=args.jitter_sigma, wav=wav,
+                  model=model, sigma=args.jitter_sigma, wav=wav,
                   rng=random.Random(args.seed + i), host=args.host, port=args.port + i if args.port else 0)
              for i in range(args.nodes)]
     control = args.control_port if args.control_port is not None else (args.port + args.nodes if args.port else 0)
