@@ -7,7 +7,6 @@ import random
 import re
 import statistics
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from bench import _procs
@@ -175,15 +174,3 @@ def render(results: dict[str, Any], *, command: str, wall_s: float, real: dict[s
         lines += [*cache_section(results["cache"]), ""]
     lines.append(f"Wall time of the run: {wall_s:.0f} s.")
     return "\n".join(lines)
-
-
-def write_block(path: Path, block: str) -> None:
-    """Replace the text between BEGIN and END in ``path`` (append a new section when they are missing)."""
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    generated = f"{BEGIN}\n{block.strip()}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + generated + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{generated}\n"
-    path.write_text(text, encoding="utf-8")

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import _procs, transcode
+from bench._readme import write_block
 
 TEXT_CHARS = 333  # the emulator speaks 0.06 s per character: 333 -> 19.98 s at 22,050 Hz
 REQUEST_TIMEOUT_S = 60.0
@@ -229,18 +230,6 @@ def source_info() -> str:
     return f"commit {commit}" + (f" with {len(dirty)} uncommitted changes" if dirty else "")
 
 
-def write_block(path: Path, block: str) -> None:
-    """Replace the text between BEGIN and END in `path` (append a new section when they are missing)."""
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    generated = f"{BEGIN}\n{block.strip()}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + generated + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + f"\n\n## Audio path (issue #3)\n\n{generated}\n"
-    path.write_text(text, encoding="utf-8")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.audio_path", description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=30, help=f"measured requests per case (1..{MAX_REQUESTS})")
@@ -275,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = "\n\n".join(sections)
     print(report)
     if args.out is not None:
-        write_block(args.out, report)
+        write_block(args.out, report, begin=BEGIN, end=END, section="## Audio path (issue #3)")
         log(f"wrote {args.out}")
     return 0
 

@@ -39,6 +39,7 @@ import yaml
 
 from bench import _longtext_report as report
 from bench import _procs
+from bench._readme import write_block
 from bench._routing_env import parse_metrics, start_fleet
 from bench._speech_model import SpeechModel
 from speech_router.config.models import FanoutConfig
@@ -306,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           scale=SCALE, sigma=JITTER_SIGMA, fanout=FANOUT, nodes=NODES)
     print(block)
     if args.out is not None:
-        report.write_block(args.out, block)
+        write_block(args.out, block, begin=report.BEGIN, end=report.END, section=report.SECTION)
         log(f"wrote {args.out}")
     return 0
 

@@ -155,7 +155,17 @@ async def _check_all(settings: Any) -> list[dict[str, Any]]:
 
 
 def _admin(url: str, method: str, path: str) -> tuple[int, Any]:
-    """Call the admin API with the key from ``$SPEECH_ROUTER_ADMIN_KEY``; (status, JSON body)."""
+    """Call the admin API with the key from ``$SPEECH_ROUTER_ADMIN_KEY``; (status, JSON body).
+
+    An unreachable router is status 0 with the reason, which ``_admin_failed`` reports.
+    """
+    try:
+        return _admin_call(url, method, path)
+    except OSError as exc:
+        return 0, {"error": {"message": f"cannot reach it: {exc}"}}
+
+
+def _admin_call(url: str, method: str, path: str) -> tuple[int, Any]:
     request = urllib.request.Request(url.rstrip("/") + path, method=method, data=b"" if method == "POST" else None)
     key = os.environ.get("SPEECH_ROUTER_ADMIN_KEY", "")
     if key:
@@ -171,19 +181,16 @@ def _admin(url: str, method: str, path: str) -> tuple[int, Any]:
 
 
 def _admin_failed(status: int, body: Any, url: str) -> bool:
-    if status < 400:
+    if 0 < status < 400:
         return False
     message = body.get("error", {}).get("message") if isinstance(body, dict) else None
-    print(f"speech-router: {url} answered {status}: {message or body}", file=sys.stderr)
+    said = "failed" if status == 0 else f"answered {status}"
+    print(f"speech-router: {url} {said}: {message or body}", file=sys.stderr)
     return True
 
 
 def _backends(args: argparse.Namespace) -> int:
-    try:
-        status, body = _admin(args.url, "GET", "/admin/backends")
-    except OSError as exc:
-        print(f"speech-router: cannot reach {args.url}: {exc}", file=sys.stderr)
-        return 1
+    status, body = _admin(args.url, "GET", "/admin/backends")
     if _admin_failed(status, body, args.url):
         return 1
     if args.json:
@@ -202,11 +209,7 @@ def _backends(args: argparse.Namespace) -> int:
 
 def _drain(args: argparse.Namespace) -> int:
     action = "undrain" if args.undo else "drain"
-    try:
-        status, body = _admin(args.url, "POST", f"/admin/backends/{args.name}/{action}")
-    except OSError as exc:
-        print(f"speech-router: cannot reach {args.url}: {exc}", file=sys.stderr)
-        return 1
+    status, body = _admin(args.url, "POST", f"/admin/backends/{args.name}/{action}")
     if _admin_failed(status, body, args.url):
         return 1
     print(f"{body['name']}: {body['state']} ({body['inflight']} in flight)")
@@ -214,11 +217,7 @@ def _drain(args: argparse.Namespace) -> int:
 
 
 def _reload(args: argparse.Namespace) -> int:
-    try:
-        status, body = _admin(args.url, "POST", "/admin/reload")
-    except OSError as exc:
-        print(f"speech-router: cannot reach {args.url}: {exc}", file=sys.stderr)
-        return 1
+    status, body = _admin(args.url, "POST", "/admin/reload")
     if status == 422:
         print("speech-router: the new configuration was refused; the running one stays:", file=sys.stderr)
         for line in body.get("errors", []):

@@ -92,13 +92,13 @@ async def synthesize_response(request: Request, sreq: SynthesisRequest, *, fmt: 
         if wait is not None:
             sreq.timeout = wait if sreq.timeout is None else min(wait, sreq.timeout)
         state.pm.hook.prepare_request(request=sreq, settings=state.settings)
-        key = cache.response_key(state.settings, sreq, fmt, sample_rate) if cache.enabled(state.settings, sreq) \
-            else None
+        caching = cache.enabled(state.settings, sreq)
+        key = cache.response_key(state.settings, sreq, fmt, sample_rate) if caching else None
         if key is not None and (hit := await cache.lookup(sreq.model, "response", key)) is not None:
             labels.update(pool=CACHE_LABEL, endpoint=CACHE_LABEL)
             access.update(backend=CACHE_LABEL, pool=CACHE_LABEL, attempts=0, cache="hit")
             return _cached_answer(hit, sreq, sse, metrics, labels, started)
-        dispatched = await _dispatch(router, state.settings, cache, sreq, priority)
+        dispatched = await _dispatch(router, state.settings, cache if caching else None, sreq, priority)
     except SpeechRouterError:
         raise  # counted by the error handler, with everything refused earlier
     ep, pool, resp = dispatched.endpoint, dispatched.pool, dispatched.response
@@ -179,14 +179,15 @@ async def synthesize_response(request: Request, sreq: SynthesisRequest, *, fmt: 
     return StreamingResponse(send(), media_type=media_type, headers=headers)
 
 
-async def _dispatch(router: Any, settings: Any, cache: ResponseCache, sreq: SynthesisRequest,
+async def _dispatch(router: Any, settings: Any, cache: ResponseCache | None, sreq: SynthesisRequest,
                     priority: str) -> Dispatched:
-    """A long text fans out across the fleet (#7), its segments cached when the model opts in; else one request."""
+    """A long text fans out across the fleet (#7), its segments cached when the model opts in (``cache``);
+    else one request."""
     texts = fanout.plan_segments(router, sreq)
     if not texts:
         return await router.synthesize(sreq, priority=priority)
     synthesize = None
-    if cache.enabled(settings, sreq) and settings.models[sreq.model].cache.segments:
+    if cache is not None and settings.models[sreq.model].cache.segments:
         step = fanout.segment_synthesizer(router, sreq, priority=priority,
                                           deadline=fanout.request_deadline(router, sreq))
         synthesize = cache.segments(settings, sreq, step)

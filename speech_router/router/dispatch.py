@@ -76,17 +76,22 @@ class Router:
         self.rng = rng or random.Random()
         self.sessions = HttpSessions()
         self.pools: dict[str, Pool] = {name: self._build_pool(name) for name in settings.pools}
-        self.budgets = {name: RetryBudget(p.retry.budget_ratio, p.retry.budget_min, p.retry.budget_window, clock)
-                        for name, p in settings.pools.items()}
+        self.budgets = {name: self._budget(p) for name, p in settings.pools.items()}
         self._health_tasks: dict[Endpoint, asyncio.Task[None]] = {}
         self._closers: set[asyncio.Task[None]] = set()
         #: endpoints removed by a reload that still finish requests in flight
         self.retiring: list[Endpoint] = []
         self.started = False
 
-    def _build_pool(self, name: str) -> Pool:
+    def _budget(self, cfg: PoolConfig) -> RetryBudget:
+        r = cfg.retry
+        return RetryBudget(r.budget_ratio, r.budget_min, r.budget_window, self.clock)
+
+    def _build_pool(self, name: str, endpoints: list[Endpoint] | None = None) -> Pool:
         cfg = self.settings.pools[name]
-        pool = Pool(name, cfg.type, self._build_endpoints(name, cfg, {}, []), cfg, self.clock, self.rng)
+        if endpoints is None:
+            endpoints = self._build_endpoints(name, cfg, {}, [])
+        pool = Pool(name, cfg.type, endpoints, cfg, self.clock, self.rng)
         pool.on_panic = lambda p: self.metrics.panics.labels(p.name).inc()
         return pool
 
@@ -170,13 +175,11 @@ class Router:
             cfg = settings.pools[name]
             pool = self.pools.get(name)
             if pool is None:
-                pool = self.pools[name] = Pool(name, cfg.type, endpoints, cfg, self.clock, self.rng)
-                pool.on_panic = lambda p: self.metrics.panics.labels(p.name).inc()
+                self.pools[name] = self._build_pool(name, endpoints)
             else:
                 pool.update(cfg, endpoints, cfg.type)
             if name not in old_pools or old_pools[name].retry != cfg.retry:
-                r = cfg.retry
-                self.budgets[name] = RetryBudget(r.budget_ratio, r.budget_min, r.budget_window, self.clock)
+                self.budgets[name] = self._budget(cfg)
         for name in [n for n in self.pools if n not in settings.pools]:
             self.pools.pop(name).retire()
             self.budgets.pop(name, None)

@@ -86,11 +86,6 @@ def plan_segments(router: Router, sreq: SynthesisRequest) -> list[str]:
     return segments if len(segments) > 1 else []
 
 
-def fanout_enabled(router: Router, sreq: SynthesisRequest) -> bool:
-    """Whether ``sreq`` is fanned out: the model's setting, text over the threshold, more than one segment."""
-    return bool(plan_segments(router, sreq))
-
-
 def request_deadline(router: Router, sreq: SynthesisRequest) -> float:
     """The one deadline (on ``router.clock``) that every segment of the request shares."""
     limit = router.settings.models[sreq.model].deadline
@@ -138,7 +133,7 @@ async def fan_out(router: Router, sreq: SynthesisRequest, *, priority: str = "in
     """
     texts = texts or plan_segments(router, sreq)
     if not texts:
-        raise ValueError(f"request {sreq.request_id!r} is not fanned out (check fanout_enabled first)")
+        raise ValueError(f"request {sreq.request_id!r} is not fanned out (check plan_segments first)")
     cfg: FanoutConfig = router.settings.models[sreq.model].fanout
     if synthesize is None:
         synthesize = segment_synthesizer(router, sreq, priority=priority, deadline=request_deadline(router, sreq))
