@@ -79,7 +79,7 @@ def router_command() -> list[str]:
 
 def start_node(log_dir: Path, extra: Sequence[str] = ()) -> tuple[Child, int]:
     """One emulated index-tts-vllm v2 node on a free port; returns it once it has printed its URL."""
-    argv = [sys.executable, "-m", "tests.emulator", "--api", "v2", "--host", HOST, "--port", "0", "--nodes", "1",
+    argv = [sys.executable, "-m", "speech_router.emulator", "--api", "v2", "--host", HOST, "--port", "0", "--nodes", "1",
             *extra]
     child = Child(argv, log_dir, "node")
     deadline = time.monotonic() + START_TIMEOUT_S

@@ -2,7 +2,7 @@
 
     python -m bench.audio_path [--requests N] [--warmup N] [--part all|router|transcode] [--out bench/README.md]
 
-Part 1 starts an emulated index-tts-vllm v2 node (`python -m tests.emulator`) and the router
+Part 1 starts an emulated index-tts-vllm v2 node (`python -m speech_router.emulator`) and the router
 (`speech-router serve --config <temp yaml>`) as separate processes on free 127.0.0.1 ports, then sends
 the same requests in turn, one at a time: straight to the node (POST /tts_url), and through the router
 (POST /v1/audio/speech) as wav (pass-through), mp3 and opus. Time to first byte is measured until the

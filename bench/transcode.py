@@ -82,7 +82,7 @@ def speech_pcm() -> tuple[bytes, str]:
         source = f"espeak-ng {engine.version} (voice en-us, 175 wpm), the paragraph repeated"
         return b"".join(pieces)[: 2 * n], source
     except Exception as exc:  # noqa: BLE001 - any failure: fall back and say why
-        from tests.emulator.audio import render
+        from speech_router.emulator.audio import render
 
         tone = render("x" * round(SECONDS / 0.06), "bench", RATE)[:n]
         return tone.astype("<i2").tobytes(), f"the emulator's tone (espeak unavailable: {exc})"

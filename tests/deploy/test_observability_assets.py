@@ -24,7 +24,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from speech_router.metrics import Metrics
 from tests.conftest import Node, fleet_config, serve_router
-from tests.emulator.index_tts_vllm import EmulatorConfig
+from speech_router.emulator.index_tts_vllm import EmulatorConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "speech-router.json"

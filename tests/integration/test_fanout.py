@@ -1,6 +1,6 @@
 """Long text fanned out over emulated index-tts-vllm nodes, through a real router, over real HTTP.
 
-The emulator speaks a tone whose length follows the text (``tests/emulator/audio.py``), so the audio
+The emulator speaks a tone whose length follows the text (``speech_router/emulator/audio.py``), so the audio
 alone says which segment came where: voiced runs of the expected lengths, in text order, separated by
 exactly ``silence_ms`` of digital silence. The nodes' request logs say what each node was asked.
 """
@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from speech_router.text.segment import split_segments
 from tests.conftest import fleet_config
-from tests.emulator import audio as emu_audio
+from speech_router.emulator import audio as emu_audio
 
 SENTENCES = [  # every pair is longer than MAX_SEGMENT: one sentence per segment, each of its own length
     "The old lighthouse keeper climbed the stairs at dusk.",

@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from tests.conftest import fleet_config, openai_client
-from tests.emulator import audio as emu_audio
+from speech_router.emulator import audio as emu_audio
 
 FORMATS = ["mp3", "opus", "aac", "flac", "wav", "pcm"]
 #: mp3 and ADTS AAC carry encoder delay and padding that decoders play; the rest are exact

@@ -34,8 +34,8 @@ from speech_router.config.loader import embedded_config, settings_from_dict
 from speech_router.config.models import Settings
 from speech_router.plugins.manager import backend_registry, create_plugin_manager
 from tests.conftest import Node, fleet_config
-from tests.emulator.index_tts_vllm import EmulatorConfig
-from tests.emulator.serve import ServerHandle
+from speech_router.emulator.index_tts_vllm import EmulatorConfig
+from speech_router.emulator.serve import ServerHandle
 
 CLIENT_KEY = "fuzz-client-key"
 ADMIN_KEY = "fuzz-admin-key"

@@ -22,7 +22,7 @@ import yaml
 
 from speech_router.api.app import create_app
 from speech_router.plugins.manager import create_plugin_manager
-from tests.emulator.serve import ServerHandle
+from speech_router.emulator.serve import ServerHandle
 from tests.integration.test_cli import serving
 
 ADMIN_KEY = "admin-test-key"

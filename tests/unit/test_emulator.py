@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.emulator import (
+from speech_router.emulator import (
     EmulatorConfig,
     EmulatorState,
     OpenAIConfig,
@@ -32,10 +32,10 @@ from tests.emulator import (
     openai_speech,
     serve_in_thread,
 )
-from tests.emulator import __main__ as cli
-from tests.emulator.engine import node_path
-from tests.emulator.index_tts_vllm import EMO_VEC_SUM_ERROR
-from tests.emulator.state import Knobs
+from speech_router.emulator import __main__ as cli
+from speech_router.emulator.engine import node_path
+from speech_router.emulator.index_tts_vllm import EMO_VEC_SUM_ERROR
+from speech_router.emulator.state import Knobs
 
 SPEAKER = "/data/voices/alice.wav"
 

@@ -1,6 +1,6 @@
 """Plumbing every emulated server shares: node header, lifespan, and the `/_emulator/*` control API.
 
-The control API lets a fleet started from the command line (`python -m tests.emulator`) be steered
+The control API lets a fleet started from the command line (`python -m speech_router.emulator`) be steered
 by a benchmark in another process; in-process tests just mutate the config object instead.
 """
 
@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tests.emulator.state import EmulatorState
+from speech_router.emulator.state import EmulatorState
 
 NODE_HEADER = "x-emulator-node"
 CONTROL_PREFIX = "/_emulator"

@@ -19,11 +19,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from tests.emulator import audio
-from tests.emulator.control import build_app, state_of
-from tests.emulator.engine import FakeIndexTTS2, node_path
-from tests.emulator.faults import audio_response
-from tests.emulator.state import EmulatorState, Knobs, NodeStopped
+from speech_router.emulator import audio
+from speech_router.emulator.control import build_app, state_of
+from speech_router.emulator.engine import FakeIndexTTS2, node_path
+from speech_router.emulator.faults import audio_response
+from speech_router.emulator.state import EmulatorState, Knobs, NodeStopped
 
 EMO_VEC_SUM_ERROR = "情感向量之和不能超过1.5，请调整后重试。"
 DEFAULT_SPEAKERS: dict[str, list[str]] = {

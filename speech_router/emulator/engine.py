@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from tests.emulator import audio
-from tests.emulator.state import EmulatorState
+from speech_router.emulator import audio
+from speech_router.emulator.state import EmulatorState
 
 NODE_ROOT = "/root/index-tts-vllm"  # where a real node's api_server.py lives; speaker.json paths are relative to it
 

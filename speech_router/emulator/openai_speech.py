@@ -19,10 +19,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from tests.emulator import audio
-from tests.emulator.control import build_app, state_of
-from tests.emulator.faults import GARBAGE_BODY, CutResponse
-from tests.emulator.state import EmulatorState, Knobs, NodeStopped
+from speech_router.emulator import audio
+from speech_router.emulator.control import build_app, state_of
+from speech_router.emulator.faults import GARBAGE_BODY, CutResponse
+from speech_router.emulator.state import EmulatorState, Knobs, NodeStopped
 
 RESPONSE_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
 STREAM_FORMATS = ("audio", "sse")

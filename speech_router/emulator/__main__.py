@@ -1,4 +1,4 @@
-"""`python -m tests.emulator`: run a fleet of emulated nodes until Ctrl+C.
+"""`python -m speech_router.emulator`: run a fleet of emulated nodes until Ctrl+C.
 
 Knobs can be changed on a running node with `POST /_emulator/config` (JSON of knob names to values),
 read with `GET /_emulator/state`, and its log cleared with `POST /_emulator/reset`.
@@ -16,12 +16,12 @@ from types import FrameType
 
 from starlette.applications import Starlette
 
-from tests.emulator import index_tts_vllm, openai_speech
-from tests.emulator.serve import serve_fleet
+from speech_router.emulator import index_tts_vllm, openai_speech
+from speech_router.emulator.serve import serve_fleet
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tests.emulator", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m speech_router.emulator", description=__doc__)
     p.add_argument("--api", choices=["v2", "v1", "openai"], default="v2", help="protocol to speak (default v2)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=6006, help="first port; node i listens on port+i (0: free ports)")
