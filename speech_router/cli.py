@@ -11,6 +11,7 @@ import sys
 import urllib.request
 from typing import Any
 
+from . import __version__
 from .errors import ConfigError
 
 
@@ -21,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return worker_main(argv[1:])
     parser = argparse.ArgumentParser(prog="speech-router", description="One stable URL in front of TTS servers.")
+    parser.add_argument("--version", action="version", version=f"speech-router {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the router")
@@ -30,12 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=None, help="overrides server.port")
     serve.add_argument("--log-level", default=None)
 
-    check = sub.add_parser("check-config", help="validate a config file; exit 1 listing every error")
+    check = sub.add_parser("check-config", help="run every check serve runs (the file, the environment variables "
+                                                "and files it names); exit 1 listing every error")
     check.add_argument("file")
 
     eps = sub.add_parser("endpoints", help="table of pools and endpoints with live health")
-    eps.add_argument("--config", "-c", default=os.environ.get("SPEECH_ROUTER_CONFIG"))
-    eps.add_argument("--url", help="ask a running router (its /health) instead of checking from here")
+    eps.add_argument("--config", "-c", default=None,
+                     help="check the endpoints of this config from here (default: $SPEECH_ROUTER_CONFIG)")
+    eps.add_argument("--url", default=None, help="ask a running router (its /health) instead "
+                                                 "(default: $SPEECH_ROUTER_URL, when --config is not given)")
 
     bks = sub.add_parser("backends", help="backends of a running router: state, breaker, in-flight, latency "
                                           "(admin API; key from $SPEECH_ROUTER_ADMIN_KEY)")
@@ -73,15 +78,45 @@ def _load(path: str | None) -> Any:
     return pm, load_settings(path, registry=registry)
 
 
+def prepare(path: str | None) -> tuple[Any, Any, Any]:
+    """Everything ``serve`` checks before it listens, and ``check-config`` with it: the config (file,
+    ``TTS_REMOTE_URL`` or the embedded default), the environment variables and files it names on this host,
+    and the app built from it (client keys, keys file, endpoints). Returns (plugin manager, settings, app);
+    raises ``ConfigError`` with every problem found, each with its line in ``path``.
+    """
+    from .api.app import create_app
+    from .config.checks import host_issues
+    from .config.loader import format_loc, locate
+    from .errors import ConfigIssue
+
+    try:
+        pm, settings = _load(path)
+        issues = [ConfigIssue(format_loc(loc), msg) for loc, msg in host_issues(settings)]
+        try:
+            app = create_app(settings, pm=pm, config_path=path)
+        except ConfigError as exc:
+            if exc.source not in ("", settings.source):  # a keys file: located in its own lines
+                raise
+            issues += exc.issues
+        if issues:
+            raise ConfigError(issues, source=settings.source)
+    except ConfigError as exc:
+        raise locate(exc, exc.source or path) from None  # the config file's lines, or a keys file's
+    return pm, settings, app
+
+
+def _config_errors(exc: ConfigError) -> list[str]:
+    """Each problem once, as ``file:line: location: message``."""
+    return list(dict.fromkeys(issue.format(exc.source) for issue in exc.issues))
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .api.app import create_app
-
     try:
-        pm, settings = _load(args.config)
+        pm, settings, app = prepare(args.config)
     except ConfigError as exc:
-        print(f"speech-router: invalid configuration:\n{exc}", file=sys.stderr)
+        print("speech-router: invalid configuration:", *_config_errors(exc), sep="\n", file=sys.stderr)
         return 1
     host = args.host or settings.server.host
     port = settings.server.port if args.port is None else args.port
@@ -91,12 +126,6 @@ def _serve(args: argparse.Namespace) -> int:
         from .api.access_log import configure_access_logger
 
         configure_access_logger()
-    try:
-        # building the endpoints may still find the config wrong
-        app = create_app(settings, pm=pm, config_path=args.config)
-    except ConfigError as exc:
-        print(f"speech-router: invalid configuration:\n{exc}", file=sys.stderr)
-        return 1
     uvicorn.run(app, host=host, port=port, log_level=level, proxy_headers=False,
                 access_log=not settings.server.access_log)
     return 0
@@ -104,15 +133,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     from .api.app import settings_summary
-    from .config.loader import load_file
 
-    _, registry = _registry()
     try:
-        settings = load_file(args.file, registry=registry)
+        _, settings, _ = prepare(args.file)
     except ConfigError as exc:
-        print(f"{args.file}: {len(exc.issues)} error{'s' if len(exc.issues) != 1 else ''}", file=sys.stderr)
-        for issue in exc.issues:
-            print(issue.format(exc.source), file=sys.stderr)
+        errors = _config_errors(exc)
+        print(f"{args.file}: {len(errors)} error{'s' if len(errors) != 1 else ''}", *errors, sep="\n",
+              file=sys.stderr)
         return 1
     s = settings_summary(settings)
     print(f"{args.file}: OK: {s['pools']} pools, {s['endpoints']} endpoints, {len(s['models'])} models "
@@ -121,6 +148,9 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _endpoints(args: argparse.Namespace) -> int:
+    if args.url is None and args.config is None:  # flags first, then the environment, as the admin commands
+        args.url = os.environ.get("SPEECH_ROUTER_URL") or None
+        args.config = os.environ.get("SPEECH_ROUTER_CONFIG") or None
     if args.url:
         try:
             with urllib.request.urlopen(args.url.rstrip("/") + "/health", timeout=10) as resp:

@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config.loader import format_loc
+from ..config.messages import user_message
 from ..config.models import Settings
 from ..errors import ConfigError, ConfigIssue
 from .errors import openai_error
@@ -220,7 +221,7 @@ def load_keys_file(path: Path) -> list[ClientKey]:
             k = _FileKey.model_validate(entry)
         except ValidationError as exc:
             for err in exc.errors(include_url=False):
-                msg = {"extra_forbidden": "unknown key", "missing": "required"}.get(err["type"], err["msg"])
+                msg = user_message(err, _FileKey)
                 if err["loc"][:1] == ("key",) and err["type"] != "missing":
                     msg = "a non-empty string is required"  # never echo the value
                 issues.append(ConfigIssue(format_loc((i, *err["loc"])), msg))

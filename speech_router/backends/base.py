@@ -38,6 +38,8 @@ class Capabilities:
     needs_url: bool = True
     #: the endpoint understands index-tts-vllm's ``/tts_url`` body (the drop-in route)
     tts_url: bool = False
+    #: paths the backend appends to an endpoint's URL; the config loader refuses a URL that already ends with one
+    request_paths: tuple[str, ...] = ()
 
 
 @dataclass

@@ -26,7 +26,7 @@ class IndexTtsVllmBackend(Backend):
 
     type = "index-tts-vllm"
     capabilities = Capabilities(formats=frozenset({"wav"}), emotion=True, voice_keys=("spk_audio_path", "character"),
-                                tts_url=True)
+                                tts_url=True, request_paths=("/tts_url", "/tts", "/health", "/audio/voices"))
 
     class Options(Backend.Options):
         api: Literal["v2", "v1"] = "v2"

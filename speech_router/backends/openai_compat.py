@@ -23,7 +23,8 @@ class OpenAICompatBackend(Backend):
     """One OpenAI-compatible speech server."""
 
     type = "openai"
-    capabilities = Capabilities(formats=frozenset(ALL_FORMATS), streaming=True, speed=True, voice_keys=("openai_voice",))
+    capabilities = Capabilities(formats=frozenset(ALL_FORMATS), streaming=True, speed=True, voice_keys=("openai_voice",),
+                                request_paths=("/audio/speech",))
 
     class Options(Backend.Options):
         #: the model name to send upstream; by default the client's model name is forwarded

@@ -17,6 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from ..errors import ConfigError, ConfigIssue
+from .messages import did_you_mean, user_message
 from .models import DEFAULT_VOICE_DIR, PoolConfig, Settings, VoiceConfig
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,27 @@ def expand_env(value: Any, env: Mapping[str, str], loc: tuple[Any, ...] = (), is
         return ""
 
     return _VAR.sub(repl, value)
+
+
+_LOC_PART = re.compile(r"\[(\d+)\]|([^.\[\]]+)")
+
+
+def parse_loc(loc: str) -> tuple[Any, ...]:
+    """``pools.gpu.endpoints[1].url`` -> ``("pools", "gpu", "endpoints", 1, "url")`` (``format_loc``'s inverse)."""
+    return tuple(int(index) if index else name for index, name in _LOC_PART.findall(loc))
+
+
+def locate(exc: ConfigError, path: str | os.PathLike[str] | None) -> ConfigError:
+    """``exc`` with a line for each of its issues in ``path`` that has none (issues found after loading)."""
+    if path is None or exc.source not in ("", str(path)):
+        return exc
+    try:
+        lines = _Lines(Path(path).read_text(encoding="utf-8"))
+    except OSError:
+        return exc
+    issues = [ConfigIssue(i.loc, i.message, i.line if i.line or not i.loc else lines.line(parse_loc(i.loc)))
+              for i in exc.issues]
+    return ConfigError(sorted(issues, key=lambda issue: issue.line or 0), source=str(path))
 
 
 class _Lines:
@@ -123,19 +145,21 @@ def load_file(path: str | os.PathLike[str], *, registry: Any = None, env: Mappin
 
 def settings_from_dict(data: dict[str, Any], *, registry: Any = None, env: Mapping[str, str] | None = None,
                        source: str = "", lines: _Lines | None = None) -> Settings:
-    """Validate a config tree. Raises ``ConfigError`` listing every problem with its location."""
+    """Validate a config tree. Raises ``ConfigError`` listing every problem once, with its location."""
     env = os.environ if env is None else env
-    raw: list[tuple[tuple[Any, ...], str]] = []
-    data = expand_env(data, env, (), raw)
+    unset: list[tuple[tuple[Any, ...], str]] = []
+    data = expand_env(data, env, (), unset)
+    raw = _once_per_variable(unset)
     settings: Settings | None = None
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         for err in exc.errors(include_url=False):
-            raw.append((tuple(err["loc"]), _message(err)))
+            raw.append((tuple(err["loc"]), user_message(err, Settings)))
     raw.extend(check_references(data, registry))
     if settings is not None:
         raw.extend(_name_endpoints(settings))
+    raw = _without_follow_ons(raw, [loc for loc, _ in unset])
     if raw:
         issues = [ConfigIssue(format_loc(loc), msg, lines.line(loc) if lines else None) for loc, msg in raw]
         issues.sort(key=lambda issue: issue.line or 0)
@@ -145,17 +169,33 @@ def settings_from_dict(data: dict[str, Any], *, registry: Any = None, env: Mappi
     return settings
 
 
-def _message(err: dict[str, Any]) -> str:
-    msg = str(err["msg"])
-    if err["type"] == "extra_forbidden":
-        return "unknown key"
-    if err["type"] == "missing":
-        return "required"
-    return msg.removeprefix("Value error, ")
+def _once_per_variable(unset: list[tuple[tuple[Any, ...], str]]) -> list[tuple[tuple[Any, ...], str]]:
+    """An unset variable is one problem, however many places use it: reported where it is first used."""
+    first: dict[str, tuple[Any, ...]] = {}
+    count: dict[str, int] = {}
+    for loc, msg in unset:
+        first.setdefault(msg, loc)
+        count[msg] = count.get(msg, 0) + 1
+    return [(loc, msg + (f" (also used in {count[msg] - 1} more place{'s' if count[msg] > 2 else ''})"
+                         if count[msg] > 1 else "")) for msg, loc in first.items()]
+
+
+def _without_follow_ons(raw: list[tuple[tuple[Any, ...], str]],
+                        unset: list[tuple[Any, ...]]) -> list[tuple[tuple[Any, ...], str]]:
+    """Each problem once: exact repeats go, and so do complaints about a value an unset variable emptied."""
+    out: list[tuple[tuple[Any, ...], str]] = []
+    for loc, msg in raw:
+        if (loc, msg) in out:
+            continue
+        if not msg.startswith("environment variable") and any(loc[:len(u)] == u for u in unset):
+            continue
+        out.append((loc, msg))
+    return out
 
 
 def check_references(data: dict[str, Any], registry: Any) -> list[tuple[tuple[Any, ...], str]]:
-    """Checks that span fields: routes name pools, types exist, options fit the type, voice keys are known.
+    """Checks that span fields: routes name pools, types exist, options fit the type, endpoint URLs fit the
+    type, voice keys are known.
 
     They read the raw tree, so they run (and report) even when other parts of the file are invalid.
     """
@@ -168,37 +208,64 @@ def check_references(data: dict[str, Any], registry: Any) -> list[tuple[tuple[An
         for i, pool in enumerate(names if isinstance(names, list) else []):
             if isinstance(pool, str) and pool not in pools:
                 loc = ("models", model, "pools", i) if isinstance(route, dict) else ("models", model, i)
-                issues.append((loc, f"unknown pool {pool!r}"))
+                issues.append((loc, f"unknown pool {pool!r}{did_you_mean(pool, pools)}"))
     if registry is None:
         return issues
-    common = set(PoolConfig.model_fields)
     for name, pool in pools.items():
-        if not isinstance(pool, dict) or not isinstance(pool.get("type"), str):
-            continue
-        backend_cls = registry.types.get(pool["type"])
-        if backend_cls is None:
-            known = ", ".join(sorted(registry.types)) or "none"
-            issues.append((("pools", name, "type"), f"unknown backend type {pool['type']!r} (known: {known})"))
-            continue
-        try:
-            backend_cls.Options.model_validate({k: v for k, v in pool.items() if k not in common})
-        except ValidationError as exc:
-            issues.extend((("pools", name, *err["loc"]), _message(err)) for err in exc.errors(include_url=False))
-        endpoints = pool.get("endpoints") or []
-        if backend_cls.capabilities.needs_url and isinstance(endpoints, list):
-            if not endpoints:
-                issues.append((("pools", name, "endpoints"), f"type {pool['type']!r} needs at least one endpoint"))
-            for i, ep in enumerate(endpoints):
-                if isinstance(ep, dict) and not ep.get("url"):
-                    issues.append((("pools", name, "endpoints", i, "url"), f"required for type {pool['type']!r}"))
+        if isinstance(pool, dict) and isinstance(pool.get("type"), str):
+            issues.extend(_check_pool(name, pool, registry))
     voice_keys = {key for cls in registry.types.values() for key in cls.capabilities.voice_keys}
     voices = data.get("voices") if isinstance(data.get("voices"), dict) else {}
     for voice, cfg in voices.items():
         for key in cfg if isinstance(cfg, dict) else ():
             if key not in voice_keys and key not in VoiceConfig.model_fields:
                 known = ", ".join(sorted(voice_keys))
-                issues.append((("voices", voice, key), f"unknown voice parameter (known: {known})"))
+                issues.append((("voices", voice, key),
+                               f"unknown voice parameter{did_you_mean(key, voice_keys) or f' (known: {known})'}"))
     return issues
+
+
+def _check_pool(name: str, pool: dict[str, Any], registry: Any) -> list[tuple[tuple[Any, ...], str]]:
+    """One pool against its backend type: the type exists, its options fit, its endpoints' URLs fit."""
+    issues: list[tuple[tuple[Any, ...], str]] = []
+    kind = pool["type"]
+    backend_cls = registry.types.get(kind)
+    if backend_cls is None:
+        known = ", ".join(sorted(registry.types)) or "none"
+        hint = did_you_mean(kind, registry.types) or f" (known: {known})"
+        return [(("pools", name, "type"), f"unknown backend type {kind!r}{hint}")]
+    common = set(PoolConfig.model_fields)
+    try:
+        backend_cls.Options.model_validate({k: v for k, v in pool.items() if k not in common})
+    except ValidationError as exc:
+        issues.extend((("pools", name, *err["loc"]), user_message(err, backend_cls.Options, common))
+                      for err in exc.errors(include_url=False))
+    endpoints = pool.get("endpoints") or []
+    misspelt = any(did_you_mean(key, ["endpoints"]) for key in pool if key not in common)
+    if backend_cls.capabilities.needs_url and isinstance(endpoints, list):
+        if not endpoints and not misspelt:  # a misspelt `endpoints` was reported as an unknown key
+            issues.append((("pools", name, "endpoints"), f"type {kind!r} needs at least one endpoint"))
+        for i, ep in enumerate(endpoints):
+            if isinstance(ep, dict) and not ep.get("url"):
+                issues.append((("pools", name, "endpoints", i, "url"), f"required for type {kind!r}"))
+            elif isinstance(ep, dict) and isinstance(ep["url"], str):
+                problem = _url_shape(ep["url"], kind, backend_cls.capabilities.request_paths)
+                if problem:
+                    issues.append((("pools", name, "endpoints", i, "url"), problem))
+    return issues
+
+
+def _url_shape(url: str, kind: str, request_paths: tuple[str, ...]) -> str | None:
+    """A URL that already ends with a path the backend adds itself (``/tts_url``) cannot work."""
+    from urllib.parse import urlsplit
+
+    path = urlsplit(url).path.rstrip("/")
+    for suffix in request_paths:
+        if path.endswith(suffix):
+            base = url.rstrip("/")[: -len(suffix)] or url
+            return (f"the URL ends with {suffix}, which the router adds itself: type {kind!r} takes the "
+                    f"endpoint's base URL ({base})")
+    return None
 
 
 def _name_endpoints(settings: Settings) -> list[tuple[tuple[Any, ...], str]]:

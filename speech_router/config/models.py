@@ -169,13 +169,17 @@ class HedgeConfig(_Strict):
 
 
 def _check_url(value: str) -> str:
+    if "://" not in value:
+        raise ValueError(f"invalid URL {value!r}: http:// (or https://) is missing, e.g. http://{value}")
     parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("invalid URL")
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"invalid URL {value!r}: use http:// or https://")
+    if not parts.hostname:
+        raise ValueError(f"invalid URL {value!r}: no host name")
     try:
         parts.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError:
-        raise ValueError("invalid URL") from None
+        raise ValueError(f"invalid URL {value!r}: the port must be a number from 0 to 65535") from None
     return value.rstrip("/")
 
 

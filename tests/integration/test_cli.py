@@ -101,7 +101,8 @@ def test_check_config_lists_errors_with_locations_and_exits_1(tmp_path):
     """))
     proc = subprocess.run([*CLI, "check-config", str(bad)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
-    assert f"{bad}:6: pools.gpu.endpoints[1].url: invalid URL" in proc.stderr
+    assert f"{bad}:6: pools.gpu.endpoints[1].url: invalid URL 'not-a-url': http:// (or https://) is missing" \
+        in proc.stderr
     assert f"{bad}:8: models.indextts2[1]: unknown pool 'cpu'" in proc.stderr
 
 

@@ -180,8 +180,10 @@ def test_an_invalid_config_keeps_the_running_one_and_is_counted(nodes, file_rout
     status, body, _ = call(router.url + "/admin/reload", "POST")
     assert status == 422 and body["result"] == "invalid"
     assert len(body["errors"]) == 2
-    assert body["errors"][0].endswith("speech-router.yaml:7: pools.gpu.endpoints[0].url: invalid URL")
-    assert body["errors"][1].endswith("speech-router.yaml:8: pools.gpu.max_concurency: unknown key")
+    assert body["errors"][0].endswith("speech-router.yaml:7: pools.gpu.endpoints[0].url: invalid URL 'ftp://wrong': "
+                                      "use http:// or https://")
+    assert body["errors"][1].endswith("speech-router.yaml:8: pools.gpu.max_concurency: unknown key "
+                                      "(did you mean 'max_concurrency'?)")
     assert speak(router.url)[0] == 200  # still serving on the old config
     assert metric(router.url, 'speech_router_config_reloads_total{result="invalid",trigger="admin"}') == 1
     assert metric(router.url, "speech_router_config_errors_total") == 2

@@ -71,15 +71,16 @@ def test_every_error_is_reported_with_location_and_line(tmp_path, registry):
     with pytest.raises(ConfigError) as info:
         load_file(path, registry=registry)
     got = issues_of(info.value)
-    assert got["pools.gpu.endpoints[1].url"] == ("invalid URL", 10)
-    assert got["pools.gpu.endpoints[1].wieght"] == ("unknown key", 11)
+    assert got["pools.gpu.endpoints[1].url"] == ("invalid URL 'gpu-2': http:// (or https://) is missing, "
+                                                 "e.g. http://gpu-2", 10)
+    assert got["pools.gpu.endpoints[1].wieght"] == ("unknown key (did you mean 'weight'?)", 11)
     assert got["server.port"][1] == 3
     assert got["pools.gpu.api"][1] == 7
     assert "unknown backend type 'nope'" in got["pools.other.type"][0]
     assert got["models.indextts2[1]"] == ("unknown pool 'missing'", 15)
     assert "unknown voice parameter" in got["voices.alloy.colour"][0]
     text = str(info.value)
-    assert f"{path}:10: pools.gpu.endpoints[1].url: invalid URL" in text
+    assert f"{path}:10: pools.gpu.endpoints[1].url: invalid URL 'gpu-2'" in text
 
 
 def test_invalid_yaml_reports_its_line(tmp_path, registry):
