@@ -154,6 +154,8 @@ async def synthesize_response(request: Request, sreq: SynthesisRequest, *, fmt: 
 
     if passthrough and not sse and resp.content_length is not None:
         headers["content-length"] = str(resp.content_length)
+    if isinstance(dispatched, fanout.FannedOut):  # its attempts are known only after the last segment: the
+        del headers["x-speech-router-attempts"]   # access log has them; a header now would undercount
 
     async def send() -> AsyncIterator[bytes]:
         first = True

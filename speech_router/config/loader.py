@@ -297,10 +297,11 @@ def remote_config(env: Mapping[str, str]) -> dict[str, Any]:
 
 
 def embedded_config() -> dict[str, Any]:
-    """No config and no ``TTS_REMOTE_URL``: the in-process espeak engine serves every OpenAI model name."""
+    """No config and no ``TTS_REMOTE_URL``: the in-process espeak engine serves every model name the other
+    sources do (the OpenAI ones and ``indextts2``), so a client written for a GPU fleet runs against it."""
     return {
         "pools": {"embedded": {"type": "espeak"}},
-        "models": {name: ["embedded"] for name in (*OPENAI_MODEL_NAMES, "espeak")},
+        "models": {name: ["embedded"] for name in (*OPENAI_MODEL_NAMES, "indextts2", "espeak")},
         "voices": {
             name: {"espeak": voice}
             for name, voice in {

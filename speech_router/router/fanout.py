@@ -64,8 +64,8 @@ class FannedOut(Dispatched):
     """A fanned-out synthesis of ``segments`` segments.
 
     ``endpoint`` and ``pool`` are segment 1's: the response's endpoint and pool headers and the request
-    metrics name where the first audio came from (both None when segment 1 came from the cache). ``attempts`` grows as segments finish: a streamed
-    response's header counts the segments ready when it started, a whole file's counts them all.
+    metrics name where the first audio came from (both None when segment 1 came from the cache). ``attempts`` grows as segments finish: a whole
+    file's header and a streamed response's access log line count them all (a stream sends no attempts header).
     """
 
     segments: int = 0

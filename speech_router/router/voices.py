@@ -25,5 +25,10 @@ def resolve_voice(settings: Settings, name: str, *, param: str = "voice") -> dic
         d = settings.voice_dir
         return {"spk_audio_path": f"{d.path.rstrip('/')}/{name}{d.extension}"}
     known = ", ".join(sorted(settings.voices)) or "none configured"
+    if settings.voice_dir is not None:  # any plain name works: say so, not only the (maybe empty) list
+        d = settings.voice_dir
+        raise RequestInvalid(f"Voice {name!r} not found. A voice is a configured one ({known}) or a plain name of "
+                             f"letters, digits, - and _ for the file {d.path.rstrip('/')}/NAME{d.extension} on the "
+                             "nodes, such as 'alloy'.", param=param, code="voice_not_found")
     raise RequestInvalid(f"Voice {name!r} not found. Available voices: {known}.", param=param,
                          code="voice_not_found")

@@ -129,6 +129,8 @@ def test_no_config_gives_the_embedded_espeak_default(registry):
     settings = load_settings(None, registry=registry, env={})
     assert settings.source == "embedded default"
     assert [p.type for p in settings.pools.values()] == ["espeak"]
+    # the model names README's examples and TTS_REMOTE_URL mode use
+    assert {"tts-1", "tts-1-hd", "gpt-4o-mini-tts", "indextts2"} <= set(settings.models)
     assert settings.voices["alloy"].params()["espeak"]
 
 
