@@ -5,7 +5,10 @@ Labels stay bounded: API route paths, configured model, pool and endpoint names,
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import platform
+
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector,
+                               generate_latest)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 RTF_BUCKETS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 5, 10)
@@ -132,6 +135,15 @@ class Metrics:
             "speech_router_cache_evictions", "Entries evicted to stay within the byte budget, by tier", ["tier"],
             registry=r)
 
+        # the process itself: which build runs, and prometheus-client's process_* (CPU, memory, open files; Linux)
+        # and python_info, on this registry like everything else
+        self.build_info = Gauge(
+            "speech_router_build_info", "Always 1; the labels say which speech-router and Python are running",
+            ["version", "python"], registry=r)
+        self.build_info.labels(_version(), platform.python_version()).set(1)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+
     def forget_endpoint(self, pool: str, endpoint: str, backend_type: str) -> None:
         """Drop the gauges of an endpoint a reload removed, so its last values do not linger as if live."""
         for gauge, labels in ((self.inflight, (pool, endpoint)), (self.up, (pool, endpoint, backend_type)),
@@ -144,3 +156,9 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _version() -> str:
+    from . import __version__  # at call time: the package is initialised by then
+
+    return __version__

@@ -9,9 +9,11 @@ the rules, runs their unit tests and parses every dashboard query.
 from __future__ import annotations
 
 import json
+import platform
 import re
 import shutil
 import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +24,9 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
+import speech_router
+from speech_router.config.messages import keys_at
+from speech_router.config.models import PoolConfig
 from speech_router.metrics import Metrics
 from tests.conftest import Node, fleet_config, serve_router
 from speech_router.emulator.index_tts_vllm import EmulatorConfig
@@ -154,6 +159,17 @@ def test_every_metric_the_alerts_name_is_exported(exposition: Exposition) -> Non
     assert not missing, f"alerts.yml or alerts_test.yml name metrics the router does not export: {missing}"
 
 
+def test_the_router_exports_its_build_info_and_process_metrics(exposition: Exposition) -> None:
+    version = re.escape(speech_router.__version__)
+    python = re.escape(platform.python_version())
+    assert re.search(rf'^speech_router_build_info\{{python="{python}",version="{version}"\}} 1\.0$', exposition.text,
+                     re.MULTILINE), "one build_info series, value 1, with the running version"
+    assert re.search(r"^python_info\{", exposition.text, re.MULTILINE)
+    if sys.platform == "linux":  # prometheus-client reads them from /proc
+        for name in ("process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"):
+            assert re.search(rf"^{name} \d", exposition.text, re.MULTILINE), name
+
+
 # --- (b) docs/metrics.md cannot drift ------------------------------------------------------------------------
 
 
@@ -220,6 +236,23 @@ def test_alerts_cover_the_issue_with_severity_and_annotations() -> None:
     assert "{{ $labels.model }}" in alerts["SpeechRouterNoHealthyBackend"]["annotations"]["summary"]
     assert "{{ $labels.endpoint }}" in alerts["SpeechRouterBreakerOpen"]["annotations"]["summary"]
     assert re.search(r"==\s*2\b", alerts["SpeechRouterBreakerOpen"]["expr"])  # 2 = open (metrics.py)
+
+
+CONFIG_KEY = re.compile(r"\b([a-z_]+(?:\.[a-z_]+)+)\b")
+
+
+def test_alerts_name_only_config_keys_that_exist() -> None:
+    """An alert that says what to change must name a real key (one said "raise max_queue": the key is
+    queue.max_size). Dotted words in the annotations that start with a pool setting must resolve in PoolConfig."""
+    named = set()
+    for rule in load_alerts().values():
+        for text in rule["annotations"].values():
+            named |= {key for key in CONFIG_KEY.findall(text) if key.split(".")[0] in PoolConfig.model_fields}
+    assert "queue.max_size" in named
+    for key in named:
+        *path, last = key.split(".")
+        assert last in (keys_at(PoolConfig, tuple(path)) or ()), f"alerts.yml names {key}, which is no pool setting"
+    assert "max_queue" not in ALERTS.read_text()
 
 
 def test_alert_unit_tests_cover_the_main_alerts() -> None:
