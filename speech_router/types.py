@@ -29,6 +29,9 @@ class Emotion:
     vector: list[float] | None = None
     text: str | None = None
     random: bool = False
+    #: the configured parameters of the voice named as the emotion reference (``ref_path`` is its
+    #: ``spk_audio_path``), for backends that take the reference in another form (vllm-omni's URLs)
+    ref_params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -49,6 +52,8 @@ class SynthesisRequest:
     #: the format the client wants in the end; a backend may produce another and the API transcodes
     response_format: str = "wav"
     max_text_tokens_per_sentence: int | None = None
+    #: the text's language as the client gave it (IndexTTS-2.5); None: backends that need one guess it
+    lang: str | None = None
     request_id: str = ""
     passthrough: dict[str, Any] | None = None
     #: seconds the client will wait (its deadline header); it can only shorten the model's deadline

@@ -32,6 +32,8 @@ class Capabilities:
     emotion: bool = False
     #: the endpoint honours ``speed`` itself
     speed: bool = False
+    #: the speeds it honours (IndexTTS-2.5: 0.5-2.0); others are refused before dispatch
+    speed_range: tuple[float, float] = (0.25, 4.0)
     #: the voice parameter keys this type needs; a voice without any of them cannot be served
     voice_keys: tuple[str, ...] = ()
     #: endpoints of this type need a ``url``
