@@ -16,13 +16,14 @@ from types import FrameType
 
 from starlette.applications import Starlette
 
-from speech_router.emulator import index_tts_vllm, openai_speech
+from speech_router.emulator import index_tts_vllm, openai_speech, vllm_omni
 from speech_router.emulator.serve import serve_fleet
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m speech_router.emulator", description=__doc__)
-    p.add_argument("--api", choices=["v2", "v1", "openai"], default="v2", help="protocol to speak (default v2)")
+    p.add_argument("--api", choices=["v2", "v1", "openai", "vllm-omni"], default="v2",
+                   help="protocol to speak (default v2)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=6006, help="first port; node i listens on port+i (0: free ports)")
     p.add_argument("--nodes", type=int, default=1)
@@ -31,7 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--delay-per-char", type=float, default=0.0, help="extra latency per character, seconds")
     p.add_argument("--slots", type=int, default=None, help="concurrent syntheses per node (default unlimited)")
     p.add_argument("--speakers", type=Path, default=None, help="v1: a speaker.json to serve ({name: [paths]})")
-    p.add_argument("--api-key", default=None, help="openai: require this bearer key")
+    p.add_argument("--api-key", default=None, help="openai, vllm-omni: require this bearer key")
+    p.add_argument("--model", default=None, help="vllm-omni: the served model name")
+    p.add_argument("--omni-version", choices=["2", "2.5"], default="2", help="vllm-omni: IndexTTS-2 or IndexTTS-2.5")
+    p.add_argument("--allowed-media-path", default=None, help="vllm-omni: the directory file:// references may use")
     return p
 
 
@@ -45,6 +49,13 @@ def build_apps(args: argparse.Namespace) -> list[Starlette]:
             "delay_per_char_s": args.delay_per_char,
             "slots": args.slots,
         }
+        if args.api == "vllm-omni":
+            omni = vllm_omni.VllmOmniConfig(api_key=args.api_key, version=args.omni_version,
+                                            allowed_media_path=args.allowed_media_path, **knobs)
+            if args.model:
+                omni.model = args.model
+            apps.append(vllm_omni.create_app(omni))
+            continue
         if args.api == "openai":
             apps.append(openai_speech.create_app(openai_speech.OpenAIConfig(api_key=args.api_key, **knobs)))
             continue
