@@ -98,6 +98,11 @@ def prepare(path: str | None) -> tuple[Any, Any, Any]:
             if exc.source not in ("", settings.source):  # a keys file: located in its own lines
                 raise
             issues += exc.issues
+        else:
+            auth = settings.server.auth
+            if auth.required and not app.state.auth.enabled:  # fail closed rather than serve everyone
+                issues.append(ConfigIssue("server.auth.required", f"true, but no client key is set: set "
+                                          f"{auth.keys_env}, or list keys in server.auth.keys or keys_file"))
         if issues:
             raise ConfigError(issues, source=settings.source)
     except ConfigError as exc:

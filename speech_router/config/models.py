@@ -65,6 +65,8 @@ class AuthConfig(_Strict):
         default_factory=lambda: ["/livez", "/readyz", "/metrics", "/health", "/openapi.json"],
         description="paths served without a client key")
     admin_key_env: str = Field("SPEECH_ROUTER_ADMIN_KEY", description="environment variable with the admin key")
+    required: bool = Field(False, description="refuse to start when no client key is known (fail closed) "
+                                              "instead of serving without authentication")
 
 
 class ServerConfig(_Strict):

@@ -22,8 +22,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from speech_router.cli import prepare
 from speech_router.config.loader import settings_from_dict
 from speech_router.config.models import DEFAULT_DEADLINE_S, DEFAULT_PORT, Settings
+from speech_router.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = REPO_ROOT / "deploy" / "kubernetes"
@@ -114,6 +116,56 @@ def test_kustomize_builds_the_directory():
     assert kinds == ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service"]
 
 
+# --- the optional ServiceMonitor (a kustomize component) --------------------------------------
+
+COMPONENT_DIR = K8S_DIR / "components" / "servicemonitor"
+#: the ServiceMonitor endpoint fields used here, from the Prometheus Operator's API (monitoring.coreos.com/v1);
+#: no offline schema for the CRD ships in a package, so a misspelt field is caught by this list instead
+SERVICEMONITOR_ENDPOINT_FIELDS = {"port", "path", "interval", "scrapeTimeout", "scheme", "honorLabels",
+                                  "relabelings", "metricRelabelings", "bearerTokenSecret", "authorization"}
+
+
+def component() -> tuple[dict[str, Any], dict[str, Any]]:
+    kustomization = yaml.safe_load((COMPONENT_DIR / "kustomization.yaml").read_text())
+    (resource,) = kustomization["resources"]
+    return kustomization, yaml.safe_load((COMPONENT_DIR / resource).read_text())
+
+
+def test_servicemonitor_is_an_optional_component_left_out_of_the_base(k8s):
+    kustomization, monitor = component()
+    assert (kustomization["apiVersion"], kustomization["kind"]) == ("kustomize.config.k8s.io/v1alpha1", "Component")
+    base = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text())
+    assert "components" not in base, "optional: the base works on clusters without the Prometheus Operator"
+    assert "components/servicemonitor" in (K8S_DIR / "kustomization.yaml").read_text()  # shown, commented out
+    assert (monitor["apiVersion"], monitor["kind"]) == ("monitoring.coreos.com/v1", "ServiceMonitor")
+    assert NAME_LABEL.items() <= monitor["metadata"]["labels"].items()
+
+
+def test_servicemonitor_scrapes_the_services_port_at_the_metrics_path(k8s):
+    _, monitor = component()
+    service = k8s["Service"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert set(endpoint) <= SERVICEMONITOR_ENDPOINT_FIELDS, set(endpoint) - SERVICEMONITOR_ENDPOINT_FIELDS
+    assert endpoint["port"] in [p["name"] for p in service["spec"]["ports"]], "a Service port *name*"
+    annotations = k8s["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+    assert endpoint["path"] == annotations["prometheus.io/path"]
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with kustomize) is not installed")
+def test_kustomize_builds_the_base_with_the_servicemonitor_component(tmp_path):
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "resources": [os.path.relpath(K8S_DIR, overlay)],
+        "components": [os.path.relpath(COMPONENT_DIR, overlay)]}))
+    out = subprocess.run(["kubectl", "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(overlay)],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    kinds = sorted(d["kind"] for d in yaml.safe_load_all(out) if d)
+    assert kinds == ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service",
+                     "ServiceMonitor"]
+
+
 # --- what a schema cannot see ---------------------------------------------------------------
 
 
@@ -192,12 +244,29 @@ def test_grace_period_covers_the_prestop_sleep_and_the_longest_request(k8s, regi
     assert pod_spec(k8s)["terminationGracePeriodSeconds"] > int(command[1]) + deadline
 
 
-def test_keys_come_from_an_optional_secret_shaped_like_the_example(k8s):
+def test_client_keys_fail_closed_and_the_secret_is_shaped_like_the_example(k8s):
+    """Without the Secret the pod must not start with auth off: the client keys' reference is not optional (the
+    kubelet refuses to start the container) and the config requires a key (the router refuses to serve)."""
     secret = load(EXAMPLE_SECRET)
+    api = env_of(k8s)["SPEECH_ROUTER_API_KEYS"]["valueFrom"]["secretKeyRef"]
+    assert api == {"name": secret["metadata"]["name"], "key": "SPEECH_ROUTER_API_KEYS"}  # no `optional: true`
+    admin = env_of(k8s)["SPEECH_ROUTER_ADMIN_KEY"]["valueFrom"]["secretKeyRef"]
+    assert admin == {"name": secret["metadata"]["name"], "key": "SPEECH_ROUTER_ADMIN_KEY", "optional": True}
     for name in ("SPEECH_ROUTER_API_KEYS", "SPEECH_ROUTER_ADMIN_KEY"):
-        ref = env_of(k8s)[name]["valueFrom"]["secretKeyRef"]
-        assert ref == {"name": secret["metadata"]["name"], "key": name, "optional": True}
         assert "REPLACE-ME" in secret["stringData"][name]
+
+
+def test_the_configmap_config_refuses_to_serve_without_a_client_key(k8s, tmp_path, monkeypatch):
+    """The same check serve runs at start-up (speech_router.cli.prepare): no key, no router; a key, a router."""
+    path = tmp_path / "config.yaml"
+    path.write_text(k8s["ConfigMap"]["data"]["config.yaml"])
+    monkeypatch.delenv("SPEECH_ROUTER_API_KEYS", raising=False)
+    with pytest.raises(ConfigError) as info:
+        prepare(str(path))
+    assert [issue.loc for issue in info.value.issues] == ["server.auth.required"]
+    monkeypatch.setenv("SPEECH_ROUTER_API_KEYS", "web=a-client-key")
+    _, _, app = prepare(str(path))
+    assert app.state.auth.enabled
 
 
 def test_configmap_config_serves_and_answers_the_probes(k8s, registry, nodes, router):

@@ -1,0 +1,115 @@
+"""``check-config`` and ``serve`` agree: on every invalid file both refuse with the same errors, each once and
+located; on every shipped config both accept (serve goes on to listen).
+
+The files are ``tests/configs/invalid/*.yaml`` (each names the exact errors it must produce in ``# expect:``
+lines, so a follow-on error fails the test), the example config, the compose stack's and the Kubernetes
+ConfigMap's. Both commands run in-process through ``speech_router.cli.main``, as a user types them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+import yaml
+
+from speech_router import cli
+
+REPO = Path(__file__).resolve().parents[2]
+INVALID = sorted((REPO / "tests" / "configs" / "invalid").glob("*.yaml"))
+#: variables a developer's shell may have that change which config is loaded or which keys are known
+ROUTER_VARIABLES = ("SPEECH_ROUTER_CONFIG", "TTS_REMOTE_URL", "SPEECH_ROUTER_API_KEYS", "SPEECH_ROUTER_ADMIN_KEY")
+
+
+def expected(path: Path) -> list[str]:
+    return re.findall(r"^# expect: (.*)$", path.read_text(), flags=re.MULTILINE)
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch):
+    for name in ROUTER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+    def apply(path: Path) -> None:
+        for name, value in re.findall(r"^# env: (\w+)=(.*)$", path.read_text(), flags=re.MULTILINE):
+            monkeypatch.setenv(name, value)
+
+    return apply
+
+
+@pytest.fixture
+def listened(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """``serve`` runs for real up to the point where it would listen; that call is recorded instead."""
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append({"app": app, **kw}))
+    monkeypatch.setattr(logging, "basicConfig", lambda **kw: None)  # the test run's logging stays as it is
+    monkeypatch.setattr("speech_router.api.access_log.configure_access_logger", lambda: None)
+    return calls
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str], str]:
+    """(exit code, stderr's error lines without the config's directory, stdout)."""
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    lines = [line.replace(f"{INVALID[0].parent}/", "") for line in err.splitlines()[1:]]
+    return code, lines, out
+
+
+def test_the_corpus_covers_what_the_issue_lists():
+    """Each kind of mistake the issue found check-config silent or noisy about has a file here."""
+    names = {p.stem for p in INVALID}
+    assert {"client_key_unset", "tts_url_suffix", "misspelt_endpoints", "unset_variable", "missing_scheme",
+            "typos", "keys_file_missing", "local_voice_missing"} <= names
+    assert all(expected(p) for p in INVALID), "every invalid file names its errors"
+
+
+@pytest.mark.parametrize("path", INVALID, ids=[p.stem for p in INVALID])
+def test_check_config_and_serve_refuse_an_invalid_file_with_the_same_errors(path, env, listened, capsys):
+    env(path)
+    code, errors, _ = run(capsys, "check-config", str(path))
+    assert code == 1
+    assert errors == expected(path)  # exactly these: each once, with file:line, no follow-on errors
+
+    code, serve_errors, _ = run(capsys, "serve", "--config", str(path))
+    assert code == 1 and not listened
+    assert serve_errors == errors
+
+
+SHIPPED = [REPO / "examples" / "speech-router.yaml", REPO / "deploy" / "compose" / "router" / "config.yaml"]
+
+
+def configmap_config(tmp_path: Path) -> Path:
+    configmap = yaml.safe_load((REPO / "deploy" / "kubernetes" / "configmap.yaml").read_text())
+    path = tmp_path / "config.yaml"
+    path.write_text(configmap["data"]["config.yaml"])
+    return path
+
+
+@pytest.mark.parametrize("name", ["example", "compose", "configmap"])
+def test_check_config_and_serve_accept_the_shipped_configs(name, tmp_path, env, listened, capsys, monkeypatch):
+    """With the variables their deployments set (the example's hosted key, the Deployment's client keys)."""
+    monkeypatch.setenv("HOSTED_TTS_API_KEY", "sk-test")
+    monkeypatch.setenv("SPEECH_ROUTER_API_KEYS", "web=test-key")
+    path = configmap_config(tmp_path) if name == "configmap" else SHIPPED[["example", "compose"].index(name)]
+    code, errors, out = run(capsys, "check-config", str(path))
+    assert code == 0, errors
+    assert f"{path}: OK:" in out
+    assert cli.main(["serve", "--config", str(path)]) == 0
+    assert len(listened) == 1 and listened[0]["app"].state.settings.source == str(path)
+
+
+def test_serve_and_check_config_need_the_same_environment(tmp_path, env, listened, capsys, monkeypatch):
+    """The example names HOSTED_TTS_API_KEY: without it both refuse, at that line, and with it both accept."""
+    example = SHIPPED[0]
+    line = next(i for i, text in enumerate(example.read_text().splitlines(), 1) if "HOSTED_TTS_API_KEY" in text
+                and text.strip().startswith("api_key_env"))
+    monkeypatch.delenv("HOSTED_TTS_API_KEY", raising=False)
+    code, errors, _ = run(capsys, "check-config", str(example))
+    assert code == 1
+    assert errors == [f"{example}:{line}: pools.hosted.api_key_env: environment variable HOSTED_TTS_API_KEY is not "
+                      "set (the key sent to this pool's endpoints)"]
+    assert cli.main(["serve", "--config", str(example)]) == 1 and not listened
