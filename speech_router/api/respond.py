@@ -39,6 +39,11 @@ def check_capabilities(router: Any, sreq: SynthesisRequest) -> None:
         raise RequestInvalid(f"speed {sreq.speed:g} is not supported by backend type {types} "
                              f"serving model {sreq.model!r}; use speed 1.0", param="speed",
                              code="unsupported_parameter")
+    if sreq.speed != 1.0 and not any(c.speed and c.speed_range[0] <= sreq.speed <= c.speed_range[1]
+                                     for _, c in caps):
+        ranges = ", ".join(sorted({f"{c.speed_range[0]:g}-{c.speed_range[1]:g}" for _, c in caps if c.speed}))
+        raise RequestInvalid(f"speed {sreq.speed:g} is outside what model {sreq.model!r} can do ({ranges})",
+                             param="speed", code="unsupported_value")
     if sreq.emotion.method != 0 and not any(c.emotion for _, c in caps):
         types = ", ".join(sorted({p.backend_type for p, _ in caps}))
         if sreq.emotion.method != 3 or sreq.passthrough is not None:  # instructions are a hint; others are not

@@ -98,18 +98,19 @@ async def synthesize(request: Request) -> Response:
         e = body.emotion
         emotion = Emotion(random=e.random, weight=e.weight)
         if e.audio is not None:
-            ref = resolve_voice(settings, e.audio, param="emotion.audio").get("spk_audio_path")
-            if not ref:
-                raise RequestInvalid(f"Voice {e.audio!r} has no reference audio (spk_audio_path).",
-                                     param="emotion.audio")
-            emotion.method, emotion.ref_path = EmotionMethod.REFERENCE_AUDIO, ref
+            ref_params = resolve_voice(settings, e.audio, param="emotion.audio")
+            if not any(ref_params.get(k) for k in ("spk_audio_path", "ref_audio_file", "ref_audio")):
+                raise RequestInvalid(f"Voice {e.audio!r} has no reference audio (spk_audio_path, ref_audio_file or "
+                                     "ref_audio).", param="emotion.audio")
+            emotion.method, emotion.ref_path = EmotionMethod.REFERENCE_AUDIO, ref_params.get("spk_audio_path")
+            emotion.ref_params = ref_params
         elif e.vector is not None:
             emotion.method, emotion.vector = EmotionMethod.VECTOR, e.vector
         elif e.text is not None:
             emotion.method, emotion.text = EmotionMethod.TEXT, e.text
     sreq = SynthesisRequest(text=body.text, model=model, voice=body.voice, voice_params=params, emotion=emotion,
                             speed=body.speed, response_format=body.format,
-                            max_text_tokens_per_sentence=body.max_text_tokens_per_sentence,
+                            max_text_tokens_per_sentence=body.max_text_tokens_per_sentence, lang=body.lang,
                             request_id=request.scope["state"]["request_id"])
     return await synthesize_response(request, sreq, fmt=body.format, sample_rate=body.sample_rate,
                                      stream=body.stream, sse=False, route="/synthesize")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import RequestInvalid
 
@@ -81,6 +81,9 @@ class SynthesizeRequest(BaseModel):
     format: AudioFormatName = "wav"
     sample_rate: int | None = Field(None, ge=8000, le=48000)
     stream: bool = False
+    lang: str | None = Field(None, min_length=1, max_length=24, validation_alias=AliasChoices("lang", "language"),
+                             description="the text's language for IndexTTS-2.5 (zh, en, ja, es, yue, ...); "
+                                         "default: guessed from the text")
 
 
 def _absent_not_null(schema: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from ..errors import BackendFailed, BackendRejected
+from ..errors import BackendFailed, BackendRejected, RequestInvalid
 from ..plugins.hookspecs import hookimpl
 from ..types import AudioResponse, EmotionMethod, HealthReport, SynthesisRequest
 from .base import Backend, BackendContext, Capabilities
@@ -65,6 +65,9 @@ class IndexTtsVllmBackend(Backend):
         body: dict[str, Any] = {"text": request.text, "spk_audio_path": params.get("spk_audio_path"),
                                 "emo_control_method": int(emo.method)}
         if emo.method == EmotionMethod.REFERENCE_AUDIO:
+            if not emo.ref_path:  # the node would crash on a null path (HTTP 500): the client's mistake first
+                raise RequestInvalid("This emotion voice has no spk_audio_path, which index-tts-vllm nodes need.",
+                                     param="emotion.audio")
             body.update(emo_ref_path=emo.ref_path, emo_weight=emo.weight)
         elif emo.method == EmotionMethod.VECTOR:
             body["emo_vec"] = list(emo.vector or [0.0] * 8)

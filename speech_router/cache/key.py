@@ -56,6 +56,10 @@ def cache_key(request: SynthesisRequest, *, kind: str, fmt: str, sample_rate: in
         "sample_rate": sample_rate,
         "extra": dict(extra) if extra else {},
     }
+    if request.lang is not None:  # added only when set, so keys stored before these fields still hit
+        document["lang"] = request.lang
+    if emotion.ref_params:
+        document["emotion_ref_params"] = emotion.ref_params
     canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_plain)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 

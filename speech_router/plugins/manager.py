@@ -26,6 +26,7 @@ DEFAULT_PLUGINS = (
     "speech_router.backends.openai_compat",
     "speech_router.backends.espeak",
     "speech_router.backends.indextts2_local",
+    "speech_router.backends.vllm_omni",
 )
 ENTRYPOINT_GROUP = "speech_router"
 
