@@ -13,6 +13,10 @@ Pool options (YAML keys next to ``type:``)::
       model_dir: /opt/index-tts/checkpoints
       devices: [cuda:0, cuda:1]     # one worker and one endpoint per device
       fp16: true
+      version: auto                 # "2" (indextts.infer_v2), "2.5" (infer_v2_5), auto: read from the checkpoint
+
+IndexTTS-2.5 adds native speed (``duration_factor = 1 / speed``, 0.5-2.0) and a language per request:
+the client's (``lang`` on the native route) or one guessed from the text (``indextts25``).
 
 ``health()`` is unhealthy, with the reason, while a worker starts or loads, after a load failure
 (the worker's last output is kept) and while it restarts; the router keeps serving other pools.
@@ -20,6 +24,7 @@ Pool options (YAML keys next to ``type:``)::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -36,9 +41,11 @@ from ..errors import BackendError, BackendTimeout, BackendUnavailable, ConfigErr
 from ..plugins.hookspecs import hookimpl
 from ..types import AudioResponse, HealthReport, SynthesisRequest
 from ..worker import DEFAULT_WARMUP_TEXT
+from ..worker.checkpoint import detect
 from ..worker.supervisor import Supervisor, Ticket, WorkerSpec
 from .base import Backend, BackendContext, Capabilities
 from .index_tts_vllm import IndexTtsVllmBackend
+from .indextts25 import SPEED_RANGE_25, Version, VersionOption, duration_factor, request_lang
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +83,10 @@ class IndexTts2LocalBackend(IndexTtsVllmBackend):
         cfg_path: str | None = Field(None, description="default: <model_dir>/config.yaml")
         devices: list[str] = Field(default_factory=lambda: ["cuda:0"], min_length=1,
                                    description="one worker process and one endpoint per device")
-        fp16: bool = False
+        version: VersionOption = Field(
+            "auto", description="IndexTTS-2 or IndexTTS-2.5; auto: read from the checkpoint in model_dir")
+        fp16: bool = Field(False, description="half precision (IndexTTS-2.5: bf16)")
+        bf16: bool = Field(False, description="IndexTTS-2.5: bfloat16 weights")
         use_cuda_kernel: bool = False
         use_torch_compile: bool = False
         engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="more IndexTTS2() arguments")
@@ -122,6 +132,13 @@ class IndexTts2LocalBackend(IndexTtsVllmBackend):
         Backend.__init__(self, endpoint, options, context)
         self.api = "v2"
         self.device = options.devices[0]
+        self.version: Version = "2.5" if options.version == "2.5" else "2"
+        if options.version == "auto":
+            model_dir = _local_path(options.model_dir)
+            self.version, why = detect(model_dir, _local_path(options.cfg_path) if options.cfg_path else None)
+            log.info("pool %s: IndexTTS-%s in %s (%s)", context.pool_name, self.version, model_dir, why)
+        if self.version == "2.5":  # native speed, within 2.5's range
+            self.capabilities = dataclasses.replace(self.capabilities, speed=True, speed_range=SPEED_RANGE_25)
         if len(options.devices) > 1:
             log.warning("pool %s: this router builds one endpoint for the pool, so only %s is used; the other "
                         "devices need Backend.expand_endpoints support", context.pool_name, self.device)
@@ -143,7 +160,8 @@ class IndexTts2LocalBackend(IndexTtsVllmBackend):
         model_dir = _local_path(o.model_dir)
         cmd = [o.python or sys.executable, "-m", "speech_router.worker", "indextts2", "--model-dir", model_dir,
                "--cfg-path", _local_path(o.cfg_path) if o.cfg_path else os.path.join(model_dir, "config.yaml"),
-               "--device", self.device, "--host", "127.0.0.1", "--port", "0", "--max-queue", str(o.max_queue),
+               "--device", self.device, "--model-version", self.version, "--host", "127.0.0.1", "--port", "0",
+               "--max-queue", str(o.max_queue),
                f"--warmup-text={o.warmup_text}", "--parent-pid", str(os.getpid()), "--exit-on-load-failure"]
         if o.warmup_voice:
             cmd += ["--warmup-voice", _local_path(o.warmup_voice)]
@@ -151,7 +169,7 @@ class IndexTts2LocalBackend(IndexTtsVllmBackend):
             cmd += ["--workdir", _local_path(o.workdir)]
         if o.engine_kwargs:
             cmd += ["--engine-kwargs", json.dumps(o.engine_kwargs)]
-        cmd += [flag for flag, on in (("--fp16", o.fp16), ("--cuda-kernel", o.use_cuda_kernel),
+        cmd += [flag for flag, on in (("--fp16", o.fp16), ("--bf16", o.bf16), ("--cuda-kernel", o.use_cuda_kernel),
                                       ("--torch-compile", o.use_torch_compile)) if on]
         return cmd
 
@@ -177,6 +195,10 @@ class IndexTts2LocalBackend(IndexTtsVllmBackend):
         for key in ("spk_audio_path", "emo_ref_path"):
             if isinstance(body.get(key), str) and body[key]:
                 body[key] = _local_path(body[key])
+        if self.version == "2.5" and request.passthrough is None:
+            body["lang"] = request_lang(request.lang, request.text)
+            if request.speed != 1.0:
+                body["duration_factor"] = duration_factor(request.speed, backend=self.type)
         return path, body
 
     async def synthesize(self, request: SynthesisRequest) -> AudioResponse:

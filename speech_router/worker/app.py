@@ -97,10 +97,11 @@ class WorkerState:
     def snapshot(self) -> dict[str, Any]:
         c = self.engine.config
         ready = self.phase == "ready"
+        model = f"IndexTTS-{self.engine.version}"
         if ready:
-            message = f"IndexTTS2 loaded on {c.device}"
+            message = f"{model} loaded on {c.device}"
         elif self.phase == "loading":
-            message = f"loading IndexTTS2 on {c.device} ({time.monotonic() - self.started_at:.0f}s)"
+            message = f"loading {model} on {c.device} ({time.monotonic() - self.started_at:.0f}s)"
         else:
             message = f"loading failed: {self.load_error}"
         return {
@@ -110,7 +111,7 @@ class WorkerState:
             "busy": self.slot.busy, "queue_length": len(self.slot.waiters), "max_queue": self.max_queue,
             "served": self.served, "failed": self.failed, "oom_errors": self.oom_errors,
             "rejected_full": self.rejected_full, "last_error": self.last_error, "last_error_at": self.last_error_at,
-            "gpu_memory_used_bytes": None, "gpu_memory_total_bytes": None,
+            "gpu_memory_used_bytes": None, "gpu_memory_total_bytes": None, **self.engine.describe(),
         }
 
 
@@ -155,7 +156,7 @@ async def _unless_disconnected(request: Request, awaitable: Awaitable[T]) -> tup
 async def _tts_url(request: Request) -> Response:
     state = _state(request)
     try:
-        kwargs = infer_kwargs(await request.json())
+        kwargs = infer_kwargs(await request.json(), state.engine.version)
     except ValueError as exc:  # RequestError, or a body that is not JSON
         return _error(400, str(exc) if isinstance(exc, RequestError) else "the request body must be JSON")
     if state.phase != "ready":

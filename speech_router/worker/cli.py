@@ -39,7 +39,11 @@ def build_parser(prog: str = "speech-router worker") -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda:0", help="torch device, e.g. cuda:0 (default), cuda:1, cpu")
     p.add_argument("--host", default=DEFAULT_HOST, help=f"default {DEFAULT_HOST}; 0.0.0.0 to serve a fleet router")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}; 0 picks a free port")
-    p.add_argument("--fp16", action="store_true", help="half precision (less memory, faster)")
+    p.add_argument("--model-version", choices=["auto", "2", "2.5"], default="auto",
+                   help="IndexTTS-2 (indextts.infer_v2) or IndexTTS-2.5 (indextts.infer_v2_5); default: read from "
+                        "the checkpoint (config.yaml's version, or 2.5's codec.pth / tokenizer)")
+    p.add_argument("--fp16", action="store_true", help="half precision (less memory, faster); bf16 on IndexTTS-2.5")
+    p.add_argument("--bf16", action="store_true", help="IndexTTS-2.5: bfloat16 weights (use_bf16)")
     p.add_argument("--cuda-kernel", action="store_true", help="BigVGAN's fused CUDA kernel (needs a CUDA toolchain)")
     p.add_argument("--torch-compile", action="store_true", help="torch.compile (newer index-tts only)")
     p.add_argument("--engine-kwargs", type=json.loads, default={}, metavar="JSON",
@@ -104,7 +108,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "speech-router worker") 
     model_dir = os.path.abspath(args.model_dir)
     config = EngineConfig(
         model_dir=model_dir, cfg_path=os.path.abspath(args.cfg_path) if args.cfg_path else None, device=args.device,
-        fp16=args.fp16, use_cuda_kernel=args.cuda_kernel, use_torch_compile=args.torch_compile,
+        version=args.model_version, fp16=args.fp16, bf16=args.bf16, use_cuda_kernel=args.cuda_kernel,
+        use_torch_compile=args.torch_compile,
         engine_kwargs=args.engine_kwargs,
         warmup_text=DEFAULT_WARMUP_TEXT if args.warmup_text is None else args.warmup_text,
         warmup_voice=os.path.abspath(args.warmup_voice) if args.warmup_voice else None)

@@ -1,7 +1,10 @@
 """The IndexTTS2 engine inside a worker process: load it once, map requests, stream segments as PCM.
 
-Only the worker process imports ``indextts`` (github index-tts/index-tts, ``indextts/infer_v2.py``),
-and torch comes in with it; this module never imports torch itself. It finds torch in
+Only the worker process imports ``indextts`` (github index-tts/index-tts): ``indextts/infer_v2.py``
+for IndexTTS-2, ``indextts/infer_v2_5.py`` for IndexTTS-2.5 (chosen by ``version``, or detected from
+the checkpoint by ``checkpoint.detect``), and torch comes in with it; this module never imports torch.
+2.5's constructor takes ``use_bf16`` where 2.0 takes ``use_fp16``, and its ``infer`` takes ``lang``
+(required), ``duration_factor`` (native speed) and ``text_normalization``. It finds torch in
 ``sys.modules`` when the engine has loaded it, for CUDA memory figures, OOM detection and
 ``empty_cache()``.
 
@@ -25,7 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from ..backends.indextts25 import Version, guess_lang
 from . import DEFAULT_WARMUP_TEXT
+from .checkpoint import detect
+from .request import V25_KEYS, RequestError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +46,10 @@ class EngineConfig:
     model_dir: str
     cfg_path: str | None = None
     device: str = "cuda:0"
-    fp16: bool = False
+    #: "2", "2.5", or "auto": detected from the checkpoint
+    version: str = "auto"
+    fp16: bool = False  # 2.0's half precision (use_fp16); on 2.5 it means bf16
+    bf16: bool = False  # 2.5's half precision (use_bf16)
     use_cuda_kernel: bool = False
     use_torch_compile: bool = False
     #: more constructor arguments, passed as they are (``use_deepspeed``, ``use_accel``...)
@@ -159,27 +168,42 @@ class IndexTts2Engine:
         self.tts: Any = None
         self._streams = True
         self._segment_arg: str | None = "max_text_tokens_per_segment"
+        self._v25_args: set[str] = set()  # the IndexTTS-2.5 arguments the loaded engine's infer() takes
+        if config.version in ("2", "2.5"):
+            self.version: Version = "2.5" if config.version == "2.5" else "2"
+            self.version_reason = "configured"
+        else:
+            self.version, self.version_reason = detect(config.model_dir, config.cfg_path)
 
     def __repr__(self) -> str:
         return f"IndexTts2Engine(model_dir={self.config.model_dir!r}, device={self.config.device!r})"
 
     def load(self) -> None:
         """Import index-tts and build the model (minutes on a GPU). Raises what the constructor raises."""
-        from indextts.infer_v2 import IndexTTS2  # the official package; imports torch
-
         c = self.config
-        wanted = {"cfg_path": c.config_path, "model_dir": c.model_dir, "use_fp16": c.fp16, "device": c.device,
-                  "use_cuda_kernel": c.use_cuda_kernel, "use_torch_compile": c.use_torch_compile}
+        log.info("IndexTTS-%s (%s)", self.version, self.version_reason)
+        wanted: dict[str, Any] = {"cfg_path": c.config_path, "model_dir": c.model_dir, "device": c.device,
+                                  "use_cuda_kernel": c.use_cuda_kernel, "use_torch_compile": c.use_torch_compile}
+        if self.version == "2.5":
+            from indextts.infer_v2_5 import IndexTTS2  # the official package; imports torch
+
+            # 2.5 loads its emotion-text model only when asked; OpenAI's `instructions` need it
+            wanted.update(use_bf16=c.bf16 or c.fp16, use_qwen_emo=True)
+        else:
+            from indextts.infer_v2 import IndexTTS2  # type: ignore[no-redef]
+
+            wanted["use_fp16"] = c.fp16
         kwargs, unknown = _accepted(IndexTTS2.__init__, wanted)
         for name in unknown:
             if wanted[name]:
                 log.warning("this index-tts version's IndexTTS2() has no %r; the option is ignored", name)
-        self.attach(IndexTTS2(**kwargs, **c.engine_kwargs))
+        self.attach(IndexTTS2(**{**kwargs, **c.engine_kwargs}))
 
     def attach(self, tts: Any) -> None:
         """Use ``tts``, reading from its ``infer`` signature whether it streams and how it names segment size."""
         params = inspect.signature(tts.infer).parameters
         self._streams = "stream_return" in params
+        self._v25_args = {name for name in V25_KEYS if name in params}
         self._segment_arg = next((n for n in ("max_text_tokens_per_segment", "max_text_tokens_per_sentence")
                                   if n in params), None)
         self.tts = tts
@@ -204,7 +228,7 @@ class IndexTts2Engine:
     def stream(self, kwargs: dict[str, Any]) -> Iterator[bytes]:
         """Run ``infer`` and yield each segment as int16 PCM bytes as soon as the engine yields it."""
         assert self.tts is not None, "the engine is not loaded"
-        kwargs = dict(kwargs)
+        kwargs = self.checked(kwargs)
         tokens = kwargs.pop("max_text_tokens_per_segment", None)
         if tokens is not None and self._segment_arg is not None:
             kwargs[self._segment_arg] = tokens
@@ -226,6 +250,27 @@ class IndexTts2Engine:
             close = getattr(gen, "close", None)
             if close is not None:
                 close()
+
+
+    def checked(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``kwargs`` fitted to the loaded engine: 2.5's arguments only where ``infer`` takes them (``lang``
+        guessed from the text when missing); ``RequestError`` for what this engine cannot do."""
+        kwargs = dict(kwargs)
+        if "lang" in self._v25_args:
+            kwargs.setdefault("lang", guess_lang(str(kwargs.get("text", ""))))
+        for name in V25_KEYS:
+            if name in self._v25_args:
+                continue
+            value = kwargs.pop(name, None)  # an IndexTTS-2 engine takes none of them
+            if name == "duration_factor" and value not in (None, 1.0):
+                raise RequestError("speed needs IndexTTS-2.5; this worker runs IndexTTS-2")
+        if kwargs.get("use_emo_text") and self.tts is not None and getattr(self.tts, "qwen_emo", True) is None:
+            raise RequestError("emotion text needs the engine's emotion model (engine_kwargs use_qwen_emo: true)")
+        return kwargs
+
+    def describe(self) -> dict[str, Any]:
+        """What ``/health`` shows of the engine: its IndexTTS version and why."""
+        return {"model_version": self.version, "model_version_reason": self.version_reason}
 
 
 def write_reference(path: str, seconds: float = 2.0) -> None:

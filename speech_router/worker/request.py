@@ -3,6 +3,10 @@
 ``spk_audio_path`` -> ``spk_audio_prompt``; ``emo_control_method`` 1 -> ``emo_audio_prompt`` (``emo_ref_path``)
 and ``emo_alpha`` (``emo_weight``), 2 -> ``emo_vector`` (``emo_vec``), 3 -> ``use_emo_text`` and ``emo_text``;
 ``emo_random`` -> ``use_random``; ``max_text_tokens_per_sentence`` -> ``max_text_tokens_per_segment``.
+
+IndexTTS-2.5 workers take three more fields, passed to ``infer`` as they are: ``lang`` (default: guessed
+from the text), ``duration_factor`` (0.5-2.0; speed = 1 / duration_factor) and ``text_normalization``.
+An IndexTTS-2 worker ignores ``lang`` and ``text_normalization`` and refuses a ``duration_factor``.
 """
 
 from __future__ import annotations
@@ -12,8 +16,13 @@ import math
 import os
 from typing import Any
 
+from ..backends.indextts25 import SPEED_RANGE_25, request_lang
+from ..errors import RequestInvalid
+
 log = logging.getLogger(__name__)
 
+#: ``infer`` arguments only IndexTTS-2.5 has
+V25_KEYS = ("lang", "duration_factor", "text_normalization")
 EMO_VEC_LEN = 8
 EMO_VEC_MAX_SUM = 1.5  # index-tts-vllm api_server_v2.py refuses larger sums
 
@@ -22,8 +31,8 @@ class RequestError(ValueError):
     """The request body is wrong; the worker answers 400 and the router does not retry it."""
 
 
-def infer_kwargs(body: Any) -> dict[str, Any]:
-    """index-tts-vllm v2's ``/tts_url`` body -> ``IndexTTS2.infer`` keyword arguments (raises ``RequestError``)."""
+def infer_kwargs(body: Any, version: str = "2") -> dict[str, Any]:
+    """The worker's ``/tts_url`` body -> ``IndexTTS2.infer`` keyword arguments (raises ``RequestError``)."""
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
     text = body.get("text")
@@ -53,7 +62,37 @@ def infer_kwargs(body: Any) -> dict[str, Any]:
         if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
             raise RequestError("'max_text_tokens_per_sentence' must be a positive integer")
         kwargs["max_text_tokens_per_segment"] = tokens
+    kwargs.update(_v25_kwargs(body, text, version))
     return kwargs
+
+
+def _v25_kwargs(body: dict[str, Any], text: str, version: str) -> dict[str, Any]:
+    """``lang``, ``duration_factor`` and ``text_normalization`` for a 2.5 engine (checked)."""
+    factor = body.get("duration_factor", 1.0)
+    if factor != 1.0:
+        factor = _number(factor, "duration_factor")
+        low, high = (1 / SPEED_RANGE_25[1], 1 / SPEED_RANGE_25[0])
+        if version != "2.5":
+            raise RequestError("'duration_factor' (speed) needs IndexTTS-2.5; this worker runs IndexTTS-2")
+        if not low <= factor <= high:
+            raise RequestError(f"'duration_factor' must be between {low:g} and {high:g}")
+    if version != "2.5":
+        return {}
+    lang = body.get("lang")
+    if lang is not None and not isinstance(lang, str):
+        raise RequestError("'lang' must be a language code such as zh, en, ja, es or yue")
+    try:
+        out: dict[str, Any] = {"lang": request_lang(lang, text)}
+    except RequestInvalid as exc:
+        raise RequestError(exc.message) from None
+    if factor != 1.0:
+        out["duration_factor"] = factor
+    normalization = body.get("text_normalization", True)
+    if not isinstance(normalization, bool):
+        raise RequestError("'text_normalization' must be true or false")
+    if not normalization:
+        out["text_normalization"] = False
+    return out
 
 
 def _audio_path(body: dict[str, Any], key: str) -> str:

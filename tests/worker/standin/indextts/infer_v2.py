@@ -97,12 +97,12 @@ class IndexTTS2:
         wav = np.concatenate([t.data for t in gen], axis=1)
         return RATE, wav.astype(np.int16).T
 
-    def _generate(self, spk_audio_prompt, text, interval_silence):
+    def _generate(self, spk_audio_prompt, text, interval_silence, duration_factor=1.0):
         hz = 200 + zlib.crc32(str(spk_audio_prompt).encode()) % 600
         sentences = [s for s in re.split(r"(?<=[.!?。！？])\s*", text) if s.strip()]
         for i, sentence in enumerate(sentences):
             _knobs(sentence)
-            n = round(max(0.1, SECONDS_PER_CHAR * len(sentence)) * RATE)
+            n = round(max(0.1, SECONDS_PER_CHAR * len(sentence)) * RATE * duration_factor)
             t = np.arange(n) / RATE
             wav = np.clip(32767 * 0.3 * np.sin(2 * np.pi * hz * t), -32767.0, 32767.0).astype(np.float32)
             _log("segment", index=i, text=sentence, samples=n)
