@@ -236,8 +236,8 @@ def _backends(args: argparse.Namespace) -> int:
         row["breaker"] = row["breaker"]["state"]
         lat = row.get("latency")
         row["latency"] = f"{lat['base_s']:.3f}s+{lat['per_char_s'] * 1000:.2f}ms/char" if lat else None
-        row["weight"] = f"{row['weight']:g}/{row['effective_weight']:g}"
-    _print_table(rows, ["pool", "name", "type", "url", "state", "breaker", "inflight", "max_concurrency", "weight",
+        row["limit"] = f"{row['cap']}/{row['concurrency_limit']}/{row['max_concurrency']}"  # now/learned/configured
+    _print_table(rows, ["pool", "name", "type", "url", "state", "breaker", "inflight", "limit", "weight",
                         "latency", "served"])
     return 0
 

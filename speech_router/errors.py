@@ -4,6 +4,7 @@ The tree, and who sees each error::
 
     SpeechRouterError
     ├── ConfigError              operator: a config file is wrong (names the field path)
+    ├── ClientDisconnected       client: it left before its answer (499 in logs and metrics; nothing is sent)
     ├── RequestInvalid           client: 400, names the field; never counts against an endpoint
     │   ├── RequestTooLarge      client: 413, the body is over the configured limit
     │   └── FormatNotAvailable   client: 400, an optional encoder is not installed
@@ -17,7 +18,8 @@ The tree, and who sees each error::
         ├── BackendTimeout       no answer in time: counts as a failure
         ├── BackendOverloaded    upstream 429/503: retry elsewhere, not a failure of the endpoint
         ├── BackendFailed        upstream 5xx or a body that is not audio: counts as a failure
-        └── BackendRejected      upstream 4xx: the request is at fault, no retry, not counted
+        └── BackendRejected      the request is at fault (upstream 4xx, or a node's 500 whose error text shows
+                                 a client mistake): a 400 naming the problem, not counted, no fallback
 
 Backends translate their client library's errors into these (as httpx maps httpcore's), so no
 code above ``speech_router.backends`` imports aiohttp.
@@ -53,6 +55,12 @@ class ConfigIssue:
 
     def __repr__(self) -> str:
         return f"ConfigIssue({self.loc!r}, {self.message!r}, line={self.line!r})"
+
+
+class ClientDisconnected(SpeechRouterError):
+    """The client closed the connection before its answer was ready; the work for it was cancelled."""
+
+    status_code = 499
 
 
 class RequestInvalid(SpeechRouterError):
@@ -152,7 +160,17 @@ class BackendFailed(BackendError):
 
 
 class BackendRejected(BackendError):
-    """The endpoint refused the request itself (4xx): another endpoint would refuse it too."""
+    """The endpoint refused the request itself: the client's mistake, never the endpoint's.
+
+    ``param`` names the request field at fault when known. ``try_elsewhere``: the problem may be local
+    to this endpoint (a reference file present on some nodes only), so one other endpoint may be tried.
+    """
 
     counts_as_failure = False
     retryable = False
+
+    def __init__(self, message: str, *, endpoint: str = "", detail: str | None = None, status: int | None = None,
+                 param: str | None = None, try_elsewhere: bool = False) -> None:
+        super().__init__(message, endpoint=endpoint, detail=detail, status=status)
+        self.param = param
+        self.try_elsewhere = try_elsewhere

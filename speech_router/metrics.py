@@ -45,6 +45,9 @@ class Metrics:
         self.max_concurrency = Gauge(
             "speech_router_endpoint_max_concurrency", "Configured concurrent request limit per endpoint",
             ["pool", "endpoint"], registry=r)
+        self.concurrency_limit = Gauge(
+            "speech_router_endpoint_concurrency_limit", "Requests the router lets the endpoint have in flight: its "
+            "learned useful concurrency, at most max_concurrency", ["pool", "endpoint"], registry=r)
         self.audio_seconds = Counter(
             "speech_router_audio_seconds", "Seconds of audio sent to clients", ["model", "pool", "endpoint"],
             registry=r)
@@ -148,6 +151,7 @@ class Metrics:
         """Drop the gauges of an endpoint a reload removed, so its last values do not linger as if live."""
         for gauge, labels in ((self.inflight, (pool, endpoint)), (self.up, (pool, endpoint, backend_type)),
                               (self.max_concurrency, (pool, endpoint)), (self.breaker_state, (pool, endpoint)),
+                              (self.concurrency_limit, (pool, endpoint)),
                               (self.endpoint_draining, (pool, endpoint))):
             try:
                 gauge.remove(*labels)

@@ -10,7 +10,7 @@ import math
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..errors import BackendError, BackendOverloaded, BackendRejected, RequestInvalid, Unavailable
+from ..errors import BackendError, BackendOverloaded, BackendRejected, ClientDisconnected, RequestInvalid, Unavailable
 
 def openai_error(status: int, message: str, *, type_: str = "invalid_request_error", param: str | None = None,
                  code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -28,6 +28,8 @@ def error_response(exc: Exception, request: Request) -> JSONResponse:
 
 def describe(exc: Exception) -> tuple[int, str, str, str | None, str | None, dict[str, str] | None]:
     """(status, message, type, param, code, headers) for an exception."""
+    if isinstance(exc, ClientDisconnected):  # nobody reads it: for logs and metrics (nginx's 499)
+        return 499, str(exc), "client_closed_request", None, "client_disconnected", None
     if isinstance(exc, RequestInvalid):
         return exc.status_code, exc.message, "invalid_request_error", exc.param, exc.code, None
     if isinstance(exc, Unavailable):
@@ -35,7 +37,10 @@ def describe(exc: Exception) -> tuple[int, str, str, str | None, str | None, dic
         kind = "rate_limit_error" if exc.status_code == 429 else "server_error"
         return exc.status_code, str(exc), kind, None, exc.code, retry
     if isinstance(exc, BackendRejected):
-        return 400, f"{exc.message} (endpoint {exc.endpoint})", "invalid_request_error", None, "backend_rejected", None
+        message = exc.message
+        if exc.endpoint and exc.endpoint not in message:
+            message = f"{message} (endpoint {exc.endpoint})"
+        return 400, message, "invalid_request_error", exc.param, "backend_rejected", None
     if isinstance(exc, BackendOverloaded):
         return 503, exc.message, "server_error", None, "backend_overloaded", {"Retry-After": "1"}
     if isinstance(exc, BackendError):

@@ -21,6 +21,7 @@ from ..router.pool import PRIORITIES
 from ..types import SynthesisRequest
 from .audio_out import AudioMeter, audio_body, check_format, passes_through, sse_error, sse_events
 from .cached import CACHE_HEADER, ResponseCache, one_chunk
+from .disconnect import unless_client_leaves
 from .middleware import StreamAborted
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,8 @@ async def synthesize_response(request: Request, sreq: SynthesisRequest, *, fmt: 
             labels.update(pool=CACHE_LABEL, endpoint=CACHE_LABEL)
             access.update(backend=CACHE_LABEL, pool=CACHE_LABEL, attempts=0, cache="hit")
             return _cached_answer(hit, sreq, sse, metrics, labels, started)
-        dispatched = await _dispatch(router, state.settings, cache if caching else None, sreq, priority)
+        dispatched = await unless_client_leaves(
+            request, _dispatch(router, state.settings, cache if caching else None, sreq, priority))
     except SpeechRouterError:
         raise  # counted by the error handler, with everything refused earlier
     ep, pool, resp = dispatched.endpoint, dispatched.pool, dispatched.response
@@ -196,7 +198,7 @@ async def _dispatch(router: Any, settings: Any, cache: ResponseCache | None, sre
     synthesize = None
     if cache is not None and settings.models[sreq.model].cache.segments:
         step = fanout.segment_synthesizer(router, sreq, priority=priority,
-                                          deadline=fanout.request_deadline(router, sreq))
+                                          deadline=router.deadline(sreq))
         synthesize = cache.segments(settings, sreq, step)
     return await fanout.fan_out(router, sreq, priority=priority, synthesize=synthesize, texts=texts)
 

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -79,14 +79,25 @@ def mapped_errors(endpoint: str) -> Iterator[None]:
         raise BackendUnavailable(f"endpoint {endpoint} connection failed", endpoint=endpoint, detail=repr(exc)) from None
 
 
-async def raise_for_status(resp: aiohttp.ClientResponse, endpoint: str) -> None:
-    """Classify a non-2xx answer. The body (a traceback for index-tts-vllm) goes to ``detail`` for logs."""
+#: a backend type's reading of an error answer: the client's mistake (``BackendRejected``) or None
+ClientMistake = Callable[[int, str], "BackendRejected | None"]
+
+
+async def raise_for_status(resp: aiohttp.ClientResponse, endpoint: str, client_mistake: ClientMistake | None = None
+                           ) -> None:
+    """Classify a non-2xx answer. The body (a traceback for index-tts-vllm) goes to ``detail`` for logs.
+
+    ``client_mistake`` lets a backend type recognise a client's mistake in an answer that does not say so
+    by its status (index-tts-vllm answers every error as 500): it is then never counted against the node.
+    """
     if resp.status < 300:
         return
     with mapped_errors(endpoint):
         body = await resp.content.read(64 * 1024)
     resp.release()
     text = body.decode("utf-8", "replace")
+    if client_mistake is not None and (rejected := client_mistake(resp.status, text)) is not None:
+        raise rejected
     message = _error_message(text)
     kwargs: dict[str, Any] = {"endpoint": endpoint, "detail": text, "status": resp.status}
     if resp.status in (429, 503):

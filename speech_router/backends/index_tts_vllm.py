@@ -16,6 +16,7 @@ from ..errors import BackendFailed, BackendRejected, RequestInvalid
 from ..plugins.hookspecs import hookimpl
 from ..types import AudioResponse, EmotionMethod, HealthReport, SynthesisRequest
 from .base import Backend, BackendContext, Capabilities
+from .index_tts_errors import client_mistake
 from .http import client_timeout, iter_body, releaser, mapped_errors, raise_for_status, read_prefix, request_headers
 
 V1_SEED = 8  # api_server.py's default seed for /tts_url
@@ -86,7 +87,7 @@ class IndexTtsVllmBackend(Backend):
             resp = await self._session.post(self.url + path, json=body, headers=headers,
                                             timeout=client_timeout(self.context.pool))
         try:
-            await raise_for_status(resp, self.name)
+            await raise_for_status(resp, self.name, lambda status, text: client_mistake(status, text, request, self.name))
             head = await read_prefix(resp, self.name, 12)
         except BaseException:
             resp.release()

@@ -119,13 +119,21 @@ class HealthCheckConfig(_Strict):
 
 
 class BreakerConfig(_Strict):
-    """Passive outlier detection per endpoint (a circuit breaker); Envoy's outlier detection in spirit."""
+    """Passive outlier detection per endpoint, with a circuit breaker; Envoy's outlier detection in spirit.
+
+    Timeouts and errors (refused connections, 5xx, broken audio) count as failures. An endpoint is ejected
+    when ``consecutive_failures`` came in a row or ``failure_rate`` of at least ``min_requests`` tries in the
+    window failed, *and* its failure rate is at least ``outlier_margin`` above the median of the rest of its
+    pool: a pool that slows down together is never ejected for it.
+    """
 
     enabled: bool = True
-    consecutive_failures: int = Field(5, ge=1, description="failures in a row that trip the breaker")
-    failure_rate: float = Field(0.5, gt=0, le=1, description="share of failed attempts in the window that trips it")
+    consecutive_failures: int = Field(5, ge=1, description="failures in a row that make the endpoint a candidate")
+    failure_rate: float = Field(0.5, gt=0, le=1, description="share of failed tries in the window that does too")
     window: float = Field(30.0, gt=0, description="seconds of the rolling window for the failure rate")
-    min_requests: int = Field(10, ge=1, description="attempts in the window before the rate is judged")
+    min_requests: int = Field(10, ge=1, description="tries in the window before the rate is judged")
+    outlier_margin: float = Field(0.3, gt=0, le=1, description="how far its failure rate must be above the median "
+                                                                "of the rest of the pool to eject it")
     base_ejection: float = Field(5.0, gt=0, description="first open period; doubles on each repeated trip")
     max_ejection: float = Field(300.0, gt=0)
     half_open_probes: int = Field(1, ge=1, description="requests let through at once while half-open")
@@ -133,30 +141,40 @@ class BreakerConfig(_Strict):
 
 
 class BalancerConfig(_Strict):
-    """Health-weighted least-outstanding-requests with power-of-d choices."""
+    """Scheduling by expected completion, from what is learned of each endpoint."""
 
     policy: Literal["latency", "least_outstanding", "round_robin"] = Field(
-        "latency", description="latency: the full policy; the others are plain baselines, for comparison")
-    choices: int = Field(2, ge=1, description="endpoints sampled (by effective weight) per pick; 2 = power of two")
-    slow_start: float = Field(30.0, ge=0, description="seconds over which a new or recovered endpoint ramps up")
+        "latency", description="latency: the full policy (expected completion); the others are plain baselines, "
+                               "for comparison")
+    choices: int | None = Field(None, ge=1, description="no longer used: every endpoint in rotation is considered; "
+                                                        "accepted so that older files still load")
+    slow_start: float = Field(10.0, ge=0, description="seconds over which a new or recovered endpoint's cap on "
+                                                      "requests in flight ramps from 1 to its limit")
     latency_half_life: float = Field(30.0, gt=0, description="seconds after which a latency sample counts half")
 
 
 class QueueConfig(_Strict):
-    """Admission control: where requests wait when every endpoint of the pool is at max_concurrency."""
+    """Admission control: where requests wait when waiting is expected to be quicker than any free endpoint."""
 
-    max_size: int = Field(100, ge=0, description="waiting requests per pool; beyond it 429 (or the next pool)")
-    timeout: float = Field(DEFAULT_QUEUE_TIMEOUT_S, ge=0, description="longest wait; beyond it 503")
+    max_size: int = Field(1000, ge=0, description="waiting requests per pool, a memory bound; beyond it 429 (or "
+                                                  "the next pool)")
+    timeout: float = Field(DEFAULT_QUEUE_TIMEOUT_S, ge=0, description="longest wait; a request expected to wait "
+                                                                      "longer is refused at once (429), one that "
+                                                                      "waited this long gets 503")
 
 
+    adaptive_concurrency: bool = Field(True, description="learn each endpoint's useful concurrency from how its "
+                                                         "latency grows with it (max_concurrency stays the bound)")
 class RetryConfig(_Strict):
     """Retries on another endpoint of the same pool, bounded by attempts, deadline and a budget."""
 
     max_attempts: int = Field(3, ge=1)
     budget_ratio: float = Field(0.2, ge=0, le=1, description="retries allowed as a share of requests in the window")
-    budget_min: int = Field(3, ge=0, description="retries always allowed per window, for low traffic")
+    budget_min: int = Field(3, ge=0, description="retries always allowed per window, for low traffic; the pool's "
+                                                 "total max_concurrency is a floor too")
     budget_window: float = Field(10.0, gt=0)
-    per_try_timeout_factor: float = Field(3.0, gt=0, description="x the endpoint's expected latency for the text")
+    per_try_timeout_factor: float = Field(3.0, gt=0, description="x the endpoint's expected latency for the text at "
+                                                                 "its concurrency; each timeout doubles the next try's")
     per_try_timeout_floor: float = Field(2.0, gt=0)
     per_try_timeout_cap: float = Field(60.0, gt=0)
     retry_on: list[Literal["connect", "timeout", "5xx", "invalid_audio", "overloaded"]] = Field(

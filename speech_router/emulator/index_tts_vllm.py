@@ -7,6 +7,7 @@ The model is replaced by `FakeIndexTTS2`, driven by the knobs in `EmulatorConfig
 
 from __future__ import annotations
 
+import asyncio
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -115,7 +116,7 @@ def _synthesis(parse: Parse, engine: FakeIndexTTS2) -> Callable[[Request], Await
             if isinstance(args, Response):
                 return args
             tts: Any = engine if config.loaded else None  # the real server's global, None until loaded
-            sr, wav = await tts.infer(**args)
+            sr, wav = await _unless_disconnected(request, state, tts.infer(**args))
             wav_bytes = audio.encode(wav, sr, "wav")
             state.served += 1
             return audio_response(wav_bytes, "audio/wav", truncate=config.truncate, garbage=config.garbage)
@@ -127,6 +128,25 @@ def _synthesis(parse: Parse, engine: FakeIndexTTS2) -> Callable[[Request], Await
             state.in_flight -= 1
 
     return endpoint
+
+
+async def _unless_disconnected(request: Request, state: EmulatorState, work: Awaitable[Any]) -> Any:
+    """Run ``work``; a client that leaves is counted, and stops it with ``abort_on_disconnect``."""
+    job = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(state.until_disconnected(request))
+    try:
+        while True:
+            done, _ = await asyncio.wait({job, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if job in done:
+                return job.result()
+            if state.config.abort_on_disconnect:
+                job.cancel()
+                raise NodeStopped
+            await asyncio.wait({job})
+    finally:
+        for task in (job, watch):
+            task.cancel()
+        await asyncio.gather(job, watch, return_exceptions=True)
 
 
 def _parse_v2(data: Any, config: EmulatorConfig) -> Response | dict[str, Any]:

@@ -27,6 +27,8 @@ class Knobs:
     fail_text: str | None = None  # synthesis fails like `fail`, only for texts that contain this
     delay_s: float = 0.0  # fixed synthesis latency
     delay_per_char_s: float = 0.0  # extra latency per character of text
+    slowdown: float = 1.0  # latency multiplier: a GPU shared with another job (flip it at runtime)
+    abort_on_disconnect: bool = False  # stop synthesizing when the client leaves (index-tts-vllm does not)
     slots: int | None = None  # concurrent syntheses; the rest queue, like the GPU stage
     truncate: bool = False  # audio is cut short and the connection closed
     garbage: bool = False  # 200 with an audio content-type, but an HTML body
@@ -37,7 +39,7 @@ class Knobs:
 
     def latency_s(self, text: str) -> float:
         """Synthesis time for `text`: fixed part plus a part that grows with its length."""
-        return self.delay_s + self.delay_per_char_s * len(text)
+        return (self.delay_s + self.delay_per_char_s * len(text)) * self.slowdown
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply JSON-ish changes (the control endpoint); unknown names raise KeyError."""
@@ -68,6 +70,7 @@ class EmulatorState:
         self.headers: list[dict[str, str]] = []  # request headers, aligned with `requests`
         self.in_flight = 0  # synthesis requests being handled now
         self.served = 0  # synthesis requests answered with audio
+        self.disconnected = 0  # synthesis requests whose client closed the connection before the answer
         self._stopped: asyncio.Event | None = None
         self._gate: asyncio.Condition | None = None
         self._busy = 0
@@ -108,6 +111,7 @@ class EmulatorState:
             "config": self.config.as_dict(),
             "in_flight": self.in_flight,
             "served": self.served,
+            "disconnected": self.disconnected,
             "requests": len(self.requests),
         }
 
@@ -134,6 +138,12 @@ class EmulatorState:
         except TimeoutError:
             return
         raise NodeStopped
+
+    async def until_disconnected(self, request: Request) -> None:
+        """Return when the client closes the connection (counted in ``disconnected``)."""
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        self.disconnected += 1
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:

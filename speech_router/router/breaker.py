@@ -1,21 +1,19 @@
-"""A circuit breaker per endpoint: pure logic over an injected monotonic clock.
+"""A circuit breaker per endpoint: the state machine, over an injected monotonic clock.
 
-closed -> open when failures in a row reach ``consecutive_failures`` or the failure rate in a
-rolling window reaches ``failure_rate``; open -> half_open after a backoff that doubles on each
-repeated trip (capped); half_open lets ``half_open_probes`` requests through; a success closes it,
-a failure opens it again. Only failures that say something about the endpoint count: a client's bad
-request (``BackendRejected``) or a busy endpoint (``BackendOverloaded``) never trip it.
+closed -> open when the pool's outlier detection ejects the endpoint (``speech_router.router.outlier``
+decides when); open -> half_open after a backoff that doubles on each repeated trip (capped); half_open
+lets ``half_open_probes`` requests through; a success closes it, a failure opens it again. Only
+failures that say something about the endpoint reach it: a client's bad request or a busy endpoint
+never do (aiobreaker: "business exceptions should not cause this circuit breaker to open").
 """
 
 from __future__ import annotations
 
 import enum
-from collections import deque
 from collections.abc import Callable
 
 from ..config.models import BreakerConfig
-
-Clock = Callable[[], float]
+from .clock import Clock
 
 
 class BreakerState(str, enum.Enum):
@@ -32,25 +30,21 @@ Listener = Callable[["Breaker", BreakerState, BreakerState], None]
 
 
 class Breaker:
-    """One endpoint's breaker. ``allow()`` before a try, then ``success()`` or ``failure()``."""
+    """One endpoint's breaker. ``allow()`` before a try; ``success()``, ``probe_failed()`` or ``trip()`` after."""
 
-    def __init__(self, config: BreakerConfig, clock: Clock, on_change: Listener | None = None,
-                 may_trip: Callable[[], bool] | None = None) -> None:
+    def __init__(self, config: BreakerConfig, clock: Clock, on_change: Listener | None = None) -> None:
         self.config = config
         self.clock = clock
         self.on_change = on_change
-        self.may_trip = may_trip or (lambda: True)
         self.state = BreakerState.CLOSED
-        self.consecutive = 0
         self.trips = 0  # repeated trips without a full recovery in between
+        self.reason = ""
         self.opened_at = 0.0
         self.reopen_at = 0.0
         self.probes = 0
-        self._window: deque[tuple[float, bool]] = deque()
-        self._window_failures = 0  # kept in step with the window: picks read the rate on every request
 
     def __repr__(self) -> str:
-        return f"Breaker(state={self.state.value!r}, consecutive={self.consecutive}, trips={self.trips})"
+        return f"Breaker(state={self.state.value!r}, trips={self.trips})"
 
     @property
     def ejected(self) -> bool:
@@ -62,21 +56,17 @@ class Breaker:
 
     def _current(self) -> BreakerState:
         if self.state == BreakerState.OPEN and self.clock() >= self.reopen_at:
-            self._move(BreakerState.HALF_OPEN)
             self.probes = 0
+            self._move(BreakerState.HALF_OPEN)
         return self.state
 
     def allow(self) -> bool:
         """May a request go to this endpoint now? In half-open, this reserves a probe."""
-        if not self.config.enabled:
-            return True
-        state = self._current()
-        if state == BreakerState.CLOSED:
-            return True
-        if state == BreakerState.HALF_OPEN and self.probes < self.config.half_open_probes:
+        if not self.can_allow():
+            return False
+        if self.state == BreakerState.HALF_OPEN:
             self.probes += 1
-            return True
-        return False
+        return True
 
     def can_allow(self) -> bool:
         """Like ``allow`` without reserving a probe (for choosing among endpoints)."""
@@ -87,64 +77,33 @@ class Breaker:
                                                 and self.probes < self.config.half_open_probes)
 
     def release_probe(self) -> None:
-        """A reserved probe was not used (the pick went elsewhere)."""
+        """A reserved probe ended without a verdict (cancelled, the client's mistake, a busy endpoint)."""
         if self.state == BreakerState.HALF_OPEN and self.probes > 0:
             self.probes -= 1
 
     def success(self) -> None:
-        self._record(True)
-        self.consecutive = 0
         if self.state == BreakerState.HALF_OPEN:
             self.trips = 0
-            self._clear_window()
             self._move(BreakerState.CLOSED)
 
-    def failure(self) -> None:
-        self._record(False)
-        self.consecutive += 1
+    def probe_failed(self) -> bool:
+        """A failure while half-open opens the breaker again; returns whether it did."""
+        if self.config.enabled and self._current() == BreakerState.HALF_OPEN:
+            self.trip(self.reason or "the half-open probe failed")
+            return True
+        return False
+
+    def trip(self, reason: str) -> None:
+        """Open: out of rotation for a backoff that doubles with each trip since the last recovery."""
         if not self.config.enabled:
             return
-        state = self._current()
-        if state == BreakerState.HALF_OPEN:
-            self._trip()
-        elif state == BreakerState.CLOSED and self._should_trip() and self.may_trip():
-            self._trip()
-
-    def _record(self, ok: bool) -> None:
-        now = self.clock()
-        self._window.append((now, ok))
-        self._window_failures += not ok
-        self._trim(now)
-
-    def _trim(self, now: float) -> None:
-        horizon = now - self.config.window
-        while self._window and self._window[0][0] < horizon:
-            self._window_failures -= not self._window.popleft()[1]
-
-    def failure_ratio(self) -> float:
-        self._trim(self.clock())
-        if not self._window:
-            return 0.0
-        return self._window_failures / len(self._window)
-
-    def _should_trip(self) -> bool:
-        if self.consecutive >= self.config.consecutive_failures:
-            return True
-        return len(self._window) >= self.config.min_requests and self.failure_ratio() >= self.config.failure_rate
-
-    def _trip(self) -> None:
         self.trips += 1
+        self.reason = reason
         backoff = min(self.config.base_ejection * 2 ** (self.trips - 1), self.config.max_ejection)
         self.opened_at = self.clock()
         self.reopen_at = self.opened_at + backoff
         self.probes = 0
-        self.consecutive = 0
-        self._clear_window()
         self._move(BreakerState.OPEN)
-
-    def _clear_window(self) -> None:
-        self._window.clear()
-        self._window_failures = 0
 
     def _move(self, new: BreakerState) -> None:
         old, self.state = self.state, new

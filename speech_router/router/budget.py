@@ -1,5 +1,7 @@
 """A retry budget (as Envoy's): retries may be at most a share of requests in a rolling window,
-so a sick fleet is not hit by a retry storm. A small floor keeps retries possible at low traffic."""
+so a sick fleet is not hit by a retry storm. A floor keeps retries possible at low traffic: at least
+``minimum``, and at least the pool's concurrency (Envoy's min_retry_concurrency idea), so one endpoint
+dying with every slot busy can send each of its requests elsewhere."""
 
 from __future__ import annotations
 
@@ -8,9 +10,11 @@ from collections.abc import Callable
 
 
 class RetryBudget:
-    def __init__(self, ratio: float, minimum: int, window: float, clock: Callable[[], float]) -> None:
+    def __init__(self, ratio: float, minimum: int, window: float, clock: Callable[[], float],
+                 concurrency: Callable[[], int] | None = None) -> None:
         self.ratio = ratio
         self.minimum = minimum
+        self.concurrency = concurrency or (lambda: 0)
         self.window = window
         self.clock = clock
         self._requests: deque[float] = deque()
@@ -32,7 +36,7 @@ class RetryBudget:
         self._requests.append(now)
 
     def allowed(self) -> int:
-        return max(self.minimum, int(self.ratio * len(self._requests)))
+        return max(self.minimum, self.concurrency(), int(self.ratio * len(self._requests)))
 
     def try_retry(self) -> bool:
         """Spend one retry if the budget allows it."""

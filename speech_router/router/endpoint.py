@@ -1,20 +1,41 @@
-"""An endpoint as the router tracks it: backend, slots in use, health, breaker, learned latency."""
+"""An endpoint as the router tracks it: backend, slots in use, health, breaker, learned model and limit."""
 
 from __future__ import annotations
 
 import itertools
-import math
-from collections.abc import Callable
+import time
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from ..backends.base import Backend
 from ..config.models import BalancerConfig, BreakerConfig, HealthCheckConfig
 from .breaker import Breaker
-from .latency import LatencyModel
+from .clock import Clock
+from .limits import ConcurrencyLimit
+from .model import EndpointModel
+from .outlier import OutcomeWindow
 
-Clock = Callable[[], float]
 _tokens = itertools.count()
+
+
+@dataclass
+class Running:
+    """A request holding one of the endpoint's slots."""
+
+    started: float
+    chars: int
+    #: requests in flight on the endpoint when it started, itself included
+    n: int
+
+
+@dataclass
+class Finished:
+    """A slot given back: how long it was held, and how many were in flight when it started."""
+
+    seconds: float
+    n: int
+    chars: int
 
 
 class Endpoint:
@@ -28,11 +49,15 @@ class Endpoint:
         self.clock = clock
         self.weight = weight
         self.max_concurrency = max_concurrency
-        self.balancer = balancer or BalancerConfig()
+        self.balancer = balancer = balancer or BalancerConfig()
         self.health_check = health_check or HealthCheckConfig()
-        self.breaker = Breaker(breaker or BreakerConfig(), clock)
-        self.latency = LatencyModel(self.balancer.latency_half_life)
-        self.inflight = 0
+        breaker = breaker or BreakerConfig()
+        self.breaker = Breaker(breaker, clock)
+        self.window = OutcomeWindow(breaker.window)
+        self.model = EndpointModel(balancer.latency_half_life, max_concurrency)
+        self.limit = ConcurrencyLimit(max_concurrency, adaptive=balancer.adaptive_concurrency,
+                                      slow_start=balancer.slow_start)
+        self.running: dict[int, Running] = {}
         #: None until the first health check; unknown counts as healthy so a fresh router can serve
         self.healthy: bool | None = None
         self.detail = ""
@@ -43,9 +68,6 @@ class Endpoint:
         self.data: dict[str, Any] = {}
         self._passes = 0
         self._fails = 0
-        #: when the endpoint last joined the rotation; slow start ramps its weight from there
-        self.available_since = -math.inf
-        self._running: dict[int, float] = {}
         #: identity of the configuration this endpoint was built from; a reload keeps it when unchanged
         self.key = ""
         #: takes no new requests and finishes those in flight (admin drain, or removed by a reload)
@@ -61,6 +83,10 @@ class Endpoint:
         return self.backend.name
 
     @property
+    def inflight(self) -> int:
+        return len(self.running)
+
+    @property
     def available(self) -> bool:
         """Healthy as far as active checks know (the breaker is separate)."""
         return self.healthy is not False
@@ -69,16 +95,20 @@ class Endpoint:
     def in_rotation(self) -> bool:
         return self.available and not self.draining and self.breaker.can_allow()
 
+    def cap(self) -> int:
+        """Requests it may have in flight now: learned limit, slow start; one probe at a time while half-open."""
+        if self.breaker.state.value == "half_open":
+            return 1
+        return self.limit.cap(self.model, self.clock())
+
     @property
     def has_capacity(self) -> bool:
-        return self.inflight < self.max_concurrency
+        return self.inflight < self.cap()
 
     # -- health ---------------------------------------------------------------------------------------------
 
     def record_check(self, healthy: bool, detail: str = "") -> bool:
         """Apply one health check result with the thresholds; return whether the state changed."""
-        import time
-
         self.last_check = time.time()
         self.detail = detail
         if healthy:
@@ -104,39 +134,23 @@ class Endpoint:
         return changed
 
     def joined(self) -> None:
-        self.available_since = self.clock()
+        """(Re)joined the rotation: slow start ramps its cap from here."""
+        self.limit.joined(self.clock())
 
-    # -- balancing ------------------------------------------------------------------------------------------
+    # -- slots ----------------------------------------------------------------------------------------------
 
-    def slow_start_factor(self) -> float:
-        ramp = self.balancer.slow_start
-        if ramp <= 0:
-            return 1.0
-        return min(1.0, max(0.1, (self.clock() - self.available_since) / ramp))
-
-    def success_factor(self) -> float:
-        return max(0.05, 1.0 - self.breaker.failure_ratio())
-
-    def effective_weight(self) -> float:
-        """Configured weight x health (success rate) x slow start."""
-        return self.weight * self.success_factor() * self.slow_start_factor()
-
-    def start(self, predicted: float | None) -> int:
-        """Take a slot; remember when this request should finish (for estimating waits)."""
-        self.inflight += 1
+    def start(self, chars: int) -> int:
+        """Take a slot for a text of ``chars`` characters; returns the token to give back."""
         token = next(_tokens)
-        self._running[token] = self.clock() + (predicted or 0.0)
+        self.running[token] = Running(self.clock(), chars, self.inflight + 1)
         return token
 
-    def finish(self, token: int) -> None:
-        self.inflight = max(0, self.inflight - 1)
-        self._running.pop(token, None)
-
-    def free_in(self) -> float:
-        """Seconds until a slot is expected to free up (0 when one is free now)."""
-        if self.has_capacity or not self._running:
-            return 0.0
-        return max(0.0, min(self._running.values()) - self.clock())
+    def finish(self, token: int) -> Finished | None:
+        """Give a slot back: how long it was held (None if the token is unknown)."""
+        run = self.running.pop(token, None)
+        if run is None:
+            return None
+        return Finished(self.clock() - run.started, run.n, run.chars)
 
     # -- views ----------------------------------------------------------------------------------------------
 
@@ -151,22 +165,24 @@ class Endpoint:
         return "up" if self.healthy else "unknown"
 
     def describe(self) -> dict[str, object]:
-        """The public view used by ``/health`` and ``speech-router endpoints``."""
+        """The public view used by ``/health``, the admin API and ``speech-router endpoints``."""
         url = self.backend.endpoint.url
         if url:  # never show credentials embedded in a URL
             parts = urlsplit(url)
             url = parts._replace(netloc=(parts.hostname or "") + (f":{parts.port}" if parts.port else "")).geturl()
-        fit = self.latency.fit()
+        now = self.clock()
+        fit = self.model.fit()
         breaker = self.breaker
         ejected = breaker.ejected  # also moves an expired open breaker to half_open
         return {
             "name": self.name, "pool": self.pool, "type": self.backend.type, "url": url, "state": self.state,
             "healthy": self.available, "draining": self.draining, "detail": self.detail, "inflight": self.inflight,
-            "max_concurrency": self.max_concurrency, "weight": self.weight,
-            "effective_weight": round(self.effective_weight(), 3), "served": self.served,
-            "breaker": {"state": breaker.state.value, "trips": breaker.trips,
-                        "failure_ratio": round(breaker.failure_ratio(), 3),
+            "max_concurrency": self.max_concurrency, "concurrency_limit": self.limit.learned(self.model, now),
+            "cap": self.cap(), "weight": self.weight, "served": self.served,
+            "breaker": {"state": breaker.state.value, "trips": breaker.trips, "reason": breaker.reason or None,
+                        "failure_ratio": round(self.window.failure_ratio(now), 3),
                         "retry_after": round(breaker.retry_after(), 1) if ejected else None},
-            "latency": {"base_s": round(fit[0], 4), "per_char_s": round(fit[1], 6)} if fit else None,
+            "latency": {"base_s": round(fit[0], 4), "per_char_s": round(fit[1], 6),
+                        "level": round(self.model.level, 3), "parallel": self.model.parallel} if fit else None,
             "last_check": self.last_check, "last_error": self.last_error, **({"data": self.data} if self.data else {}),
         }

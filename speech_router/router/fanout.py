@@ -1,10 +1,11 @@
 """Long text: cut it at sentence ends, synthesize the segments across the fleet at once, play them in order.
 
 One GPU node works through a long text one segment after another; the router sees every node, so it
-sends each segment as its own sub-request through ``Router.synthesize`` (routing policy, retries and
-fallback apply) and streams segment 1 as soon as it is ready, then each next one in text order with
-a short silence between them. At most ``fanout.max_parallel`` segments of one request are in flight,
-so one long text cannot take the whole fleet from other requests.
+sends each segment as its own sub-request through ``Router.synthesize``: segments are ordinary requests
+of the scheduler and the attempt loop (routing, retries, fallback, a broken body dispatched again all
+apply, with the request's one deadline). It streams segment 1 as soon as it is ready, then each next one
+in text order with a short silence between them. At most ``fanout.max_parallel`` segments of one request
+are in flight, so one long text cannot take the whole fleet from other requests.
 
 Failures: ``fan_out`` returns only once segment 1 is ready, so anything that fails before the first
 byte raises the real error (the request fails cleanly, with the usual status). A segment that fails
@@ -25,11 +26,11 @@ import soxr
 
 from ..audio import InvalidAudio, read_wav
 from ..config.models import FanoutConfig
-from ..errors import BackendError, BackendFailed, DeadlineExceeded, Unavailable
+from ..errors import BackendError, BackendFailed, Unavailable
 from ..metrics import Metrics
 from ..text.segment import split_segments
 from ..types import AudioResponse, SynthesisRequest
-from .dispatch import Dispatched, retry_reason
+from .attempt import Dispatched
 from .endpoint import Endpoint
 from .pool import Pool
 
@@ -86,39 +87,21 @@ def plan_segments(router: Router, sreq: SynthesisRequest) -> list[str]:
     return segments if len(segments) > 1 else []
 
 
-def request_deadline(router: Router, sreq: SynthesisRequest) -> float:
-    """The one deadline (on ``router.clock``) that every segment of the request shares."""
-    limit = router.settings.models[sreq.model].deadline
-    if sreq.timeout is not None:
-        limit = min(limit, sreq.timeout)
-    return router.clock() + limit
-
-
 def segment_synthesizer(router: Router, sreq: SynthesisRequest, *, priority: str, deadline: float) -> SegmentSynth:
-    """The default segment step: dispatch a sub-request, read its body whole, decode it to PCM.
+    """The default segment step: dispatch a sub-request for its whole answer, decode it to PCM.
 
-    Reading the body whole lets a segment whose body breaks be dispatched again while none of it has
-    reached the client, as long as the pool's ``retry`` settings allow another attempt.
+    The attempt loop reads a segment's answer whole within the try, so a body that breaks is tried again
+    elsewhere under the same rules as any failure, while none of it has reached the client.
     """
     fmt = _decodable_format(router, sreq.model)
 
     async def synthesize_segment(index: int, text: str) -> SegmentAudio:
-        attempts = 0
-        while True:
-            remaining = deadline - router.clock()
-            if remaining <= 0:
-                raise DeadlineExceeded(f"model {sreq.model!r}: segment {index + 1} not ready within the deadline")
-            rid = f"{sreq.request_id}-{index + 1}" if sreq.request_id else ""
-            sub = dataclasses.replace(sreq, text=text, response_format=fmt, timeout=remaining, request_id=rid)
-            dispatched = await router.synthesize(sub, priority=priority)
-            attempts += dispatched.attempts
-            try:
-                pcm, rate = await _read_pcm(dispatched.response, dispatched.endpoint.name)
-            except BackendError as exc:
-                if not _may_redispatch(router, dispatched.pool, exc, attempts):
-                    raise
-                continue
-            return SegmentAudio(pcm, rate, dispatched.endpoint, dispatched.pool, attempts)
+        rid = f"{sreq.request_id}-{index + 1}" if sreq.request_id else ""
+        sub = dataclasses.replace(sreq, text=text, response_format=fmt, request_id=rid)
+        dispatched = await router.synthesize(sub, priority=priority, deadline=deadline, whole=True)
+        assert dispatched.endpoint is not None
+        pcm, rate = await _read_pcm(dispatched.response, dispatched.endpoint.name)
+        return SegmentAudio(pcm, rate, dispatched.endpoint, dispatched.pool, dispatched.attempts)
 
     return synthesize_segment
 
@@ -136,7 +119,7 @@ async def fan_out(router: Router, sreq: SynthesisRequest, *, priority: str = "in
         raise ValueError(f"request {sreq.request_id!r} is not fanned out (check plan_segments first)")
     cfg: FanoutConfig = router.settings.models[sreq.model].fanout
     if synthesize is None:
-        synthesize = segment_synthesizer(router, sreq, priority=priority, deadline=request_deadline(router, sreq))
+        synthesize = segment_synthesizer(router, sreq, priority=priority, deadline=router.deadline(sreq))
     router.metrics.fanout_requests.labels(sreq.model).inc()
     run = _Segments(texts, synthesize, cfg.max_parallel, router.metrics, sreq.model)
     try:
@@ -278,19 +261,6 @@ async def _read_pcm(resp: AudioResponse, endpoint: str) -> tuple[bytes, int]:
     if not pcm:
         raise BackendFailed(f"endpoint {endpoint} sent no audio", endpoint=endpoint)
     return pcm, rate
-
-
-def _may_redispatch(router: Router, pool: Pool, exc: BackendError, attempts: int) -> bool:
-    """Whether a segment whose body broke may be dispatched again (same rules as any retry)."""
-    retry = pool.config.retry
-    reason = retry_reason(exc)
-    if reason is None or reason not in retry.retry_on or attempts >= retry.max_attempts:
-        return False
-    if not router.budgets[pool.name].try_retry():
-        router.metrics.retries_denied.labels(pool.name).inc()
-        return False
-    router.metrics.retries.labels(pool.name, reason).inc()
-    return True
 
 
 def _decodable_format(router: Router, model: str) -> str:

@@ -1,7 +1,8 @@
-"""What an endpoint's latency will be for a text of a given length, learned from its answers.
+"""The shape of an endpoint's latency against text length, learned from its answers.
 
 A weighted least-squares line ``seconds = base + per_char * chars`` whose samples fade with a
-half-life, so long and short texts compare fairly and a node that slows down is noticed.
+half-life, so long and short texts compare fairly. ``speech_router.router.model`` puts this shape
+together with how fast the endpoint is right now and how it slows down under concurrency.
 """
 
 from __future__ import annotations
@@ -57,6 +58,12 @@ class LatencyModel:
         per_char = max(per_char, 0.0)
         base = max(mean_y - per_char * mean_x, 0.0)
         return base, per_char
+
+    def freshness(self, now: float) -> float:
+        """1 right after a sample, halving with every half-life without one (0 before any)."""
+        if not self.samples:
+            return 0.0
+        return math.pow(0.5, max(0.0, now - self._last) / self.half_life)
 
     def predict(self, chars: int) -> float | None:
         fit = self.fit()

@@ -1,92 +1,172 @@
-"""A pool: endpoints of one backend type, how one is picked, and the queue in front of them.
+"""A pool: endpoints of one backend type, the scheduler in front of them, and what each try's end teaches.
 
-Picking (health-weighted least-outstanding with power-of-d choices): sample ``choices`` endpoints
-in rotation, with probability by effective weight (weight x success rate x slow start), and take
-the one expected to finish this text first: its learned latency for this many characters, plus the
-wait for a slot when it is full. When the best choice is full, or every endpoint is, the request
-waits in the pool's queue (interactive before batch) until a slot frees, its queue time runs out
-(503) or the queue is full (429). When no endpoint is in rotation at all and there is no later pool
-to fall back to, the pool ignores health and uses every endpoint (panic mode) rather than failing
-everything.
+``acquire`` waits for a slot (the ``Scheduler`` decides which endpoint and when); ``finish`` gives it
+back with the try's ``Outcome`` and updates, in one place, everything the outcome says: the endpoint's
+latency model (a timeout too), its concurrency limit (an overload), its outcome window and breaker
+(outlier detection against the pool), then lets waiting requests decide again. When no endpoint is in
+rotation and there is no later pool to fall back to, the pool uses every endpoint anyway (panic mode)
+rather than failing everything.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections import deque
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
 
 from ..config.models import PoolConfig
-from ..errors import NoHealthyEndpoint, QueueFull, QueueTimeout
+from ..errors import QueueTimeout
+from .breaker import BreakerState
+from .budget import RetryBudget
+from .clock import Clock
 from .endpoint import Endpoint
+from .events import RouterListener
+from .outlier import Outcome, judge
+from .scheduler import PRIORITIES, Lease, Scheduler, Ticket
 
-PRIORITIES = ("interactive", "batch")
-#: expected times this close count as equal
-TIE_TOLERANCE = 0.05
-#: how much a busy endpoint's expected time grows with its share of slots in use
-CONTENTION = 0.5
-#: the least wait assumed for a slot whose request already ran past its estimate, as a share of one
-OVERRUN_SHARE = 0.1
-
-
-@dataclass
-class Lease:
-    """A slot held on an endpoint; give it back with ``Pool.release``."""
-
-    endpoint: Endpoint
-    token: int
-    predicted: float | None
-    queued: float = 0.0
-    panic: bool = False
+#: while requests wait, they are decided again at least this often (running requests overrun their estimates)
+TICK_S = 0.05
 
 
 class Pool:
-    """Named endpoints of one backend type, their balancer and admission queue."""
+    """Named endpoints of one backend type, their scheduler, retry budget and outlier detection."""
 
-    def __init__(self, name: str, backend_type: str, endpoints: list[Endpoint], config: PoolConfig,
-                 clock: Callable[[], float], rng: random.Random | None = None) -> None:
+    def __init__(self, name: str, backend_type: str, endpoints: list[Endpoint], config: PoolConfig, clock: Clock,
+                 rng: random.Random | None = None, listener: RouterListener | None = None) -> None:
         self.name = name
         self.backend_type = backend_type
-        self.endpoints = endpoints
         self.config = config
         self.clock = clock
-        self.rng = rng or random.Random()
-        self._waiters: dict[str, deque[asyncio.Future[None]]] = {p: deque() for p in PRIORITIES}
-        self.on_panic: Callable[[Pool], None] | None = None
-        self._rr = -1
+        self.listener = listener or RouterListener()
+        self.scheduler = Scheduler(name, endpoints, config, clock, rng, self.listener)
+        self.budget = self._budget(config)
         #: removed from the configuration by a reload; its waiters move on to the model's current route
         self.retired = False
-        self.update(config, endpoints, backend_type)
+        self._tick: asyncio.TimerHandle | None = None
 
-    def update(self, config: PoolConfig, endpoints: list[Endpoint], backend_type: str | None = None) -> None:
+    def __repr__(self) -> str:
+        return f"Pool(name={self.name!r}, type={self.backend_type!r}, endpoints={[e.name for e in self.endpoints]})"
+
+    def _budget(self, config: PoolConfig) -> RetryBudget:
+        r = config.retry
+        return RetryBudget(r.budget_ratio, r.budget_min, r.budget_window, self.clock,
+                           concurrency=lambda: sum(ep.max_concurrency for ep in self.endpoints))
+
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        return self.scheduler.endpoints
+
+    def update(self, config: PoolConfig, endpoints: list[Endpoint], backend_type: str) -> None:
         """Take a reloaded configuration: new settings and endpoint list, same queue (waiters keep their place)."""
+        if config.retry != self.config.retry:
+            self.budget = self._budget(config)
         self.config = config
-        self.endpoints = endpoints
-        if backend_type is not None:
-            self.backend_type = backend_type
-        for ep in endpoints:
-            ep.breaker.may_trip = self._may_eject
+        self.backend_type = backend_type
+        self.scheduler.update(config, endpoints)
         self.wake()
 
     def retire(self) -> None:
         """The pool left the configuration: no endpoint is selectable any more; waiters wake and move on."""
         self.retired = True
-        self.endpoints = []
-        self.wake()
-
-    def __repr__(self) -> str:
-        return f"Pool(name={self.name!r}, type={self.backend_type!r}, endpoints={[e.name for e in self.endpoints]})"
+        self.scheduler.update(self.config, [])
+        for ticket in list(self.scheduler.waiting()):
+            self.scheduler.cancel(ticket)
+            if ticket.on_placed is not None:
+                ticket.on_placed(None)
 
     @property
     def healthy(self) -> bool:
         return any(ep.in_rotation for ep in self.endpoints)
 
     def queue_depth(self, priority: str | None = None) -> int:
-        if priority is not None:
-            return len(self._waiters[priority])
-        return sum(len(q) for q in self._waiters.values())
+        return self.scheduler.depth(priority)
+
+    # -- a slot ---------------------------------------------------------------------------------------------
+
+    async def acquire(self, ticket: Ticket) -> Lease:
+        """A slot for ``ticket``, waiting in the queue when the scheduler says so (at most ``ticket.limit``).
+
+        Raises ``NoHealthyEndpoint``, ``QueueFull`` (admission) or ``QueueTimeout``; a retired pool raises
+        ``NoHealthyEndpoint`` so the request moves on to its model's current route.
+        """
+        ticket.limit = min(ticket.limit, self.config.queue.timeout)
+        lease = self.scheduler.submit(ticket)
+        if lease is not None:
+            return lease
+        loop = asyncio.get_running_loop()
+        placed: asyncio.Future[Lease | None] = loop.create_future()
+
+        def on_placed(lease: Lease | None) -> None:
+            if not placed.done():
+                placed.set_result(lease)
+            elif lease is not None:  # its waiter already gave up: the slot goes back at once
+                self.finish(lease, Outcome.CANCELLED)
+
+        ticket.on_placed = on_placed
+        self._arm()
+        taken = False
+        try:
+            result = await asyncio.wait_for(asyncio.shield(placed), ticket.limit)
+            if result is None:
+                return await self.acquire(Ticket(ticket.chars, ticket.priority, ticket.exclude, ticket.allow_panic,
+                                                 ticket.limit))  # retired meanwhile: raises NoHealthyEndpoint
+            taken = True
+            return result
+        except TimeoutError:
+            self.listener.queue_rejected(self.name, "queue_timeout")
+            raise QueueTimeout(f"no endpoint of pool {self.name!r} became free within {ticket.limit:g}s",
+                               retry_after=self.scheduler.retry_after()) from None
+        finally:
+            if not taken:
+                self.scheduler.cancel(ticket)
+                if placed.done() and not placed.cancelled() and (lease := placed.result()) is not None:
+                    self.finish(lease, Outcome.CANCELLED)
+
+    def try_now(self, ticket: Ticket) -> Lease | None:
+        """A slot at once on another endpoint, or None (hedging never waits)."""
+        return self.scheduler.try_now(ticket)
+
+    def per_try_timeout(self, lease: Lease, chars: int) -> float:
+        """``per_try_timeout_factor`` x what the endpoint is expected to take now, within floor and cap."""
+        retry = self.config.retry
+        run = lease.endpoint.running.get(lease.token)
+        predicted = self.scheduler.predict(lease.endpoint, chars, run.n if run else lease.endpoint.inflight)
+        if predicted is None:
+            return retry.per_try_timeout_cap
+        return min(retry.per_try_timeout_cap, max(retry.per_try_timeout_floor, retry.per_try_timeout_factor * predicted))
+
+    def finish(self, lease: Lease, outcome: Outcome, *, timeout: float | None = None) -> None:
+        """Give the slot back and learn from how the try ended; then waiting requests decide again."""
+        ep = lease.endpoint
+        done = ep.finish(lease.token)
+        now = self.clock()
+        if done is not None:
+            if outcome == Outcome.OK:
+                ep.model.observe(done.chars, done.seconds, done.n, now)
+                ep.served += 1
+            elif outcome == Outcome.TIMEOUT and timeout is not None:
+                ep.model.observe_timeout(done.chars, timeout, done.n)
+            elif outcome == Outcome.OVERLOADED:
+                ep.limit.overloaded(ep.inflight + 1, now)
+        ep.window.record(outcome, now)
+        if outcome == Outcome.OK:
+            ep.breaker.success()
+        elif outcome.failure:
+            self._judge(ep, outcome, now)
+        elif lease.probe:
+            ep.breaker.release_probe()
+        self.listener.attempt_finished(ep, outcome, done)
+        self.wake()
+
+    def _judge(self, ep: Endpoint, outcome: Outcome, now: float) -> None:
+        if ep.breaker.probe_failed():
+            return
+        if ep.breaker.state != BreakerState.CLOSED:
+            return
+        peers = [other.window for other in self.endpoints if other is not ep and other.in_rotation]
+        reason = judge(ep.window, peers, ep.breaker.config, now, outcome)
+        if reason is not None and self._may_eject():
+            ep.breaker.trip(reason)
+            ep.window.clear()
 
     def _may_eject(self) -> bool:
         """Envoy's max_ejection_percent: never let the breakers take out more than this share of the pool."""
@@ -95,161 +175,29 @@ class Pool:
             return True
         return (ejected + 1) * 100 <= self.config.breaker.max_ejected_percent * len(self.endpoints)
 
-    # -- latency estimates ----------------------------------------------------------------------------------
-
-    def predict(self, ep: Endpoint, chars: int) -> float | None:
-        """Expected seconds for ``chars`` on ``ep``; other endpoints' average while it has no history."""
-        own = ep.latency.predict(chars)
-        if own is not None:
-            return own
-        known = [p for e in self.endpoints if (p := e.latency.predict(chars)) is not None]
-        return sum(known) / len(known) if known else None
-
-    def per_try_timeout(self, ep: Endpoint, chars: int) -> float:
-        retry = self.config.retry
-        predicted = self.predict(ep, chars)
-        if predicted is None:
-            return retry.per_try_timeout_cap
-        return min(retry.per_try_timeout_cap, max(retry.per_try_timeout_floor, retry.per_try_timeout_factor * predicted))
-
-    def _score(self, ep: Endpoint, chars: int, any_known: bool) -> float:
-        weight = ep.effective_weight()
-        if not any_known:  # nothing learned yet: plain weighted least-outstanding
-            return (ep.inflight + 1) / weight
-        predicted = self.predict(ep, chars) or 0.0
-        if ep.has_capacity:  # requests sharing a GPU slow each other down: lean towards idle endpoints
-            return predicted * (1 + CONTENTION * ep.inflight / ep.max_concurrency) / weight
-        # full: wait for a slot (a request running past its estimate still needs some time), and for the
-        # requests already queued ahead, which share the pool's slots
-        slots = sum(e.max_concurrency for e in self.endpoints if e.in_rotation) or ep.max_concurrency
-        wait = max(ep.free_in(), OVERRUN_SHARE * predicted) + self.queue_depth() / slots * predicted
-        return (wait + predicted) / weight
-
-    # -- picking --------------------------------------------------------------------------------------------
-
-    def choose(self, chars: int, exclude: Collection[str] = (), *,
-               allow_panic: bool = True) -> tuple[Endpoint | None, bool, bool]:
-        """(endpoint with a free slot or None, whether anything is selectable at all, panic)."""
-        candidates = [ep for ep in self.endpoints if ep.name not in exclude and ep.in_rotation]
-        panic = False
-        if not candidates and allow_panic and not any(ep.in_rotation for ep in self.endpoints):
-            candidates = [ep for ep in self.endpoints if ep.name not in exclude and not ep.draining]
-            panic = bool(candidates)
-        if not candidates:
-            return None, False, False
-        policy = self.config.balancer.policy
-        if policy != "latency":
-            return self._baseline(policy, candidates), True, panic
-        sample = self._sample(candidates)
-        any_known = any(ep.latency.known for ep in self.endpoints)
-        scores = {ep.name: self._score(ep, chars, any_known) for ep in sample}
-        low = min(scores.values())
-        # near-ties (within TIE_TOLERANCE) go to the least busy, then the least picked for its weight: equal
-        # nodes share light traffic and keep their latency estimates fresh
-        near = [ep for ep in sample if scores[ep.name] <= low * (1 + TIE_TOLERANCE) + 1e-6]
-        best = min(near, key=lambda ep: (ep.inflight / ep.max_concurrency, ep.picks / ep.weight))
-        if best.has_capacity:
-            return best, True, panic
-        free = [ep for ep in sample if ep.has_capacity]
-        if free and not any_known:
-            return min(free, key=lambda ep: self._score(ep, chars, any_known)), True, panic
-        return None, True, panic  # wait: the best one is busy (or every sampled one is)
-
-    def _baseline(self, policy: str, candidates: list[Endpoint]) -> Endpoint | None:
-        """The plain policies other proxies use: kept for comparison in bench/."""
-        free = [ep for ep in candidates if ep.has_capacity]
-        if not free:
-            return None
-        if policy == "round_robin":
-            self._rr = (self._rr + 1) % len(self.endpoints)
-            order = self.endpoints[self._rr:] + self.endpoints[:self._rr]
-            return next(ep for ep in order if ep in free)
-        low = min((ep.inflight + 1) / ep.weight for ep in free)
-        tied = [ep for ep in free if (ep.inflight + 1) / ep.weight == low]
-        return min(tied, key=lambda ep: ep.picks / ep.weight)
-
-    def _sample(self, candidates: list[Endpoint]) -> list[Endpoint]:
-        d = self.config.balancer.choices
-        if len(candidates) <= d:
-            return candidates
-        pool, weights, chosen = list(candidates), [max(ep.effective_weight(), 1e-6) for ep in candidates], []
-        for _ in range(d):
-            i = self.rng.choices(range(len(pool)), weights=weights)[0]
-            chosen.append(pool.pop(i))
-            weights.pop(i)
-        # a free endpoint outside the sample still beats waiting when every sampled one is full
-        if not any(ep.has_capacity for ep in chosen):
-            free = [ep for ep in pool if ep.has_capacity]
-            if free:
-                chosen.append(self.rng.choices(free, weights=[max(e.effective_weight(), 1e-6) for e in free])[0])
-        return chosen
-
-    async def acquire(self, chars: int, *, priority: str = "interactive", exclude: Collection[str] = (),
-                      timeout: float | None = None, allow_panic: bool = True) -> Lease:
-        """Reserve a slot, waiting in the queue when needed. Panic mode only when ``allow_panic``
-        (the dispatcher allows it on a route's last pool: earlier pools fall back instead)."""
-        loop = asyncio.get_running_loop()
-        queue_cfg = self.config.queue
-        limit = queue_cfg.timeout if timeout is None else min(timeout, queue_cfg.timeout)
-        start = self.clock()
-        deadline = loop.time() + limit
-        waiter: asyncio.Future[None] | None = None
-        queue = self._waiters[priority if priority in self._waiters else "interactive"]
-        try:
-            while True:
-                ep, selectable, panic = self.choose(chars, exclude, allow_panic=allow_panic)
-                if ep is not None and (panic or ep.breaker.allow()):
-                    if panic and self.on_panic is not None:
-                        self.on_panic(self)
-                    predicted = self.predict(ep, chars)
-                    ep.picks += 1
-                    return Lease(ep, ep.start(predicted), predicted, queued=self.clock() - start, panic=panic)
-                if not selectable:
-                    raise NoHealthyEndpoint(f"pool {self.name!r} has no healthy endpoint", retry_after=self._retry_after())
-                if waiter is None:
-                    if self.queue_depth() >= queue_cfg.max_size:
-                        raise QueueFull(f"every endpoint of pool {self.name!r} is busy and its queue is full",
-                                        retry_after=self._retry_after())
-                    waiter = loop.create_future()
-                    queue.append(waiter)
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise QueueTimeout(f"no endpoint of pool {self.name!r} became free within {limit:g}s",
-                                       retry_after=self._retry_after())
-                try:
-                    await asyncio.wait_for(asyncio.shield(waiter), remaining)
-                except TimeoutError:
-                    continue
-                if waiter.done():  # woken: take a fresh future but keep our place in line
-                    fresh: asyncio.Future[None] = loop.create_future()
-                    queue[queue.index(waiter)] = fresh
-                    waiter = fresh
-        finally:
-            if waiter is not None and waiter in queue:
-                queue.remove(waiter)
-
-    def try_acquire(self, chars: int, exclude: Collection[str] = ()) -> Lease | None:
-        """A slot now on an endpoint outside ``exclude``, without waiting (for hedging)."""
-        ep, _, panic = self.choose(chars, exclude, allow_panic=False)
-        if ep is None or panic or not ep.breaker.allow():
-            return None
-        predicted = self.predict(ep, chars)
-        ep.picks += 1
-        return Lease(ep, ep.start(predicted), predicted)
-
-    def _retry_after(self) -> float:
-        """When to come back: the earliest expected free slot or breaker reopening, at least 1 s."""
-        times = [ep.free_in() for ep in self.endpoints if ep.available and not ep.has_capacity]
-        times += [ep.breaker.retry_after() for ep in self.endpoints if ep.breaker.ejected]
-        return max(1.0, min(times) if times else 1.0)
-
-    def release(self, lease: Lease) -> None:
-        lease.endpoint.finish(lease.token)
-        self.wake()
+    # -- waking waiters -------------------------------------------------------------------------------------
 
     def wake(self) -> None:
-        """Wake every waiter, interactive first; each re-checks in that order, so priority holds."""
-        for priority in PRIORITIES:
-            for waiter in self._waiters[priority]:
-                if not waiter.done():
-                    waiter.set_result(None)
+        """Something changed: waiting requests decide again (interactive first)."""
+        self.scheduler.reschedule()
+
+    def _arm(self) -> None:
+        """While requests wait, decide again every ``TICK_S`` too: estimates move with time, not only on events."""
+        if self._tick is not None or not self.scheduler.depth():
+            return
+        loop = asyncio.get_running_loop()
+
+        def tick() -> None:
+            self._tick = None
+            self.wake()
+            self._arm()
+
+        self._tick = loop.call_later(TICK_S, tick)
+
+    def close(self) -> None:
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
+
+
+__all__ = ["PRIORITIES", "Lease", "Pool", "Ticket"]

@@ -238,7 +238,7 @@ def test_metrics_count_a_failed_attempt_against_its_endpoint(nodes, router):
     assert value(samples, "speech_router_requests_total", route="/v1/audio/speech", model="indextts2",
                  status="502") == 1
     assert value(samples, "speech_router_endpoint_attempts_total", pool="gpu", endpoint=name_of(a),
-                 outcome="BackendFailed") == 1
+                 outcome="error") == 1
     assert value(samples, "speech_router_endpoint_attempts_total", outcome="ok") is None
 
 

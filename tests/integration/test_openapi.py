@@ -240,7 +240,7 @@ def test_tts_url_bodies_that_crashed_the_node_are_the_clients_400(served, node, 
     assert_error_shape("TtsUrlError", reply)
     assert f"'{field}'" in reply["error"]
     assert len(node.requests) == before
-    assert all(ep.breaker.failure_ratio() == 0 for ep in served.app.state.router.endpoints)
+    assert all(ep.window.tries(ep.clock()) == 0 for ep in served.app.state.router.endpoints)
 
 
 def test_text_with_a_lone_surrogate_is_400_not_an_engine_failure(espeak_served):
@@ -250,7 +250,7 @@ def test_text_with_a_lone_surrogate_is_400_not_an_engine_failure(espeak_served):
     reply = json.loads(body)
     assert_error_shape("Error", reply)
     assert reply["error"]["param"] == "input" and reply["error"]["code"] == "invalid_text"
-    assert all(ep.breaker.failure_ratio() == 0 for ep in espeak_served.app.state.router.endpoints)
+    assert all(ep.window.tries(ep.clock()) == 0 for ep in espeak_served.app.state.router.endpoints)
 
 
 def test_a_clients_short_deadline_is_its_504_and_no_failure_of_the_endpoint(nodes, router):
@@ -260,8 +260,8 @@ def test_a_clients_short_deadline_is_its_504_and_no_failure_of_the_endpoint(node
     for _ in range(8):  # more than a breaker's failure threshold
         status, _, raw = get(srv.url + "/v1/audio/speech", "POST", body, {DEADLINE_HEADER: "0.05"})
         assert status == 504 and json.loads(raw)["error"]["code"] == "deadline_exceeded", raw
-    breaker = srv.app.state.router.endpoints[0].breaker
-    assert breaker.state.value == "closed" and breaker.failure_ratio() == 0
+    endpoint = srv.app.state.router.endpoints[0]
+    assert endpoint.breaker.state.value == "closed" and endpoint.window.tries(endpoint.clock()) == 0
 
 
 # --- property-based run ----------------------------------------------------------------------------------

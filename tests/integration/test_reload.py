@@ -224,7 +224,7 @@ def test_unchanged_endpoints_keep_their_state_across_a_reload(nodes, file_router
     assert call(router.url + "/admin/reload", "POST")[1]["changes"]["added"] == ["b"]
     listing = {x["name"]: x for x in backends(router.url)["backends"]}
     assert listing["a"]["served"] == 3  # the same endpoint object: its counters and latency survived
-    assert listing["b"]["served"] == 0 and listing["b"]["effective_weight"] < 1  # slow start
+    assert listing["b"]["served"] == 0 and listing["b"]["cap"] < listing["b"]["concurrency_limit"]  # slow start
 
 
 def test_the_file_watcher_reloads_on_change(nodes, file_router):

@@ -1,0 +1,284 @@
+"""One attempt loop for every request, plain or a segment of a fanned-out text.
+
+    for each pool of the route:            (a *fallback* moves to the next pool)
+        acquire a slot  ->  try  ->  classify the outcome  ->  done, retry, or fall back
+
+A try starts the synthesis on the lease's endpoint and waits for its first byte, or for the whole
+answer when it is verified (``whole``), within the per-try timeout. Its outcome is given back to the
+pool at once (``Pool.finish``), which is where the scheduler learns. Then:
+
+- a *client mistake* the node reported (``BackendRejected``: a reference file it does not have, a
+  missing field, an emotion vector it refuses) never counts against the endpoint and never falls back
+  to another pool; it is tried on at most one other endpoint when the node says the problem may be
+  local to it (reference files may exist on some nodes only), then answered as a 4xx;
+- other failures are retried on another endpoint of the pool (never one already tried) within
+  ``max_attempts``, the request's deadline and the pool's retry budget; after a timeout the next try
+  gets twice the time, so a fleet that slowed down is not locked out by its own timeouts;
+- when the pool is used up, unhealthy or its queue refuses, the next pool of the route is tried.
+
+Cancellation (the client left, a hedge lost) and the client's own short deadline never count against
+the endpoint. Nothing is retried once a byte has reached the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..errors import (BackendError, BackendFailed, BackendOverloaded, BackendRejected, BackendTimeout,
+                      BackendUnavailable, DeadlineExceeded, QueueFull, QueueTimeout, Unavailable)
+from ..types import AudioResponse, SynthesisRequest
+from .body import ReadAhead, read_head, replay
+from .clock import Clock
+from .endpoint import Endpoint
+from .events import RouterListener
+from .outlier import Outcome
+from .pool import Lease, Pool, Ticket
+
+log = logging.getLogger(__name__)
+
+#: each timeout of a request doubles the time its next try gets
+TIMEOUT_GROWTH = 2.0
+
+#: a validator of a whole answer: raises ``BackendFailed`` when it is not audio the client can have
+Validate = Callable[[AudioResponse, bytes, SynthesisRequest], None]
+
+
+@dataclass
+class Dispatched:
+    """A synthesis under way: the audio, and where and how it was obtained."""
+
+    response: AudioResponse
+    endpoint: Endpoint | None
+    pool: Pool | None
+    attempts: int
+    queued: float = 0.0
+    fallback_reason: str | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+def classify(exc: BackendError) -> Outcome:
+    """What a backend's error says about the endpoint."""
+    if isinstance(exc, BackendTimeout):
+        return Outcome.TIMEOUT
+    if isinstance(exc, BackendOverloaded):
+        return Outcome.OVERLOADED
+    if isinstance(exc, BackendRejected):
+        return Outcome.REJECTED
+    return Outcome.ERROR
+
+
+def retry_reason(exc: BackendError) -> str | None:
+    """The ``retry.on`` word for a failure, or None when no other endpoint could do better."""
+    if isinstance(exc, BackendUnavailable):
+        return "connect"
+    if isinstance(exc, BackendTimeout):
+        return "timeout"
+    if isinstance(exc, BackendOverloaded):
+        return "overloaded"
+    if isinstance(exc, BackendFailed):
+        return "5xx" if exc.status and exc.status >= 500 else "invalid_audio"
+    return None
+
+
+class AttemptLoop:
+    """Runs requests along their routes; ``route_of(model)`` is the model's current route (reloads change it)."""
+
+    def __init__(self, route_of: Callable[[str], list[Pool]], clock: Clock, listener: RouterListener,
+                 validate: Validate | None = None) -> None:
+        self.route_of = route_of
+        self.clock = clock
+        self.listener = listener
+        self.validate = validate
+
+    def __repr__(self) -> str:
+        return f"AttemptLoop(validate={self.validate!r})"
+
+    async def run(self, request: SynthesisRequest, *, deadline: float, priority: str = "interactive",
+                  whole: bool = False) -> Dispatched:
+        """Along the model's route until an endpoint answers; raises the last pool's error otherwise."""
+        route = list(self.route_of(request.model))
+        reason: str | None = None
+        errors: list[str] = []
+        last: Exception | None = None
+        i = -1
+        while (i := i + 1) < len(route):
+            pool = route[i]
+            if i > 0 and request.passthrough is None and pool.endpoints \
+                    and not pool.endpoints[0].backend.supports_voice(request.voice_params):
+                continue
+            try:
+                result = await self.in_pool(pool, request, deadline=deadline, priority=priority, errors=errors,
+                                            last_pool=i == len(route) - 1, whole=whole)
+            except (Unavailable, BackendError) as exc:
+                if isinstance(exc, DeadlineExceeded) or (isinstance(exc, BackendError) and retry_reason(exc) is None):
+                    raise  # a client mistake, or no time left: no other pool can do better
+                if pool.retired:  # a reload removed it meanwhile: the model's current route goes on
+                    route += [p for p in self.route_of(request.model) if p not in route]
+                last, reason = exc, exc.code if isinstance(exc, Unavailable) else "attempts_exhausted"
+                continue
+            if i > 0:
+                result.fallback_reason = reason
+                self.listener.fell_back(request.model, route[0].name, pool.name, reason or "")
+            result.errors = errors
+            return result
+        if last is None:
+            raise BackendRejected(f"no pool of model {request.model!r} can speak voice {request.voice!r}")
+        raise last
+
+    async def in_pool(self, pool: Pool, request: SynthesisRequest, *, deadline: float, priority: str,
+                      errors: list[str], last_pool: bool = True, whole: bool = False) -> Dispatched:
+        """Tries on the pool's endpoints (each at most once) until one answers."""
+        retry = pool.config.retry
+        pool.budget.request()
+        chars = len(request.text)
+        tried: set[str] = set()
+        attempts = 0
+        growth = 1.0
+        elsewhere = False  # the one extra try a possibly local client mistake gets
+        last: BackendError | None = None
+        while attempts < retry.max_attempts:
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                raise DeadlineExceeded(f"model {request.model!r}: no answer within the request deadline")
+            ticket = Ticket(chars, priority, frozenset(tried), last_pool, remaining)
+            try:
+                lease = await pool.acquire(ticket)
+            except Unavailable as exc:
+                if last is not None and not isinstance(exc, (QueueFull, QueueTimeout)):
+                    raise last from None  # every other endpoint was tried: report the real failure
+                raise
+            attempts += 1
+            tried.add(lease.endpoint.name)
+            left = deadline - self.clock()
+            per_try = pool.per_try_timeout(lease, chars) * growth
+            timeout = min(per_try, max(0.001, left))
+            try:
+                if pool.config.hedge.enabled:
+                    response, lease = await self._hedged(pool, lease, request, timeout, tried, whole)
+                else:
+                    response = await self.attempt(pool, lease, request, timeout, deadline_bound=left < per_try,
+                                                  whole=whole)
+            except BackendError as exc:
+                last = exc
+                errors.append(f"{exc.endpoint or lease.endpoint.name}: {exc.message}")
+                if isinstance(exc, BackendRejected):
+                    if exc.try_elsewhere and not elsewhere and attempts < retry.max_attempts:
+                        elsewhere = True
+                        self.listener.retried(pool.name, "client_error")
+                        continue
+                    raise
+                reason = retry_reason(exc)
+                if reason is None or reason not in retry.retry_on or attempts >= retry.max_attempts:
+                    raise
+                if isinstance(exc, BackendTimeout):
+                    growth *= TIMEOUT_GROWTH
+                if not pool.budget.try_retry():
+                    self.listener.retry_denied(pool.name)
+                    raise
+                self.listener.retried(pool.name, reason)
+                continue
+            return Dispatched(response=response, endpoint=lease.endpoint, pool=pool, attempts=attempts,
+                              queued=lease.queued)
+        assert last is not None
+        raise last
+
+    async def attempt(self, pool: Pool, lease: Lease, request: SynthesisRequest, timeout: float, *,
+                      deadline_bound: bool = False, whole: bool = False) -> AudioResponse:
+        """One try: start the synthesis on the lease's endpoint and read its first byte (or all of it).
+
+        ``deadline_bound``: the request's deadline, not the endpoint's per-try time, set ``timeout``; running
+        out of it then is no failure of the endpoint (a client's short deadline must not trip breakers).
+        """
+        ep = lease.endpoint
+        verify = whole or self._verifies(pool, ep)
+        try:
+            response, head, complete = await asyncio.wait_for(self._start(ep, request, verify), timeout)
+            if complete and self.validate is not None:
+                self.validate(response, b"".join(head), request)
+        except TimeoutError:
+            if deadline_bound:
+                pool.finish(lease, Outcome.CANCELLED)
+                raise DeadlineExceeded(f"model {request.model!r}: no answer within the request deadline") from None
+            pool.finish(lease, Outcome.TIMEOUT, timeout=timeout)
+            exc = BackendTimeout(f"endpoint {ep.name} did not answer within {timeout:.1f}s", endpoint=ep.name)
+            self.listener.attempt_failed(ep, exc.message, None)
+            raise exc from None
+        except BackendError as exc:
+            pool.finish(lease, classify(exc))
+            self._failed(ep, exc)
+            raise
+        except BaseException:  # cancelled: the client left or a hedge lost; not the endpoint's fault
+            pool.finish(lease, Outcome.CANCELLED)
+            raise
+        if complete:
+            pool.finish(lease, Outcome.OK)
+            response.chunks = replay(head)
+            return response
+
+        def done(outcome: Outcome, error: BackendError | None) -> None:
+            pool.finish(lease, outcome)
+            if error is not None:
+                self._failed(ep, error)
+
+        ahead = ReadAhead(head, response, done)
+        return AudioResponse(format=response.format, chunks=ahead, sample_rate=response.sample_rate,
+                             content_type=response.content_type, content_length=response.content_length,
+                             close=ahead.aclose)
+
+    def _failed(self, ep: Endpoint, exc: BackendError) -> None:
+        self.listener.attempt_failed(ep, exc.message, exc.detail)
+        if isinstance(exc, BackendUnavailable) and ep.mark_down(exc.message):  # refused: down until a check passes
+            self.listener.health_changed(ep)
+
+    @staticmethod
+    def _verifies(pool: Pool, ep: Endpoint) -> bool:
+        verify = pool.config.verify_body
+        return (not ep.backend.capabilities.streaming) if verify is None else verify
+
+    @staticmethod
+    async def _start(ep: Endpoint, request: SynthesisRequest, whole: bool) -> tuple[AudioResponse, list[bytes], bool]:
+        response = await ep.backend.synthesize(request)
+        head, complete = await read_head(response, ep.name, whole=whole)
+        return response, head, complete
+
+    async def _hedged(self, pool: Pool, lease: Lease, request: SynthesisRequest, timeout: float, tried: set[str],
+                      whole: bool) -> tuple[AudioResponse, Lease]:
+        """Start a second try elsewhere if the first is slow; keep whichever answers first."""
+        delay = pool.config.hedge.delay or timeout / 2
+        first = asyncio.create_task(self.attempt(pool, lease, request, timeout, whole=whole))
+        done, _ = await asyncio.wait({first}, timeout=delay)
+        second_lease = None if done else pool.try_now(Ticket(len(request.text), exclude=frozenset(tried),
+                                                             allow_panic=False))
+        if second_lease is None:
+            return await first, lease
+        tried.add(second_lease.endpoint.name)
+        second = asyncio.create_task(self.attempt(pool, second_lease, request, max(0.001, timeout - delay),
+                                                  whole=whole))
+        leases = {first: lease, second: second_lease}
+        pending: set[asyncio.Task[AudioResponse]] = {first, second}
+        error: BaseException | None = None
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                winners = [t for t in done if not t.cancelled() and t.exception() is None]
+                for task in done:
+                    if not task.cancelled() and task.exception() is not None:
+                        error = error or task.exception()
+                if winners:
+                    winner = winners[0]
+                    for extra in winners[1:]:  # both answered at once: keep one, close the other
+                        await extra.result().aclose()
+                    self.listener.hedged(pool.name, "first" if winner is first else "second")
+                    return winner.result(), leases[winner]
+        finally:
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(BaseException):
+                    await task
+        assert error is not None
+        raise error

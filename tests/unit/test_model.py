@@ -1,0 +1,121 @@
+"""What an endpoint is learned to take: shape per character, current speed, slowdown under concurrency."""
+
+from __future__ import annotations
+
+import pytest
+
+from speech_router.router.latency import LatencyModel
+from speech_router.router.limits import OVERLOAD_HOLD, PROBE_INTERVAL, ConcurrencyLimit
+from speech_router.router.model import EndpointModel
+from speech_router.router.budget import RetryBudget
+from speech_router.router.clock import FakeClock
+
+
+def taught(per_char: float = 0.002, base: float = 0.05, max_parallel: int = 4) -> EndpointModel:
+    m = EndpointModel(half_life=30, max_parallel=max_parallel)
+    for chars in (20, 50, 200, 400):
+        m.observe(chars, base + per_char * chars, 1, now=0.0)
+    return m
+
+
+def test_the_shape_is_base_plus_per_character():
+    m = LatencyModel(half_life=30)
+    assert m.predict(100) is None
+    for chars in (20, 50, 200, 400):
+        m.observe(chars, 0.05 + 0.002 * chars, now=0.0)
+    base, per_char = m.fit()
+    assert base == pytest.approx(0.05, abs=1e-6) and per_char == pytest.approx(0.002, abs=1e-8)
+
+
+def test_one_slower_answer_moves_the_estimate_at_once_faster_ones_bring_it_back_gradually():
+    m = taught()
+    assert m.predict(200) == pytest.approx(0.45, rel=0.01)
+    m.observe(200, 4 * 0.45, 1, now=1.0)  # the node got 4x slower
+    assert m.predict(200) > 2 * 0.45
+    for t in range(2, 30):
+        m.observe(200, 4 * 0.45, 1, now=float(t))
+    assert m.predict(200) == pytest.approx(4 * 0.45, rel=0.1)
+    m.observe(200, 0.45, 1, now=31.0)  # back to normal: one answer does not undo it all...
+    assert m.predict(200) > 2 * 0.45
+    for t in range(32, 60):
+        m.observe(200, 0.45, 1, now=float(t))
+    assert m.predict(200) == pytest.approx(0.45, rel=0.1)  # ...a few do
+
+
+def test_a_timeout_is_an_observation_the_next_estimate_is_longer_than_that_timeout():
+    m = taught()
+    timeout = 3 * m.predict(200)
+    m.observe_timeout(200, timeout, 1.0)
+    assert 3 * m.predict(200) > 1.5 * timeout  # the next per-try timeout is well above the one that expired
+
+
+def test_an_endpoint_without_history_is_the_pools_estimate_and_a_stale_one_drifts_towards_it():
+    fresh = EndpointModel(half_life=30)
+    assert fresh.predict(100, prior=0.3) == 0.3
+    m = taught()
+    assert m.predict(200, prior=2.0, now=0.0) == pytest.approx(0.45)  # fresh: its own
+    assert m.predict(200, prior=2.0, now=30.0) == pytest.approx((0.45 + 2.0) / 2)  # a half-life without news
+    assert m.predict(200, prior=2.0, now=300.0) == pytest.approx(2.0, rel=0.01)  # long forgotten: the pool's
+
+
+def serial(model: EndpointModel, rounds: int = 2, service: float = 0.5) -> EndpointModel:
+    """Three sent at once to a node serving first come first served: the k-th takes k services."""
+    for _ in range(rounds):
+        for k in (1, 2, 3):
+            model.observe(100, k * service, k, now=1.0)
+    return model
+
+
+def side_by_side(model: EndpointModel, rounds: int = 2, service: float = 0.5) -> EndpointModel:
+    """Up to four at once on a node with four slots: none is slowed."""
+    for _ in range(rounds):
+        for k in (1, 2, 3, 4, 4, 4):
+            model.observe(100, service, k, now=1.0)
+    return model
+
+
+def test_a_node_doing_one_at_a_time_has_parallelism_one_and_a_node_with_four_slots_four():
+    m = taught(per_char=0.0045, base=0.05)  # alone: 0.5 s for 100 characters
+    assert m.parallel == 4 and not m.parallel_known  # the configured bound until learned
+    serial(m)
+    assert m.parallel == 1 and m.parallel_known
+    assert m.predict(100, 3) == pytest.approx(1.5, rel=0.05)  # the third in line waits two services
+    slots = side_by_side(taught(per_char=0.0045, base=0.05))
+    assert slots.parallel == 4 and slots.parallel_known
+    assert slots.predict(100, 4) == pytest.approx(0.5, rel=0.05)
+
+
+def test_a_node_that_changes_speed_keeps_its_parallelism():
+    m = side_by_side(taught(per_char=0.0045, base=0.05))
+    side_by_side(m, rounds=3, service=0.5 * 5.5)  # 5.5x slower, still four side by side
+    assert m.parallel == 4
+    assert m.predict(100, 1) == pytest.approx(0.5 * 5.5, rel=0.1)
+
+
+def test_the_limit_is_learned_ramped_after_joining_probed_and_held_down_by_overloads():
+    limit = ConcurrencyLimit(4, slow_start=10)
+    assert limit.learned(taught(per_char=0.0045), 0.0) == 4  # nothing learned of the curve yet: the bound
+    one = serial(taught(per_char=0.0045))
+    four = side_by_side(taught(per_char=0.0045))
+    assert limit.learned(one, 0.0) == 1 and limit.learned(four, 0.0) == 4
+    limit.joined(100.0)
+    assert [limit.cap(four, t) for t in (100.0, 102.6, 105.0, 110.0)] == [1, 2, 2, 4]
+    assert limit.may_probe(one, 110.0)
+    limit.probed(110.0)
+    assert not limit.may_probe(one, 110.0 + PROBE_INTERVAL / 2) and limit.may_probe(one, 110.0 + PROBE_INTERVAL)
+    assert not limit.may_probe(four, 200.0)  # at its configured bound: nothing to find out
+    limit.overloaded(inflight=3, now=200.0)
+    assert limit.learned(four, 200.0) == 2 and limit.learned(four, 200.0 + OVERLOAD_HOLD) == 4
+    assert ConcurrencyLimit(4, adaptive=False).learned(one, 0.0) == 4
+
+
+def test_the_retry_budget_is_a_share_of_requests_with_floors():
+    clock = FakeClock()
+    budget = RetryBudget(ratio=0.2, minimum=2, window=10, clock=clock)
+    for _ in range(20):
+        budget.request()
+    assert sum(budget.try_retry() for _ in range(10)) == 4  # 20% of 20
+    clock.advance(11)  # the window moved on: only the floor remains
+    assert sum(budget.try_retry() for _ in range(10)) == 2
+    scaled = RetryBudget(ratio=0.2, minimum=2, window=10, clock=clock, concurrency=lambda: 8)
+    assert sum(scaled.try_retry() for _ in range(10)) == 8  # the pool's concurrency is a floor too
