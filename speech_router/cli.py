@@ -86,7 +86,7 @@ def prepare(path: str | None) -> tuple[Any, Any, Any]:
     """
     from .api.app import create_app
     from .config.checks import host_issues
-    from .config.loader import format_loc, locate
+    from .config.locations import format_loc, locate
     from .errors import ConfigIssue
 
     try:

@@ -17,6 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from ..errors import ConfigError, ConfigIssue
+from .locations import YamlLines, format_loc
 from .messages import did_you_mean, user_message
 from .models import DEFAULT_VOICE_DIR, PoolConfig, Settings, VoiceConfig
 
@@ -26,17 +27,6 @@ _VAR = re.compile(r"\$(\$)|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 #: model names the env and embedded configs answer to, so OpenAI clients work unchanged
 OPENAI_MODEL_NAMES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
-
-
-def format_loc(loc: tuple[Any, ...]) -> str:
-    """``("pools", "gpu", "endpoints", 1, "url")`` -> ``pools.gpu.endpoints[1].url``."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
 
 
 def expand_env(value: Any, env: Mapping[str, str], loc: tuple[Any, ...] = (), issues: list | None = None) -> Any:
@@ -62,56 +52,6 @@ def expand_env(value: Any, env: Mapping[str, str], loc: tuple[Any, ...] = (), is
         return ""
 
     return _VAR.sub(repl, value)
-
-
-_LOC_PART = re.compile(r"\[(\d+)\]|([^.\[\]]+)")
-
-
-def parse_loc(loc: str) -> tuple[Any, ...]:
-    """``pools.gpu.endpoints[1].url`` -> ``("pools", "gpu", "endpoints", 1, "url")`` (``format_loc``'s inverse)."""
-    return tuple(int(index) if index else name for index, name in _LOC_PART.findall(loc))
-
-
-def locate(exc: ConfigError, path: str | os.PathLike[str] | None) -> ConfigError:
-    """``exc`` with a line for each of its issues in ``path`` that has none (issues found after loading)."""
-    if path is None or exc.source not in ("", str(path)):
-        return exc
-    try:
-        lines = _Lines(Path(path).read_text(encoding="utf-8"))
-    except OSError:
-        return exc
-    issues = [ConfigIssue(i.loc, i.message, i.line if i.line or not i.loc else lines.line(parse_loc(i.loc)))
-              for i in exc.issues]
-    return ConfigError(sorted(issues, key=lambda issue: issue.line or 0), source=str(path))
-
-
-class _Lines:
-    """Maps a location in the parsed YAML back to its line number, using the composed node tree."""
-
-    def __init__(self, text: str) -> None:
-        try:
-            self.root = yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.YAMLError:
-            self.root = None
-
-    def line(self, loc: tuple[Any, ...]) -> int | None:
-        node, best = self.root, None
-        for part in loc:
-            if node is None:
-                break
-            best = node.start_mark.line + 1
-            if isinstance(node, yaml.MappingNode):
-                match = [(k, v) for k, v in node.value if k.value == str(part)]
-                if not match:
-                    break
-                key, node = match[0]
-                best = key.start_mark.line + 1
-            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-                node = node.value[part]
-                best = node.start_mark.line + 1
-            else:
-                break
-        return best
 
 
 def load_settings(path: str | os.PathLike[str] | None = None, *, registry: Any = None,
@@ -140,11 +80,11 @@ def load_file(path: str | os.PathLike[str], *, registry: Any = None, env: Mappin
         raise ConfigError([ConfigIssue("", f"invalid YAML: {problem}", line)], source=source) from None
     if not isinstance(data, dict):
         raise ConfigError([ConfigIssue("", "the config must be a mapping with pools and models")], source=source)
-    return settings_from_dict(data, registry=registry, env=env, source=source, lines=_Lines(text))
+    return settings_from_dict(data, registry=registry, env=env, source=source, lines=YamlLines(text))
 
 
 def settings_from_dict(data: dict[str, Any], *, registry: Any = None, env: Mapping[str, str] | None = None,
-                       source: str = "", lines: _Lines | None = None) -> Settings:
+                       source: str = "", lines: YamlLines | None = None) -> Settings:
     """Validate a config tree. Raises ``ConfigError`` listing every problem once, with its location."""
     env = os.environ if env is None else env
     unset: list[tuple[tuple[Any, ...], str]] = []

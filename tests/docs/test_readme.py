@@ -180,8 +180,8 @@ def stop(proc: subprocess.Popen[bytes], close: bool = True) -> None:
 @pytest.fixture(scope="module")
 def routers() -> Iterator[dict[str, Any]]:
     """Each router is started on first use, by its README block, and all stop at the module's end."""
-    from tests.conftest import Node
     from speech_router.emulator.index_tts_vllm import EmulatorConfig
+    from tests.conftest import Node
 
     started: dict[str, Started] = {}
     nodes: list[Node] = []

@@ -7,8 +7,11 @@ total. A whole file's header is written at the end too, and says the same as its
 
 from __future__ import annotations
 
-from tests.integration.test_access_log import lines, only_line  # noqa: F401 - lines is a fixture
+from tests.integration import test_access_log
+from tests.integration.test_access_log import only_line
 from tests.integration.test_fanout import SPEECH, config, expected_segments, post, speech
+
+lines = test_access_log.lines  # the access log's fixture: collects its JSON lines
 
 
 def test_a_streamed_fan_out_sends_no_attempts_header_and_logs_every_segments_attempt(nodes, router, lines):
