@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 from collections.abc import Callable, Iterator
@@ -17,19 +18,16 @@ from speech_router.emulator import audio
 from speech_router.emulator.serve import ServerHandle
 from speech_router.emulator.vllm_omni import VllmOmniConfig, create_app
 from speech_router.emulator.vllm_omni_media import reference_key
+from tests.conftest import Node
 
 
-class OmniNode:
-    """An emulated vllm-omni node on 127.0.0.1: knobs, request log (path, body), uploaded voices."""
+class OmniNode(Node):
+    """An emulated vllm-omni node on 127.0.0.1: knobs, request log, uploaded voices (``app.state.voices``)."""
 
-    def __init__(self, config: VllmOmniConfig) -> None:
-        self.config = config
+    def __init__(self, config: VllmOmniConfig) -> None:  # noqa: super().__init__ would build an index-tts-vllm app
+        self.config = config  # type: ignore[assignment]
         self.app = create_app(config)
         self.server = ServerHandle(self.app)
-
-    @property
-    def url(self) -> str:
-        return self.server.url
 
     @property
     def name(self) -> str:
@@ -38,27 +36,20 @@ class OmniNode:
     @property
     def bodies(self) -> list[dict[str, Any]]:
         """Bodies of the speech requests this node got, as sent."""
-        return [body for path, body in self.app.state.emulator.requests if path == "/v1/audio/speech"]
-
-    @property
-    def served(self) -> int:
-        return int(self.app.state.emulator.served)
+        return [body for path, body in self.requests if path == "/v1/audio/speech"]
 
 
 @pytest.fixture
 def omni_nodes() -> Iterator[Callable[..., OmniNode]]:
     """Factory: ``omni_nodes(name="a", version="2.5")`` starts an emulated vllm-omni node; all stop at teardown."""
-    started: list[OmniNode] = []
+    with contextlib.ExitStack() as running:
 
-    def start(**knobs: Any) -> OmniNode:
-        node = OmniNode(VllmOmniConfig(**knobs))
-        node.server.start()
-        started.append(node)
-        return node
+        def start(**knobs: Any) -> OmniNode:
+            node = OmniNode(VllmOmniConfig(**knobs))
+            running.enter_context(node.server)  # started now, stopped when the test ends
+            return node
 
-    yield start
-    for node in started:
-        node.server.stop()
+        yield start
 
 
 def reference_wav(path: Path, seconds: float = 2.0, hz: float = 180.0) -> bytes:

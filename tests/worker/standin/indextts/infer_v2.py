@@ -74,13 +74,7 @@ class IndexTTS2:
                  use_qwen_emo=True, aux_paths=None):
         _log("init", cfg_path=cfg_path, model_dir=model_dir, use_fp16=use_fp16, device=device,
              use_cuda_kernel=use_cuda_kernel, use_torch_compile=use_torch_compile, cwd=os.getcwd())
-        if os.environ.get("STANDIN_LOAD_HANG") == "1":
-            threading.Event().wait()
-        if os.environ.get("STANDIN_FAIL_LOAD") == "1":
-            path = os.path.join(model_dir, "gpt.pth")
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
-        if not os.path.isfile(cfg_path):
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), cfg_path)
+        _load(cfg_path, model_dir)
         self.device = device or "cpu"
 
     def infer(self, spk_audio_prompt, text, output_path, emo_audio_prompt=None, emo_alpha=1.0, emo_vector=None,
@@ -108,6 +102,17 @@ class IndexTTS2:
             _log("segment", index=i, text=sentence, samples=n)
             yield Tensor(wav[np.newaxis, :])
             yield Tensor(np.zeros((1, int(RATE * interval_silence / 1000)), dtype=np.float32))
+
+
+def _load(cfg_path: str, model_dir: str) -> None:
+    """What loading does to the stand-in: the load knobs, and a missing config fails as the real one does."""
+    if os.environ.get("STANDIN_LOAD_HANG") == "1":
+        threading.Event().wait()
+    if os.environ.get("STANDIN_FAIL_LOAD") == "1":
+        path = os.path.join(model_dir, "gpt.pth")
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+    if not os.path.isfile(cfg_path):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), cfg_path)
 
 
 def _knobs(sentence: str) -> None:

@@ -8,13 +8,11 @@ only with ``use_qwen_emo=True`` (default False), so ``use_emo_text`` without it 
 
 from __future__ import annotations
 
-import errno
 import os
-import threading
 
 import numpy as np
 
-from .infer_v2 import RATE, IndexTTS2 as _IndexTTS2V2, _log
+from .infer_v2 import RATE, IndexTTS2 as _IndexTTS2V2, _load, _log
 
 
 class IndexTTS2(_IndexTTS2V2):
@@ -24,13 +22,7 @@ class IndexTTS2(_IndexTTS2V2):
         _log("init", version="2.5", cfg_path=cfg_path, model_dir=model_dir, use_bf16=use_bf16, device=device,
              use_cuda_kernel=use_cuda_kernel, use_torch_compile=use_torch_compile, use_qwen_emo=use_qwen_emo,
              cwd=os.getcwd())
-        if os.environ.get("STANDIN_LOAD_HANG") == "1":
-            threading.Event().wait()
-        if os.environ.get("STANDIN_FAIL_LOAD") == "1":
-            path = os.path.join(model_dir, "gpt.pth")
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
-        if not os.path.isfile(cfg_path):
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), cfg_path)
+        _load(cfg_path, model_dir)
         self.device = device or "cpu"
         self.qwen_emo = object() if use_qwen_emo else None
         self.model_version = 2.5
