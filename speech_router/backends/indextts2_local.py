@@ -45,7 +45,8 @@ from ..worker.checkpoint import detect
 from ..worker.supervisor import Supervisor, Ticket, WorkerSpec
 from .base import Backend, BackendContext, Capabilities
 from .index_tts_vllm import IndexTtsVllmBackend
-from .indextts25 import SPEED_RANGE_25, Version, VersionOption, duration_factor, request_lang
+from ..text.language import request_lang
+from .indextts25 import SPEED_RANGE_25, Version, VersionOption, duration_factor
 
 log = logging.getLogger(__name__)
 

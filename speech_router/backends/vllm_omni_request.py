@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 from ..errors import RequestInvalid
 from ..types import Emotion, EmotionMethod, SynthesisRequest
-from .indextts25 import Version, duration_factor, request_lang
+from ..text.language import request_lang
+from .indextts25 import Version, duration_factor
 from .vllm_omni_refs import ReferenceUnavailable, node_file_url, reference_url
 
 JsonValue = str | int | float | bool | None | list["JsonValue"] | dict[str, "JsonValue"]

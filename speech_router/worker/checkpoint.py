@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Literal
 
-from ..backends.indextts25 import Version
+#: the IndexTTS versions speech-router tells apart
+Version = Literal["2", "2.5"]
 
 #: ``version: 2.5`` (or ``"2.5"``) at the top level of config.yaml
 _VERSION_LINE = re.compile(r"""^version:\s*["']?(\d+(?:\.\d+)?)["']?\s*(?:#.*)?$""", re.MULTILINE)

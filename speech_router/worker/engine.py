@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from ..backends.indextts25 import Version, guess_lang
+from ..text.language import guess_lang
 from . import DEFAULT_WARMUP_TEXT
-from .checkpoint import detect
+from .checkpoint import Version, detect
 from .request import V25_KEYS, RequestError
 
 log = logging.getLogger(__name__)

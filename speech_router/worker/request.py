@@ -16,13 +16,15 @@ import math
 import os
 from typing import Any
 
-from ..backends.indextts25 import SPEED_RANGE_25, request_lang
 from ..errors import RequestInvalid
+from ..text.language import request_lang
 
 log = logging.getLogger(__name__)
 
 #: ``infer`` arguments only IndexTTS-2.5 has
 V25_KEYS = ("lang", "duration_factor", "text_normalization")
+#: IndexTTS-2.5's duration factors (1 / speed): twice as fast to half as fast
+DURATION_FACTOR_RANGE = (0.5, 2.0)
 EMO_VEC_LEN = 8
 EMO_VEC_MAX_SUM = 1.5  # index-tts-vllm api_server_v2.py refuses larger sums
 
@@ -71,7 +73,7 @@ def _v25_kwargs(body: dict[str, Any], text: str, version: str) -> dict[str, Any]
     factor = body.get("duration_factor", 1.0)
     if factor != 1.0:
         factor = _number(factor, "duration_factor")
-        low, high = (1 / SPEED_RANGE_25[1], 1 / SPEED_RANGE_25[0])
+        low, high = DURATION_FACTOR_RANGE
         if version != "2.5":
             raise RequestError("'duration_factor' (speed) needs IndexTTS-2.5; this worker runs IndexTTS-2")
         if not low <= factor <= high:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speech_router.backends.indextts25 import guess_lang, request_lang
+from speech_router.text.language import guess_lang, request_lang
 from speech_router.backends.vllm_omni_refs import ReferenceFiles, ReferenceUnavailable, node_file_url
 from speech_router.backends.vllm_omni_request import node_request
 from speech_router.errors import RequestInvalid
