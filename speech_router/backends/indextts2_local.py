@@ -16,7 +16,7 @@ Pool options (YAML keys next to ``type:``)::
       version: auto                 # "2" (indextts.infer_v2), "2.5" (infer_v2_5), auto: read from the checkpoint
 
 IndexTTS-2.5 adds native speed (``duration_factor = 1 / speed``, 0.5-2.0) and a language per request:
-the client's (``lang`` on the native route) or one guessed from the text (``indextts25``).
+the client's (``lang`` on the native route) or one guessed from the text (``text.language``).
 
 ``health()`` is unhealthy, with the reason, while a worker starts or loads, after a load failure
 (the worker's last output is kept) and while it restarts; the router keeps serving other pools.

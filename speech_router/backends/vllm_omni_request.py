@@ -8,7 +8,7 @@ vllm-omni drops unknown top-level keys silently, so every IndexTTS setting goes 
   ``use_emo_text`` + ``emo_text``; random -> ``use_random``; a weight other than 1 -> ``emo_alpha``;
 - speed: ``speed`` on both versions (2.5: native, 0.5-2.0, refused here first; 2.0: the node
   time-stretches the finished audio, 0.25-4.0);
-- language (2.5): ``extra_params.lang``, the client's or guessed from the text (``indextts25``);
+- language (2.5): ``extra_params.lang``, the client's or guessed from the text (``text.language``);
 - format: wav, pcm, flac and mp3 are asked from the node as the client wants them; opus (which
   libsndfile cannot write at IndexTTS's 22,050 Hz: the node answers 400) and aac (not offered)
   are asked as wav and encoded by the router.
