@@ -81,6 +81,7 @@ class ReadAhead:
         self._drained = asyncio.Event()
         self._error: BackendError | None = None
         self._finished = False
+        self._started = False
         self._task = asyncio.create_task(self._pump())
 
     def __repr__(self) -> str:
@@ -88,6 +89,7 @@ class ReadAhead:
 
     async def _pump(self) -> None:
         outcome = Outcome.CANCELLED
+        self._started = True
         try:
             async for chunk in self._response.chunks:
                 self._buffer.append(chunk)
@@ -128,3 +130,7 @@ class ReadAhead:
             self._task.cancel()
         with contextlib.suppress(BaseException):
             await self._task
+        if not self._started:  # cancelled before its first step: its cleanup never ran
+            self._finished = True
+            await close_quietly(self._response)
+            self._on_done(Outcome.CANCELLED, None)

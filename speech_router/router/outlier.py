@@ -46,31 +46,33 @@ class OutcomeWindow:
 
     def __init__(self, window: float) -> None:
         self.window = window
-        self._events: deque[tuple[float, Outcome]] = deque()
+        self._events: deque[tuple[float, float, Outcome]] = deque()  # (finished, started, outcome)
         self.failures = 0
         self.errors = 0
         self.consecutive = 0
-        #: when the current run of failures in a row began
+        #: when the first try of the current run of failures in a row started
         self.streak_since = 0.0
 
     def __repr__(self) -> str:
         return f"OutcomeWindow(tries={len(self._events)}, failures={self.failures}, consecutive={self.consecutive})"
 
-    def record(self, outcome: Outcome, now: float) -> None:
+    def record(self, outcome: Outcome, now: float, started: float | None = None) -> None:
+        """A try that started at ``started`` (default: now) ended at ``now`` with ``outcome``."""
         if outcome not in (Outcome.OK, Outcome.TIMEOUT, Outcome.ERROR):
             return
-        self._events.append((now, outcome))
+        started = now if started is None else started
+        self._events.append((now, started, outcome))
         self.failures += outcome.failure
         self.errors += outcome == Outcome.ERROR
         if outcome.failure and not self.consecutive:
-            self.streak_since = now
+            self.streak_since = started
         self.consecutive = self.consecutive + 1 if outcome.failure else 0
         self.trim(now)
 
     def trim(self, now: float) -> None:
         horizon = now - self.window
         while self._events and self._events[0][0] < horizon:
-            _, old = self._events.popleft()
+            _, _, old = self._events.popleft()
             self.failures -= old.failure
             self.errors -= old == Outcome.ERROR
 
@@ -83,9 +85,9 @@ class OutcomeWindow:
         return self.failures / len(self._events) if self._events else 0.0
 
     def since(self, start: float, now: float) -> tuple[int, float]:
-        """(tries, failure ratio) of the tries from ``start`` on."""
+        """(tries, failure ratio) of the tries that started at ``start`` or later and have ended."""
         self.trim(now)
-        recent = [o for t, o in self._events if t >= start]
+        recent = [o for _, started, o in self._events if started >= start]
         return len(recent), (sum(o.failure for o in recent) / len(recent) if recent else 0.0)
 
     def clear(self) -> None:
@@ -107,14 +109,11 @@ def judge(window: OutcomeWindow, peers: Sequence[OutcomeWindow], config: Breaker
         why, since = f"{rate:.0%} of {tries} tries failed", now - window.window
     else:
         return None
-    # the peers over the same stretch of time (all of their window if they had no tries meanwhile)
-    seen = []
-    for peer in peers:
-        count, ratio = peer.since(since, now)
-        if count == 0 and peer.tries(now):
-            ratio = peer.failure_ratio(now)
-        if count or peer.tries(now):
-            seen.append(ratio)
+    # the peers' tries started over the same stretch of time: a peer that finished none of them cannot say
+    # whether the trouble is shared (a pool slowing down together reports its first timeouts at once)
+    seen = [ratio for count, ratio in (peer.since(since, now) for peer in peers) if count]
+    if not seen and last == Outcome.ERROR:  # errors are the endpoint's own: the peers' window will do
+        seen = [peer.failure_ratio(now) for peer in peers if peer.tries(now)]
     if not seen:  # nobody to compare with: errors say something, slowness alone does not
         return why if last == Outcome.ERROR and window.errors > 0 else None
     median = statistics.median(seen)

@@ -147,7 +147,7 @@ class Pool:
                 ep.model.observe_timeout(done.chars, timeout, done.n)
             elif outcome == Outcome.OVERLOADED:
                 ep.limit.overloaded(ep.inflight + 1, now)
-        ep.window.record(outcome, now)
+        ep.window.record(outcome, now, now - done.seconds if done is not None else None)
         if outcome == Outcome.OK:
             ep.breaker.success()
         elif outcome.failure:
