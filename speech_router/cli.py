@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
 import urllib.request
@@ -118,6 +117,9 @@ def _config_errors(exc: ConfigError) -> list[str]:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from . import logs
+    from .edge import EdgeLimits, raise_open_files_limit, uvicorn_options
+
     try:
         pm, settings, app = prepare(args.config)
     except ConfigError as exc:
@@ -126,13 +128,14 @@ def _serve(args: argparse.Namespace) -> int:
     host = args.host or settings.server.host
     port = settings.server.port if args.port is None else args.port
     level = (args.log_level or settings.server.log_level).lower()
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if settings.server.access_log:  # our JSON lines replace uvicorn's access log: one line per request
-        from .api.access_log import configure_access_logger
-
-        configure_access_logger()
-    uvicorn.run(app, host=host, port=port, log_level=level, proxy_headers=False,
-                access_log=not settings.server.access_log)
+    # one handler and one format for every record (ours, uvicorn's, the access log), secrets redacted
+    logs.setup_logging(level, settings.server.log_format)
+    app.state.reloader.refresh_secrets(settings)
+    limits = EdgeLimits.from_settings(settings.server)
+    raise_open_files_limit(limits.max_connections)
+    # our JSON access lines replace uvicorn's access log: one line per request
+    uvicorn.run(app, host=host, port=port, log_level=level, log_config=None, proxy_headers=False,
+                server_header=False, access_log=not settings.server.access_log, **uvicorn_options(limits))
     return 0
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from speech_router.api.app import create_app
 from speech_router.config.loader import settings_from_dict
+from speech_router.edge import EdgeLimits, uvicorn_options
 from speech_router.plugins.manager import backend_registry, create_plugin_manager
 from speech_router.emulator.index_tts_vllm import EmulatorConfig
 from speech_router.emulator.index_tts_vllm import create_app as create_node_app
@@ -98,7 +99,9 @@ def serve_router(config: dict[str, Any], pm: Any = None, env: dict[str, str] | N
     """A real speech-router for ``config`` on 127.0.0.1, started; the caller stops it."""
     pm = pm or create_plugin_manager(load_entrypoints=False)
     settings = settings_from_dict(config, registry=backend_registry(pm), env=env or {})
-    handle = ServerHandle(create_app(settings, pm=pm, env=env))
+    # served as `speech-router serve` serves it: with the connection limits at the protocol
+    handle = ServerHandle(create_app(settings, pm=pm, env=env),
+                          options=uvicorn_options(EdgeLimits.from_settings(settings.server)))
     handle.start()
     return handle
 

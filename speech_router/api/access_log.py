@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -115,13 +114,3 @@ def _clip(value: str, limit: int) -> str:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
-
-
-def configure_access_logger(stream: Any = None) -> logging.Handler:
-    """Give ``speech_router.access`` its own handler writing just the JSON line (to stderr), unpropagated,
-    so each line is valid JSON whatever format the operator picked for the other logs."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    log.handlers[:] = [handler]
-    log.propagate = False  # its level still follows the root logger's (probes show at debug)
-    return handler

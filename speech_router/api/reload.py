@@ -22,16 +22,20 @@ from typing import Any
 from ..config.loader import load_settings
 from ..config.models import Settings
 from ..errors import ConfigError
+from ..logs import REDACTOR, configured_secrets, quiet_watchfiles
 from .auth import Authenticator
 
 log = logging.getLogger("speech_router.reload")
 
 #: server settings read once at start-up: a change is logged but needs a restart
-RESTART_ONLY = ("host", "port", "log_level", "access_log", "watch_config")
+RESTART_ONLY = ("host", "port", "log_level", "log_format", "access_log", "watch_config", "max_header_bytes",
+                "max_headers", "header_timeout", "body_timeout", "keepalive_timeout", "max_connections")
 #: sources that a reload without a file reads again (the environment may not change, but the keys file may)
 FROM_ENVIRONMENT = ("TTS_REMOTE_URL", "embedded default")
 #: the file watcher waits this long for writes to settle before reloading
 WATCH_DEBOUNCE_MS = 300
+#: SIGHUP and file changes that arrive within this many seconds of each other make one reload
+COALESCE_S = 0.5
 
 
 @dataclass
@@ -68,7 +72,10 @@ class Reloader:
         self._stop: asyncio.Event | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[Any]] = set()
+        self._queued: asyncio.Task[Any] | None = None  # a SIGHUP/file reload waiting to start (coalesces)
+        self._queued_triggers: list[str] = []
         self._sighup = False
+        self._loaded_files: bytes | None = None  # what the files held at the last load (see _fingerprint)
 
     # -- triggers -------------------------------------------------------------------------------------------
 
@@ -79,7 +86,10 @@ class Reloader:
             loop.add_signal_handler(signal.SIGHUP, self._spawn, "sighup")
             self._sighup = True
         settings: Settings = self.app.state.settings
+        self.refresh_secrets(settings)
+        self._loaded_files = self._fingerprint(settings)
         if self.config_path and settings.server.watch_config:
+            quiet_watchfiles()
             self._stop = asyncio.Event()
             self._watcher = asyncio.create_task(self._watch(Path(self.config_path)))
 
@@ -89,31 +99,70 @@ class Reloader:
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         if self._stop is not None:
             self._stop.set()
-        for task in [t for t in (self._watcher, *self._pending) if t is not None]:
+        for task in [t for t in (self._watcher, self._queued, *self._pending) if t is not None]:
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
 
+    def refresh_secrets(self, settings: Settings) -> None:
+        """Tell the log's redaction filter every secret of ``settings`` (keys, header values, URL passwords)."""
+        REDACTOR.set_secrets(configured_secrets(settings, getattr(self.app.state, "env", None)))
+
     def _spawn(self, trigger: str) -> None:
-        task = asyncio.create_task(self.reload(trigger))
+        """Reload soon; SIGHUP and file changes arriving together make one reload (the first one's trigger)."""
+        self._queued_triggers.append(trigger)
+        if self._queued is None:
+            self._queued = asyncio.create_task(self._coalesced())
+
+    async def _coalesced(self) -> None:
+        await asyncio.sleep(COALESCE_S)
+        triggers, self._queued_triggers, self._queued = self._queued_triggers, [], None
+        if set(triggers) == {"file"} and self._fingerprint(self.app.state.settings) == self._loaded_files:
+            log.debug("config files touched but unchanged: no reload")
+            return
+        task = asyncio.create_task(self.reload(triggers[0]))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+        await task
+
+    def _watched(self, settings: Settings) -> list[Path]:
+        files = [Path(self.config_path)] if self.config_path else []
+        if settings.server.auth.keys_file:
+            files.append(Path(settings.server.auth.keys_file))
+        return files
+
+    def _fingerprint(self, settings: Settings) -> bytes:
+        """The bytes of the config file and the keys file (what a file-triggered reload would read)."""
+        parts = []
+        for path in self._watched(settings):
+            try:
+                parts.append(path.read_bytes())
+            except OSError as exc:
+                parts.append(f"unreadable: {exc.errno}".encode())
+        return b"\0".join(parts)
 
     async def _watch(self, path: Path) -> None:
-        """Watch the file's directory: editors and Kubernetes ConfigMaps replace files (rename, symlink swap)."""
+        """Watch the files' directories, not the files: editors and Kubernetes ConfigMaps replace files (rename,
+        symlink swap). Only changes to the config file, the keys file or a ConfigMap's ``..data`` count."""
         from watchfiles import awatch
 
-        target = path.resolve()
-        directory = path.parent
         log.info("watching %s for changes", path)
+
+        def relevant(_change: Any, changed: str) -> bool:
+            p = Path(changed)
+            return p.name.startswith("..") or any(
+                p == f or p.name == f.name and p.parent == f.parent or _same_file(p, f.resolve())
+                for f in self._watched(self.app.state.settings))
+
         try:
-            async for changes in awatch(directory, stop_event=self._stop, debounce=WATCH_DEBOUNCE_MS,
-                                        recursive=False):
-                touched = {Path(p) for _, p in changes}
-                if any(p == path or p.name.startswith("..") or _same_file(p, target) for p in touched) \
-                        or path.resolve() != target:
-                    target = path.resolve()
-                    await self.reload("file")
+            while not self._stop.is_set():  # type: ignore[union-attr]
+                files = self._watched(self.app.state.settings)
+                directories = sorted({str(f.parent) for f in files})
+                async for _changes in awatch(*directories, stop_event=self._stop, debounce=WATCH_DEBOUNCE_MS,
+                                             recursive=False, watch_filter=relevant):
+                    self._spawn("file")
+                    if self._watched(self.app.state.settings) != files:
+                        break  # the keys file moved: watch its new directory
         except Exception:  # noqa: BLE001 - a broken watcher must not take the router down
             log.exception("config file watcher stopped; SIGHUP and POST /admin/reload still reload")
 
@@ -135,6 +184,8 @@ class Reloader:
         if self.config_path is None and old.source not in FROM_ENVIRONMENT:
             return ReloadResult("invalid", trigger, errors=[
                 "this router was started with settings given in code: there is no file to reload from"])
+        # read before loading: a change made while loading still differs and triggers the next reload
+        self._loaded_files = await asyncio.to_thread(self._fingerprint, old)
         try:
             new = await asyncio.to_thread(load_settings, self.config_path, registry=state.registry,
                                           env=getattr(state, "env", None))
@@ -173,6 +224,7 @@ class Reloader:
         auth.inherit_rate_limits(state.auth)
         state.auth = auth
         state.settings = new
+        self.refresh_secrets(new)
         state.metrics.config_loaded_timestamp.set(time.time())
         for callback in self.on_applied:
             result = callback(old, new)

@@ -76,7 +76,16 @@ class ServerConfig(_Strict):
     port: int = Field(DEFAULT_PORT, ge=0, le=65535)
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, gt=0)
     max_text_chars: int = Field(DEFAULT_MAX_TEXT_CHARS, gt=0)
+    # connection limits, enforced by the HTTP server before any handler runs (docs/limits.md)
+    max_header_bytes: int = Field(16 * 1024, ge=1024, description="request line and headers; beyond it 431")
+    max_headers: int = Field(100, ge=8, description="header fields per request; beyond it 431")
+    header_timeout: float = Field(10.0, gt=0, description="seconds for a request's head to arrive; beyond it 408")
+    body_timeout: float = Field(30.0, gt=0, description="seconds for a request's body to arrive; beyond it 408")
+    keepalive_timeout: float = Field(75.0, gt=0, description="seconds an idle kept-alive connection stays open")
+    max_connections: int = Field(1000, ge=1, description="open client connections; one more is answered 503")
     log_level: str = "info"
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="auto: JSON lines when stderr is not a terminal, plain text on a terminal")
     priority_header: str = Field("x-priority", description="request header choosing interactive or batch")
     deadline_header: str = Field(
         "x-request-timeout", description="request header with the seconds a client will wait; it can only "

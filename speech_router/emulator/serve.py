@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -42,10 +43,12 @@ class _ThreadServer(uvicorn.Server):
 class ServerHandle:
     """One server in a thread: `.url`, `.port`, `.start()`, `.stop()`, `.restart()`."""
 
-    def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0,
+                 options: dict[str, Any] | None = None) -> None:
         self.app = app
         self.host = host
         self.port = port  # 0 until the first start picks a free port; then kept for restarts
+        self.options = options or {}  # more uvicorn.Config arguments (the router's edge limits)
         self._server: _ThreadServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -72,6 +75,7 @@ class ServerHandle:
             log_level="warning",
             ws="none",
             timeout_graceful_shutdown=GRACEFUL_TIMEOUT_S,
+            **self.options,
         )
         server = _ThreadServer(config)
         thread = threading.Thread(target=server.run, name=f"emulator:{self.port}", daemon=True)

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from speech_router.api.access_log import configure_access_logger
 from tests.client import call
 from tests.conftest import fleet_config, serve_router
 from tests.integration.test_auth import ALICE, SPEECH
@@ -166,35 +165,31 @@ def test_no_lines_when_the_access_log_is_off(fleet, lines):
     assert lines.for_request(reply.headers["x-request-id"], timeout=0.3) == []
 
 
-def test_serve_gives_the_access_logger_its_own_bare_json_handler():
-    logger = logging.getLogger("speech_router.access")
-    saved = logger.handlers[:], logger.propagate
-    stream = io.StringIO()
-    try:
-        configure_access_logger(stream)
-        logger.warning('{"a": 1}')
-    finally:
-        logger.handlers[:], logger.propagate = saved
-    assert stream.getvalue() == '{"a": 1}\n'
-
-
 @pytest.mark.parametrize("access_log", [True, False])
 def test_serve_turns_uvicorns_access_log_off_when_ours_is_on(tmp_path, monkeypatch, access_log):
+    """Ours or uvicorn's, never both; either way the line goes to the one root handler, in its format."""
     import uvicorn
 
+    from speech_router import logs
     from speech_router.cli import main
 
     config = tmp_path / "router.yaml"
     config.write_text(f"pools: {{cpu: {{type: espeak}}}}\nmodels: {{m: [cpu]}}\n"
-                      f"server: {{access_log: {str(access_log).lower()}}}\n")
+                      f"server: {{access_log: {str(access_log).lower()}, log_format: json}}\n")
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append(kwargs))
-    logger = logging.getLogger("speech_router.access")
-    saved = logger.handlers[:], logger.propagate
+    stream = io.StringIO()
+    setup = logs.setup_logging
+    monkeypatch.setattr(logs, "setup_logging", lambda level, fmt: setup(level, fmt, stream=stream))
+    root, access = logging.getLogger(), logging.getLogger("speech_router.access")
+    saved = root.handlers[:], root.level, access.handlers[:], access.propagate
     try:
         assert main(["serve", "--config", str(config), "--port", "0"]) == 0
-        bare_json = logger.propagate is False and len(logger.handlers) == 1
+        access.info(json.dumps({"ts": "t", "request_id": "r1", "status": 200}))
     finally:
-        logger.handlers[:], logger.propagate = saved
+        root.handlers[:], access.handlers[:], access.propagate = saved[0], saved[2], saved[3]
+        root.setLevel(saved[1])
     assert calls[0]["access_log"] is (not access_log)
-    assert bare_json is access_log
+    assert calls[0]["log_config"] is None  # uvicorn's records keep our handler and format
+    assert json.loads(stream.getvalue().splitlines()[-1]) == {
+        "ts": "t", "level": "info", "logger": "speech_router.access", "request_id": "r1", "status": 200}

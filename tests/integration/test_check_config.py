@@ -8,7 +8,6 @@ ConfigMap's. Both commands run in-process through ``speech_router.cli.main``, as
 
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -46,8 +45,7 @@ def listened(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """``serve`` runs for real up to the point where it would listen; that call is recorded instead."""
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append({"app": app, **kw}))
-    monkeypatch.setattr(logging, "basicConfig", lambda **kw: None)  # the test run's logging stays as it is
-    monkeypatch.setattr("speech_router.api.access_log.configure_access_logger", lambda: None)
+    monkeypatch.setattr("speech_router.logs.setup_logging", lambda *a, **kw: None)  # the test run's logging stays
     return calls
 
 

@@ -1,0 +1,303 @@
+"""The HTTP edge: uvicorn with connection limits enforced in its protocol, before any handler runs.
+
+uvicorn's default HTTP implementation (httptools) accepts request heads of any size and any number of
+headers (httptools concatenates a header value in memory until it ends), and it has no header, body or
+first-request timeout: only ``timeout_keep_alive`` between two requests of one connection. Its
+``limit_concurrency`` answers 503 only once a request's head is complete, so connections that never
+finish their head are all kept. ``bench/edge_limits.py`` measures this (bench/README.md).
+
+``LimitedHttpToolsProtocol`` keeps uvicorn's parser and request cycle and adds, per connection:
+
+- ``max_header_bytes``: the request line and headers together; beyond it 431 and the connection closes.
+  Counted as bytes arrive, so a header that never ends costs at most the limit plus one socket read;
+- ``max_headers``: header fields per request; beyond it 431 (extra fields are not even stored);
+- ``header_timeout``: from a connection's start (or a kept-alive request's first byte) to the end of the
+  head; beyond it 408 (or a silent close when not a byte of a request came);
+- ``body_timeout``: from the end of the head to the end of the body; beyond it 408 when no response started;
+- ``keepalive_timeout``: idle time between two requests of one connection (uvicorn's own timer);
+- ``max_connections``: open connections; one more is answered 503 and closed at once.
+
+The body size itself (``max_body_bytes``) is refused by the app before a handler reads it (413), and
+uvicorn buffers at most 64 KiB of body per connection before it stops reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import resource
+import time
+from dataclasses import dataclass
+from typing import Any
+
+
+log = logging.getLogger("speech_router.edge")
+
+#: how often a repeated refusal (same reason) is logged at most; the others are counted into the next line
+REFUSAL_LOG_INTERVAL_S = 10.0
+
+
+@dataclass(frozen=True)
+class EdgeLimits:
+    """What one connection may cost; ``ServerConfig`` holds the configured values."""
+
+    max_header_bytes: int = 16 * 1024
+    max_headers: int = 100
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keepalive_timeout: float = 75.0
+    max_connections: int = 1000
+
+    @classmethod
+    def from_settings(cls, server: Any) -> EdgeLimits:
+        return cls(max_header_bytes=server.max_header_bytes, max_headers=server.max_headers,
+                   header_timeout=server.header_timeout, body_timeout=server.body_timeout,
+                   keepalive_timeout=server.keepalive_timeout, max_connections=server.max_connections)
+
+
+class _Refusals:
+    """Logs a refusal reason at most once per interval, with how many happened since the last line."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._count: dict[str, int] = {}
+
+    def note(self, reason: str, message: str) -> None:
+        now = time.monotonic()
+        self._count[reason] = self._count.get(reason, 0) + 1
+        if now - self._last.get(reason, -REFUSAL_LOG_INTERVAL_S) >= REFUSAL_LOG_INTERVAL_S:
+            count, self._count[reason] = self._count[reason], 0
+            self._last[reason] = now
+            log.warning("%s (%d since the last such line)", message, count)
+
+
+REFUSALS = _Refusals()
+
+_REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large", 503: "Service Unavailable"}
+
+
+def error_bytes(status: int, message: str, code: str, path: str | None = None) -> bytes:
+    """A whole HTTP/1.1 response that closes the connection, in the route's error shape."""
+    if path == "/tts_url":
+        body: dict[str, Any] = {"status": "error", "error": message}
+    else:
+        kind = "server_error" if status >= 500 else "invalid_request_error"
+        body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    data = json.dumps(body, separators=(",", ":")).encode()
+    extra = b"retry-after: 1\r\n" if status == 503 else b""
+    return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n"
+            b"%s\r\n" % (status, _REASONS[status].encode(), len(data), extra)) + data
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing a request that broke a limit (already answered)."""
+
+
+try:
+    import httptools
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # no httptools (PyPy, exotic platforms): see uvicorn_config
+    HttpToolsProtocol = None  # type: ignore[assignment,misc]
+
+
+if HttpToolsProtocol is not None:
+
+    class LimitedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc,valid-type]
+        """uvicorn's httptools protocol with ``EdgeLimits`` (set by ``protocol_class``)."""
+
+        limits: EdgeLimits = EdgeLimits()
+
+        # -- connection ------------------------------------------------------------------------------------
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            self._refused = False
+            self._closing = False
+            self._timer: asyncio.TimerHandle | None = None
+            self._in_head = False  # a request's head has started and is not complete
+            self._in_body = False  # its head is complete and its body is not
+            self._head_seen = 0  # bytes received while in the head
+            self._fields = 0
+            self._field_bytes = 0
+            if len(self.connections) >= self.limits.max_connections:
+                self._refused = True
+                self.transport = transport
+                REFUSALS.note("connections", f"refused a connection: {self.limits.max_connections} open "
+                                             "(server.max_connections)")
+                transport.write(error_bytes(503, "Too many open connections; try again shortly.",
+                                            "too_many_connections"))
+                transport.close()
+                return
+            super().connection_made(transport)
+            # the first request's head must arrive within header_timeout, counted from the connection's start
+            self._arm(self.limits.header_timeout, self._head_timed_out)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            if self._refused:
+                return
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if self._refused or self._closing:
+                return
+            self._unset_keepalive_if_required()
+            if not self._in_head and not self._in_body:  # the first byte of a request (or of a kept-alive one)
+                self._in_head, self._head_seen, self._fields, self._field_bytes = True, 0, 0, 0
+                if self._timer is None:
+                    self._arm(self.limits.header_timeout, self._head_timed_out)
+            started_in_head = self._in_head
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade:
+                if self._should_upgrade():
+                    self.handle_websocket_upgrade()
+                else:
+                    self._unsupported_upgrade_warning()
+                return
+            except httptools.HttpParserError:
+                if self._closing:  # a callback refused the request (see _refuse) and answered it
+                    return
+                msg = "Invalid HTTP request received."
+                self.logger.warning(msg)
+                self._disarm()
+                self.send_400_response(msg)
+                return
+            if started_in_head and self._in_head:  # still no end of head: everything so far was head
+                self._head_seen += len(data)
+                if self._head_seen > self.limits.max_header_bytes:
+                    self._refuse(431, f"Request headers are over the {self.limits.max_header_bytes} byte limit.",
+                                 "header_too_large", reason="header_bytes")
+
+        # -- parser callbacks ------------------------------------------------------------------------------
+
+        def on_message_begin(self) -> None:
+            self._in_head, self._in_body = True, False
+            self._fields = self._field_bytes = 0
+            super().on_message_begin()
+
+        def on_url(self, url: bytes) -> None:
+            self._field_bytes += len(url)
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._fields += 1
+            self._field_bytes += len(name) + len(value) + 4
+            if self._fields <= self.limits.max_headers:  # beyond it nothing more is kept
+                super().on_header(name, value)
+
+        def on_headers_complete(self) -> None:
+            self._in_head, self._in_body = False, True
+            self._disarm()
+            if self._fields > self.limits.max_headers:
+                self._refuse(431, f"Too many request headers: over the limit of {self.limits.max_headers}.",
+                             "too_many_headers", reason="header_count")
+                raise _Refused  # stops the parser: the app never sees this request
+            if self._field_bytes > self.limits.max_header_bytes:
+                self._refuse(431, f"Request headers are over the {self.limits.max_header_bytes} byte limit.",
+                             "header_too_large", reason="header_bytes")
+                raise _Refused
+            self._arm(self.limits.body_timeout, self._body_timed_out)
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self._in_body = False
+            self._disarm()
+            super().on_message_complete()
+            cycle = self.cycle
+            if cycle is not None and cycle.response_complete and self.timeout_keep_alive_task is None \
+                    and not self.transport.is_closing():  # answered before its body ended: now idle
+                self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
+                                                                    self.timeout_keep_alive_handler)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()  # arms uvicorn's keep-alive timer when the connection stays
+            if self._in_body and self._timer is None and not self.transport.is_closing():
+                self._arm(self.limits.body_timeout, self._body_timed_out)  # an unread body still has its limit
+
+        # -- limits ----------------------------------------------------------------------------------------
+
+        def _arm(self, seconds: float, callback: Any) -> None:
+            self._disarm()
+            self._timer = self.loop.call_later(seconds, callback)
+
+        def _disarm(self) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+        def _path(self) -> str | None:
+            url = getattr(self, "url", b"") or b""
+            return url.split(b"?", 1)[0].decode("latin-1") or None
+
+        def _refuse(self, status: int, message: str, code: str, *, reason: str) -> None:
+            """Answer ``status`` (unless a response already started) and close; the app's cycle ends."""
+            self._closing = True
+            self._disarm()
+            cycle = self.cycle
+            started = cycle is not None and not cycle.response_complete and cycle.response_started
+            if cycle is not None and not cycle.response_complete:
+                cycle.disconnected = True  # the app's receive() now says http.disconnect; its sends are dropped
+                cycle.message_event.set()
+            client = "%s:%d" % self.client if self.client else "?"
+            REFUSALS.note(reason, f"refused a request from {client}: {status} {_REASONS[status]}: {message}")
+            if not self.transport.is_closing():
+                if not started:
+                    self.transport.write(error_bytes(status, message, code, self._path()))
+                self.transport.close()
+
+        def _head_timed_out(self) -> None:
+            self._timer = None
+            if self._in_head:
+                self._refuse(408, f"The request head did not arrive within {self.limits.header_timeout:g} s.",
+                             "request_timeout", reason="header_timeout")
+            elif not self.transport.is_closing():  # not a byte of a request: just close, as on keep-alive
+                self._closing = True
+                self.transport.close()
+
+        def _body_timed_out(self) -> None:
+            self._timer = None
+            self._refuse(408, f"The request body did not arrive within {self.limits.body_timeout:g} s.",
+                         "request_timeout", reason="body_timeout")
+
+else:  # pragma: no cover - httptools is part of uvicorn[standard]
+    LimitedHttpToolsProtocol = None  # type: ignore[assignment,misc]
+
+
+def protocol_class(limits: EdgeLimits) -> type[Any]:
+    """The protocol class uvicorn instantiates per connection, bound to ``limits``."""
+    if LimitedHttpToolsProtocol is None:  # pragma: no cover
+        raise RuntimeError("httptools is not installed")
+    return type("LimitedHttpToolsProtocol", (LimitedHttpToolsProtocol,), {"limits": limits})
+
+
+def uvicorn_options(limits: EdgeLimits) -> dict[str, Any]:
+    """``uvicorn.Config`` keyword arguments that enforce ``limits`` at the protocol.
+
+    Without httptools, uvicorn's h11 protocol bounds the head size (``h11_max_incomplete_event_size``,
+    answered 400) and the idle keep-alive; the other limits then do not apply, and a warning says so.
+    """
+    options: dict[str, Any] = {"timeout_keep_alive": limits.keepalive_timeout,
+                               "backlog": min(2048, max(128, limits.max_connections))}
+    if LimitedHttpToolsProtocol is not None:
+        options["http"] = protocol_class(limits)
+    else:  # pragma: no cover
+        log.warning("httptools is not installed: only the header size and keep-alive limits apply (uvicorn h11)")
+        options.update(http="h11", h11_max_incomplete_event_size=limits.max_header_bytes)
+    return options
+
+
+def raise_open_files_limit(connections: int) -> None:
+    """Let the process hold ``connections`` client sockets plus its own (node connections, files)."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = connections + 512
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+            if new > soft:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            if new < wanted:
+                log.warning("open files limit %d is below server.max_connections + 512 (%d): connections past it "
+                            "fail to be accepted", new, wanted)
+    except (ValueError, OSError) as exc:  # pragma: no cover - platform-specific
+        log.warning("could not raise the open files limit: %s", exc)
