@@ -160,6 +160,10 @@ class BalancerConfig(_Strict):
     slow_start: float = Field(10.0, ge=0, description="seconds over which a new or recovered endpoint's cap on "
                                                       "requests in flight ramps from 1 to its limit")
     latency_half_life: float = Field(30.0, gt=0, description="seconds after which a latency sample counts half")
+    adaptive_concurrency: bool = Field(True, description="learn each endpoint's useful concurrency from how its "
+                                                         "latency grows with it (max_concurrency stays the bound)")
+    voice_affinity: bool = Field(True, description="prefer the endpoint that served the voice lately when it is "
+                                                   "about as quick and less than half full (nodes cache speakers)")
 
 
 class QueueConfig(_Strict):
@@ -172,8 +176,6 @@ class QueueConfig(_Strict):
                                                                       "waited this long gets 503")
 
 
-    adaptive_concurrency: bool = Field(True, description="learn each endpoint's useful concurrency from how its "
-                                                         "latency grows with it (max_concurrency stays the bound)")
 class RetryConfig(_Strict):
     """Retries on another endpoint of the same pool, bounded by attempts, deadline and a budget."""
 

@@ -60,6 +60,14 @@ class Dispatched:
     errors: list[str] = field(default_factory=list)
 
 
+def affinity_key(request: SynthesisRequest) -> str | None:
+    """What identifies the request's voice for voice affinity: its name, or the drop-in's reference path."""
+    if request.passthrough is not None:
+        path = request.passthrough.get("spk_audio_path")
+        return path if isinstance(path, str) else None
+    return request.voice
+
+
 def classify(exc: BackendError) -> Outcome:
     """What a backend's error says about the endpoint."""
     if isinstance(exc, BackendTimeout):
@@ -144,7 +152,7 @@ class AttemptLoop:
             remaining = deadline - self.clock()
             if remaining <= 0:
                 raise DeadlineExceeded(f"model {request.model!r}: no answer within the request deadline")
-            ticket = Ticket(chars, priority, frozenset(tried), last_pool, remaining)
+            ticket = Ticket(chars, priority, frozenset(tried), last_pool, remaining, affinity=affinity_key(request))
             try:
                 lease = await pool.acquire(ticket)
             except Unavailable as exc:

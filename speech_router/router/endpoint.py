@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,6 +18,8 @@ from .model import EndpointModel
 from .outlier import OutcomeWindow
 
 _tokens = itertools.count()
+#: how many of its latest voices an endpoint remembers for voice affinity
+RECENT_VOICES = 16
 
 
 @dataclass
@@ -58,6 +61,10 @@ class Endpoint:
         self.limit = ConcurrencyLimit(max_concurrency, adaptive=balancer.adaptive_concurrency,
                                       slow_start=balancer.slow_start)
         self.running: dict[int, Running] = {}
+        #: requests on the node from elsewhere (other router replicas), as last read from the node's own load
+        self.external = 0
+        #: voices it served lately, newest last (voice affinity: its speaker conditioning may be cached)
+        self.recent_voices: deque[str] = deque(maxlen=RECENT_VOICES)
         #: None until the first health check; unknown counts as healthy so a fresh router can serve
         self.healthy: bool | None = None
         self.detail = ""
@@ -87,6 +94,11 @@ class Endpoint:
         return len(self.running)
 
     @property
+    def busy(self) -> int:
+        """Requests on the node now: the router's own, plus those of others when the node reports its load."""
+        return len(self.running) + self.external
+
+    @property
     def available(self) -> bool:
         """Healthy as far as active checks know (the breaker is separate)."""
         return self.healthy is not False
@@ -103,7 +115,7 @@ class Endpoint:
 
     @property
     def has_capacity(self) -> bool:
-        return self.inflight < self.cap()
+        return self.busy < self.cap()
 
     # -- health ---------------------------------------------------------------------------------------------
 
@@ -139,10 +151,14 @@ class Endpoint:
 
     # -- slots ----------------------------------------------------------------------------------------------
 
-    def start(self, chars: int) -> int:
+    def start(self, chars: int, voice: str | None = None) -> int:
         """Take a slot for a text of ``chars`` characters; returns the token to give back."""
         token = next(_tokens)
-        self.running[token] = Running(self.clock(), chars, self.inflight + 1)
+        self.running[token] = Running(self.clock(), chars, self.busy + 1)
+        if voice is not None:
+            if voice in self.recent_voices:
+                self.recent_voices.remove(voice)
+            self.recent_voices.append(voice)
         return token
 
     def finish(self, token: int) -> Finished | None:
@@ -177,6 +193,7 @@ class Endpoint:
         return {
             "name": self.name, "pool": self.pool, "type": self.backend.type, "url": url, "state": self.state,
             "healthy": self.available, "draining": self.draining, "detail": self.detail, "inflight": self.inflight,
+            **({"external": self.external} if self.external else {}),
             "max_concurrency": self.max_concurrency, "concurrency_limit": self.limit.learned(self.model, now),
             "cap": self.cap(), "weight": self.weight, "served": self.served,
             "breaker": {"state": breaker.state.value, "trips": breaker.trips, "reason": breaker.reason or None,

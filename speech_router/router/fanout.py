@@ -37,8 +37,9 @@ from .pool import Pool
 if TYPE_CHECKING:
     from .dispatch import Router
 
-#: backend types that work through long text one segment at a time: fan-out is on by default for them
-SEGMENTING_TYPES = frozenset({"index-tts-vllm", "indextts2-local"})
+#: backend types that work through long text one segment at a time (and IndexTTS-2.5 behind vllm-omni, which
+#: squeezes or garbles single requests past ~1500 mel codes): fan-out is on by default for them
+SEGMENTING_TYPES = frozenset({"index-tts-vllm", "indextts2-local", "vllm-omni"})
 #: the rate raw PCM is assumed to have when a backend does not say (OpenAI's)
 DEFAULT_PCM_RATE = 24000
 

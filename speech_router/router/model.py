@@ -103,6 +103,8 @@ class EndpointModel:
 
     def observe(self, chars: int, seconds: float, n: int, now: float) -> None:
         """A completed try: ``seconds`` from start to the last byte; ``n`` in flight when it started."""
+        if seconds <= 0:  # no time at all says nothing (a clock that did not move)
+            return
         base = self.shape.predict(chars)
         if base is not None and base > 0 and seconds > 0:
             for i, level in enumerate(self._levels):

@@ -8,7 +8,8 @@ For a request of ``chars`` characters the scheduler compares, with the endpoints
   its turn gets), plus the time on that endpoint.
 
 It takes the cheapest free endpoint unless waiting is expected to finish sooner; ties go to the least
-busy. Weights divide the expected time (weight 2 looks twice as fast). An endpoint with no history is
+busy. Voice affinity: an endpoint that served the request's voice lately (its speaker conditioning is
+likely cached) is preferred while it is about as quick as the best and less than half full. Weights divide the expected time (weight 2 looks twice as fast). An endpoint with no history is
 given the pool's median estimate, so a new node is explored, not avoided. Before anything is learned
 it is weighted least-outstanding and never waits while a slot is free.
 
@@ -43,6 +44,9 @@ PRIORITIES = ("interactive", "batch")
 TIE_TOLERANCE = 0.05
 #: the least remaining time assumed for a request already past its estimate, as a share of that estimate
 OVERRUN_SHARE = 0.1
+#: voice affinity: the endpoint that served the voice lately is preferred while this close to the quickest
+#: (expected time within this factor) and less than half full, so one popular voice cannot pin a node
+AFFINITY_TOLERANCE = 1.2
 
 
 @dataclass(eq=False)
@@ -73,6 +77,8 @@ class Ticket:
     #: the longest it may wait, in seconds (queue timeout or what is left of its deadline)
     limit: float = math.inf
     arrived: float = 0.0
+    #: the voice (a key of its reference): endpoints that served it lately may have it cached
+    affinity: str | None = None
     lease: Lease | None = None
     #: called once the ticket gets a slot (None: its pool was retired and it must go elsewhere)
     on_placed: Callable[[Lease | None], None] | None = None
@@ -170,10 +176,10 @@ class Scheduler:
         slots = []
         for ep in view.candidates:
             cap = ep.cap()
-            if ep.inflight < cap:
+            if ep.busy < cap:
                 continue
             remaining = self._remaining(ep, view)
-            slots += [(t, ep) for t in remaining[ep.inflight - cap:]]
+            slots += [(t, ep) for t in remaining[max(0, min(len(remaining) - 1, ep.busy - cap)):]]
         return sorted(slots, key=lambda s: s[0])
 
     # -- deciding -------------------------------------------------------------------------------------------
@@ -193,15 +199,15 @@ class Scheduler:
 
     def decide(self, ticket: Ticket, ahead: int, view: _View) -> tuple[Endpoint | None, bool, float | None]:
         """(endpoint to take now or None, whether it is a probe above its limit, expected wait when waiting)."""
-        free = [ep for ep in view.candidates if ep.inflight < ep.cap()]
+        free = [ep for ep in view.candidates if ep.busy < ep.cap()]
         policy = self.config.balancer.policy
         if policy != "latency":
             return self._baseline(policy, free), False, None
         if view.prior(ticket.chars, None) is None:
             # nothing learned yet: weighted least-outstanding, never waiting while a slot is free
-            return (min(free, key=lambda ep: ((ep.inflight + 1) / ep.weight, ep.picks / ep.weight)) if free
+            return (min(free, key=lambda ep: ((ep.busy + 1) / ep.weight, ep.picks / ep.weight)) if free
                     else None), False, None
-        best, best_cost = self._best_free(free, ticket.chars, view)
+        best, best_cost = self._best_free(free, ticket.chars, view, self._affinity(ticket))
         wait_cost, wait = self._waiting(ticket.chars, ahead, view)
         if best is not None and best_cost <= wait_cost * (1 + TIE_TOLERANCE):
             return best, False, None
@@ -210,18 +216,28 @@ class Scheduler:
             return probe, True, None
         return None, False, wait
 
-    def _best_free(self, free: list[Endpoint], chars: int, view: _View) -> tuple[Endpoint | None, float]:
+    def _best_free(self, free: list[Endpoint], chars: int, view: _View,
+                   affinity: str | None = None) -> tuple[Endpoint | None, float]:
         if not free:
             return None, math.inf
-        costs = {ep.name: self._cost(ep, chars, ep.inflight + 1, view) for ep in free}
+        costs = {ep.name: self._cost(ep, chars, ep.busy + 1, view) for ep in free}
         low = min(costs.values())
+        if affinity is not None:  # the voice's last endpoint, if it is about as quick and not crowded
+            warm = [ep for ep in free if affinity in ep.recent_voices and costs[ep.name] <= low * AFFINITY_TOLERANCE
+                    and ep.busy < max(1, ep.cap() // 2)]
+            if warm:
+                best = max(warm, key=lambda ep: ep.recent_voices.index(affinity))
+                return best, costs[best.name]
         near = [ep for ep in free if costs[ep.name] <= low * (1 + TIE_TOLERANCE) + 1e-9]
         # near-ties go to the least busy, then the least picked for its weight: equal endpoints share light
         # traffic and keep their estimates fresh
-        least = min((ep.inflight / ep.cap(), ep.picks / ep.weight) for ep in near)
-        tied = [ep for ep in near if (ep.inflight / ep.cap(), ep.picks / ep.weight) == least]
+        least = min((ep.busy / ep.cap(), ep.picks / ep.weight) for ep in near)
+        tied = [ep for ep in near if (ep.busy / ep.cap(), ep.picks / ep.weight) == least]
         best = tied[0] if len(tied) == 1 else self.rng.choice(tied)
         return best, costs[best.name]
+
+    def _affinity(self, ticket: Ticket) -> str | None:
+        return ticket.affinity if self.config.balancer.voice_affinity else None
 
     def _waiting(self, chars: int, ahead: int, view: _View) -> tuple[float, float | None]:
         """(expected cost of waiting for a slot with ``ahead`` requests queued in front, expected wait)."""
@@ -241,12 +257,12 @@ class Scheduler:
 
     def _probe(self, view: _View, chars: int, wait_cost: float) -> Endpoint | None:
         """An endpoint at its learned limit that may take one more now to re-measure its curve."""
-        options = [ep for ep in view.candidates if ep.inflight == ep.cap() and ep.breaker.state == BreakerState.CLOSED
+        options = [ep for ep in view.candidates if ep.busy == ep.cap() and ep.breaker.state == BreakerState.CLOSED
                    and ep.limit.may_probe(ep.model, view.now)]
         if not options:
             return None
-        ep = min(options, key=lambda e: self._cost(e, chars, e.inflight + 1, view))
-        return ep if self._cost(ep, chars, ep.inflight + 1, view) <= wait_cost * (1 + TIE_TOLERANCE) else None
+        ep = min(options, key=lambda e: self._cost(e, chars, e.busy + 1, view))
+        return ep if self._cost(ep, chars, ep.busy + 1, view) <= wait_cost * (1 + TIE_TOLERANCE) else None
 
     def _baseline(self, policy: str, free: list[Endpoint]) -> Endpoint | None:
         """The plain policies other proxies use: kept for comparison in bench/."""
@@ -256,7 +272,7 @@ class Scheduler:
             self._rr = (self._rr + 1) % len(self.endpoints)
             order = self.endpoints[self._rr:] + self.endpoints[:self._rr]
             return next(ep for ep in order if ep in free)
-        return min(free, key=lambda ep: ((ep.inflight + 1) / ep.weight, ep.picks / ep.weight))
+        return min(free, key=lambda ep: ((ep.busy + 1) / ep.weight, ep.picks / ep.weight))
 
     # -- placing --------------------------------------------------------------------------------------------
 
@@ -299,8 +315,8 @@ class Scheduler:
         view = self._view(ticket)
         if view.panic:
             return None
-        free = [ep for ep in view.candidates if ep.inflight < ep.cap()]
-        ep, _ = self._best_free(free, ticket.chars, view)
+        free = [ep for ep in view.candidates if ep.busy < ep.cap()]
+        ep, _ = self._best_free(free, ticket.chars, view, self._affinity(ticket))
         if ep is None or not ep.breaker.allow():
             return None
         return self._lease(ticket, ep, view, False)
@@ -348,14 +364,14 @@ class Scheduler:
         if not rotation:  # panic mode may use what is there
             return any(not ep.draining for ep in self.endpoints)
         now = self.clock()
-        return any(ep.inflight < ep.cap() or ep.limit.may_probe(ep.model, now) for ep in rotation)
+        return any(ep.busy < ep.cap() or ep.limit.may_probe(ep.model, now) for ep in rotation)
 
     def _lease(self, ticket: Ticket, ep: Endpoint, view: _View, probe: bool) -> Lease:
         if probe:
             ep.limit.probed(view.now)
-        predicted = self.predict(ep, ticket.chars, ep.inflight + 1, view)
+        predicted = self.predict(ep, ticket.chars, ep.busy + 1, view)
         ep.picks += 1
-        lease = Lease(ep, ep.start(ticket.chars), predicted, queued=view.now - ticket.arrived, panic=view.panic,
+        lease = Lease(ep, ep.start(ticket.chars, ticket.affinity), predicted, queued=view.now - ticket.arrived, panic=view.panic,
                       probe=ep.breaker.state == BreakerState.HALF_OPEN, priority=PRIORITIES[self._rank(ticket)])
         ticket.lease = lease
         self.listener.picked(self.pool, ep, lease)

@@ -6,6 +6,7 @@ import pytest
 
 from speech_router.errors import NoHealthyEndpoint, QueueFull
 from speech_router.router.breaker import BreakerState
+from speech_router.router.outlier import Outcome
 from speech_router.router.scheduler import Ticket
 from tests.unit.fleetsim import Sim, SimNode, teach
 
@@ -183,3 +184,20 @@ def test_no_endpoint_outside_the_exclusions_is_no_healthy_endpoint():
     sim = Sim([SimNode("a"), SimNode("b")])
     with pytest.raises(NoHealthyEndpoint):
         sim.pool.scheduler.submit(Ticket(10, exclude=frozenset({"a", "b"})))
+
+
+def test_a_voice_goes_back_to_the_endpoint_that_served_it_while_that_is_about_as_quick_and_not_crowded():
+    sim = Sim([SimNode("a", slots=4), SimNode("b", slots=4)], max_concurrency=4)
+    for ep in sim.pool.endpoints:
+        teach(ep, 0.002)
+    scheduler = sim.pool.scheduler
+    first = scheduler.submit(Ticket(100, affinity="alloy"))
+    other = "b" if first.endpoint.name == "a" else "a"
+    sim.clock.advance(0.25)
+    sim.pool.finish(first, Outcome.OK)
+    again = [scheduler.submit(Ticket(100, affinity="alloy")) for _ in range(2)]
+    assert [lease.endpoint.name for lease in again] == [first.endpoint.name] * 2  # warm, and not yet half full
+    third = scheduler.submit(Ticket(100, affinity="alloy"))
+    assert third.endpoint.name == other  # half full: a popular voice does not pin one node
+    sim.config.balancer.voice_affinity = False
+    assert scheduler.submit(Ticket(100, affinity="alloy")).endpoint.name == other  # off: the least busy
