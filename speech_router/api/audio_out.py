@@ -11,11 +11,12 @@ import asyncio
 import base64
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from ..audio import FORMATS, FormatUnavailable, InvalidAudio, StreamEncoder, WavStreamParser, make_encoder, output_rate
-from ..errors import BackendFailed, FormatNotAvailable, RequestInvalid
+from ..audio.validate import max_audio_seconds
+from ..errors import BackendFailed, DeadlineExceeded, FormatNotAvailable, RequestInvalid
 from ..types import AudioResponse
 
 #: encoders cheap enough to run on the event loop; the others run in a worker thread
@@ -64,17 +65,26 @@ def passes_through(resp: AudioResponse, fmt: str, sample_rate: int | None) -> bo
     return resp.sample_rate == wanted
 
 
-async def audio_body(resp: AudioResponse, fmt: str, sample_rate: int | None, meter: AudioMeter) -> AsyncIterator[bytes]:
-    """The client's bytes, produced as the backend's bytes arrive."""
+async def audio_body(resp: AudioResponse, fmt: str, sample_rate: int | None, meter: AudioMeter,
+                     chars: int | None = None) -> AsyncIterator[bytes]:
+    """The client's bytes, produced as the backend's bytes arrive.
+
+    With ``chars`` (the text's length), audio past ``max_audio_seconds(chars)`` fails the request: a node's
+    header cannot make a small answer into hours of output.
+    """
+    cap = max_audio_seconds(chars) if chars is not None else None
     try:
-        async for out in _convert(resp, fmt, sample_rate, meter):
+        async for out in _convert(resp, fmt, sample_rate, meter, cap):
+            if cap is not None and meter.seconds > cap:
+                raise BackendFailed(f"backend sent more than {cap:g} s of audio for {chars} characters")
             yield out
     finally:  # give the endpoint's slot back now, also when the client went away early
         with contextlib.suppress(Exception):
             await resp.chunks.aclose()  # type: ignore[attr-defined]
 
 
-async def _convert(resp: AudioResponse, fmt: str, sample_rate: int | None, meter: AudioMeter) -> AsyncIterator[bytes]:
+async def _convert(resp: AudioResponse, fmt: str, sample_rate: int | None, meter: AudioMeter,
+                   cap: float | None = None) -> AsyncIterator[bytes]:
     chunks = resp.chunks
     if passes_through(resp, fmt, sample_rate):
         async for chunk in _metered(chunks, resp, meter):
@@ -104,6 +114,8 @@ async def _convert(resp: AudioResponse, fmt: str, sample_rate: int | None, meter
             encoder = make_encoder(fmt, rate, output_rate(fmt, rate, sample_rate))
             meter.sample_rate = rate
             piece = 2 * max(1, round(rate * PIECE_S))
+        if cap is not None and (meter.samples + len(pcm) // 2) / rate > cap:  # before encoding any of it
+            raise BackendFailed(f"backend sent more than {cap:g} s of audio for the text")
         if fmt in _INLINE:
             meter.samples += len(pcm) // 2
             if out := encoder.write(pcm):
@@ -163,6 +175,28 @@ async def sse_events(body: AsyncIterator[bytes], input_chars: int, meter: AudioM
     output_tokens = round(meter.seconds * FRAMES_PER_SECOND)
     usage = {"input_tokens": input_chars, "output_tokens": output_tokens, "total_tokens": input_chars + output_tokens}
     yield _event({"type": "speech.audio.done", "usage": usage})
+
+
+async def within_deadline(body: AsyncIterator[bytes], deadline: float, clock: Callable[[], float]
+                          ) -> AsyncIterator[bytes]:
+    """Pass ``body`` on until ``deadline`` (on ``clock``); then raise ``DeadlineExceeded``, also while waiting for
+    the next chunk (the client's deadline header covers the whole response, not only its start)."""
+    try:
+        while True:
+            remaining = deadline - clock()
+            if remaining <= 0:
+                raise DeadlineExceeded("the request deadline passed while the answer was being sent")
+            try:
+                async with asyncio.timeout(remaining):
+                    chunk = await anext(body)  # type: ignore[call-overload]
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise DeadlineExceeded("the request deadline passed while the answer was being sent") from None
+            yield chunk
+    finally:
+        with contextlib.suppress(Exception):
+            await body.aclose()  # type: ignore[attr-defined]
 
 
 def sse_error(message: str) -> bytes:

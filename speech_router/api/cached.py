@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from ..audio.validate import InvalidAudio, check_audio
 from ..cache import AudioCache, CachedAudio, cache_key
 from ..config.models import Settings
 from ..metrics import Metrics
@@ -59,9 +60,10 @@ class ResponseCache:
         except Exception:  # noqa: BLE001 - the cache never fails a request
             log.exception("storing a cache entry failed")
 
-    def tee(self, body: AsyncIterator[bytes], key: str, make_entry: Callable[[bytes], CachedAudio | None]
-            ) -> AsyncIterator[bytes]:
-        """Pass ``body`` through; once it ended normally, store what went out (a cut-short body is never stored)."""
+    def tee(self, body: AsyncIterator[bytes], key: str, make_entry: Callable[[bytes], CachedAudio | None],
+            chars: int = 0) -> AsyncIterator[bytes]:
+        """Pass ``body`` through; once it ended normally, store what went out if it is valid audio for a text of
+        ``chars`` characters (a cut-short, empty or broken body is never stored)."""
 
         async def teed() -> AsyncIterator[bytes]:
             parts: list[bytes] = []
@@ -77,7 +79,7 @@ class ResponseCache:
                     yield chunk
             finally:
                 await _aclose(body)
-            if parts is not None and (entry := make_entry(b"".join(parts))) is not None:
+            if parts is not None and (entry := make_entry(b"".join(parts))) is not None and _valid(entry, chars):
                 self.store_later(key, entry)
 
         return teed()
@@ -92,8 +94,10 @@ class ResponseCache:
             if entry is not None and entry.sample_rate:
                 return SegmentAudio(entry.data, entry.sample_rate, None, None, 0, cached=True)
             segment = await synthesize(index, text)
-            self.store_later(key, CachedAudio(segment.pcm, "audio/pcm", "pcm", segment.sample_rate,
-                                              seconds=len(segment.pcm) / 2 / segment.sample_rate))
+            entry = CachedAudio(segment.pcm, "audio/pcm", "pcm", segment.sample_rate,
+                                seconds=len(segment.pcm) / 2 / segment.sample_rate if segment.sample_rate else 0.0)
+            if segment.sample_rate and _valid(entry, len(text)):
+                self.store_later(key, entry)
             return segment
 
         return cached_segment
@@ -103,6 +107,16 @@ class ResponseCache:
         if self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)
         self.store.close()
+
+
+def _valid(entry: CachedAudio, chars: int) -> bool:
+    """Only audio that passes the checks a node's answer passes is kept (an empty answer never is)."""
+    try:
+        check_audio(entry.data, entry.format, chars)
+    except InvalidAudio as exc:
+        log.warning("not caching a %s answer: %s", entry.format, exc)
+        return False
+    return True
 
 
 def one_chunk(data: bytes) -> AsyncIterator[bytes]:

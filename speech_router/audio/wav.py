@@ -18,6 +18,8 @@ _FLOAT = 0x0003
 _EXTENSIBLE = 0xFFFE
 _UNKNOWN_SIZES = (0, 0xFFFFFFFF)  # what streaming writers put in the data size
 _MAX_FMT_BYTES = 1024  # a real fmt chunk is 16, 18 or 40 bytes
+MIN_RATE, MAX_RATE = 8_000, 192_000
+MAX_CHANNELS = 2
 
 
 class InvalidAudio(ValueError):
@@ -59,11 +61,13 @@ def _parse_fmt(body: bytes) -> tuple[PcmFormat, bool]:
         if len(body) < 40:
             raise InvalidAudio("WAVE_FORMAT_EXTENSIBLE fmt chunk shorter than 40 bytes")
         (tag,) = struct.unpack_from("<H", body, 24)  # first two bytes of the SubFormat GUID
-    if (tag, bits) not in ((_PCM, 16), (_FLOAT, 32)):
+    if (tag, bits) not in ((_PCM, 16), (_PCM, 24), (_PCM, 32), (_FLOAT, 32), (_FLOAT, 64)):
         kind = {_PCM: "integer PCM", _FLOAT: "float"}.get(tag, f"format tag 0x{tag:04x}")
-        raise InvalidAudio(f"unsupported WAV encoding: {bits}-bit {kind}; expected 16-bit PCM or 32-bit float")
-    if channels < 1 or rate < 1:
-        raise InvalidAudio(f"invalid WAV format: {channels} channels at {rate} Hz")
+        raise InvalidAudio(f"unsupported WAV encoding: {bits}-bit {kind}; expected 16/24/32-bit PCM or float")
+    # a node controls this header: 1 Hz would make a 2 KB answer 48 MB of 24 kHz output (speech_router.audio.validate)
+    if not 1 <= channels <= MAX_CHANNELS or not MIN_RATE <= rate <= MAX_RATE:
+        raise InvalidAudio(f"invalid WAV format: {channels} channels at {rate} Hz; expected 1-{MAX_CHANNELS} "
+                           f"channels at {MIN_RATE}-{MAX_RATE} Hz")
     if block_align != channels * bits // 8:
         raise InvalidAudio(f"invalid WAV block align {block_align} for {channels} x {bits}-bit")
     return PcmFormat(rate, channels, bits // 8), tag == _FLOAT
@@ -168,12 +172,19 @@ class WavStreamParser:
     def _to_mono16(self, raw: bytes) -> bytes:
         assert self._format is not None
         channels = self._format.channels
-        if not self._float and channels == 1:
+        if not self._float and channels == 1 and self._format.sample_width == 2:
             return raw  # already what we emit; the common case stays a copy-free pass-through
         samples: np.ndarray
+        width = self._format.sample_width
         if self._float:
-            floats = np.nan_to_num(np.frombuffer(raw, dtype="<f4"), nan=0.0, posinf=1.0, neginf=-1.0)
+            dtype = "<f8" if width == 8 else "<f4"
+            floats = np.nan_to_num(np.frombuffer(raw, dtype=dtype), nan=0.0, posinf=1.0, neginf=-1.0)
             samples = np.clip(floats.astype(np.float64), -1.0, 1.0) * 32767.0
+        elif width == 3:  # 24-bit: the top two bytes of each sample are its 16-bit value
+            samples = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 3)[:, 1:].copy().view("<i2")[:, 0] \
+                .astype(np.float64)
+        elif width == 4:
+            samples = np.frombuffer(raw, dtype="<i4").astype(np.float64) / 65536.0
         else:
             samples = np.frombuffer(raw, dtype="<i2").astype(np.float64)
         if channels > 1:

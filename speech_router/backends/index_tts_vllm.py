@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
+from ..audio.validate import AudioValidator, InvalidAudio, validated_stream
 from ..errors import BackendFailed, BackendRejected, RequestInvalid
 from ..plugins.hookspecs import hookimpl
 from ..types import AudioResponse, EmotionMethod, HealthReport, SynthesisRequest
@@ -92,12 +93,22 @@ class IndexTtsVllmBackend(Backend):
         except BaseException:
             resp.release()
             raise
-        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        validator = AudioValidator("wav", len(request.text))  # header, size cap for the text, completeness
+        try:
+            if len(head) < 12:
+                raise InvalidAudio(f"a body of {len(head)} bytes")
+            validator.feed(head)
+        except InvalidAudio as exc:
             resp.release()
             kind = resp.headers.get("Content-Type", "unknown")
-            raise BackendFailed(f"endpoint {self.name} sent a body that is not WAV audio ({kind})",
-                                endpoint=self.name, detail=head[:200].decode("utf-8", "replace"))
-        return AudioResponse(format="wav", chunks=iter_body(resp, self.name, head),
+            raise BackendFailed(f"endpoint {self.name} sent a body that is not WAV audio ({kind}): {exc}",
+                                endpoint=self.name) from None
+
+        def invalid(exc: InvalidAudio) -> BackendFailed:
+            return BackendFailed(f"endpoint {self.name} sent invalid audio: {exc}", endpoint=self.name)
+
+        chunks = validated_stream(iter_body(resp, self.name), validator, invalid, first=head)
+        return AudioResponse(format="wav", chunks=chunks,
                              content_type=resp.headers.get("Content-Type", "audio/wav"),
                              content_length=resp.content_length, close=releaser(resp))
 

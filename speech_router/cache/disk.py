@@ -15,6 +15,7 @@ Every method blocks on file I/O: call them from a thread (``asyncio.to_thread``)
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import struct
@@ -26,6 +27,8 @@ from collections import OrderedDict
 from pathlib import Path
 
 from .entry import CachedAudio
+
+log = logging.getLogger(__name__)
 
 MAGIC = b"speech-router-cache 1\n"
 _HEADER_LEN = struct.Struct(">I")
@@ -173,10 +176,15 @@ class DiskTier:
             with os.fdopen(fd, "wb") as f:
                 f.write(blob)
             with self._lock:
+                old = self._index.get(key, 0)
+                evicted += self._evict_locked(need=len(blob) - old, keep=key)
+                if self._bytes - old + len(blob) > self.budget:  # files that could not be deleted hold the room
+                    _unlink(temp)
+                    return False, evicted
                 os.replace(temp, path)
                 self._bytes += len(blob) - self._index.pop(key, 0)
                 self._index[key] = len(blob)
-                return True, evicted + self._evict_locked()
+                return True, evicted
         except BaseException:
             _unlink(temp)
             raise
@@ -202,11 +210,21 @@ class DiskTier:
             _unlink(path)
             self._bytes -= self._index.pop(key, 0)
 
-    def _evict_locked(self) -> int:
+    def _evict_locked(self, need: int = 0, keep: str | None = None) -> int:
+        """Delete least recently used files until ``need`` more bytes fit the budget. A file that cannot be
+        deleted stays counted (it is still on disk) and stops the eviction: then nothing new is written."""
         evicted = 0
-        while self._bytes > self.budget and self._index:
-            key, size = self._index.popitem(last=False)
-            _unlink(self.path_for(key))
-            self._bytes -= size
+        for key in list(self._index):
+            if self._bytes + need <= self.budget:
+                break
+            if key == keep:  # the entry being replaced: its bytes are accounted for by the caller
+                continue
+            try:
+                _unlink(self.path_for(key))
+            except OSError as exc:
+                log.warning("cache directory %s: cannot delete an entry to stay within the %d byte budget: %s",
+                            self.directory, self.budget, exc.strerror or exc)
+                break
+            self._bytes -= self._index.pop(key)
             evicted += 1
         return evicted

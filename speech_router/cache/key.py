@@ -61,7 +61,8 @@ def cache_key(request: SynthesisRequest, *, kind: str, fmt: str, sample_rate: in
     if emotion.ref_params:
         document["emotion_ref_params"] = emotion.ref_params
     canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_plain)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    # surrogatepass: a lone surrogate (refused by the routes) must never turn a key into a 500
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _plain(value: Any) -> Any:
