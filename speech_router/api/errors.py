@@ -6,6 +6,7 @@ Nothing from a backend's traceback reaches a client: ``BackendError.detail`` is 
 from __future__ import annotations
 
 import math
+import re
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -26,6 +27,20 @@ def error_response(exc: Exception, request: Request) -> JSONResponse:
     return openai_error(status, message, type_=type_, param=param, code=code, headers=headers)
 
 
+#: longest part of a node's own message quoted to a client
+SUMMARY_CHARS = 120
+_NOT_PLAIN = re.compile(r"[^\x20-\x7e\u00a0-\ud7ff\ue000-\ufffd]+|[\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]+")
+
+
+def summarise(message: str) -> str:
+    """The first line of a node's message, printable characters only, clipped; empty for a traceback."""
+    if "Traceback" in message or "File \"" in message:
+        return ""
+    line = next((part.strip() for part in message.splitlines() if part.strip()), "")
+    line = " ".join(_NOT_PLAIN.sub(" ", line).split())
+    return line if len(line) <= SUMMARY_CHARS else line[:SUMMARY_CHARS - 3].rstrip() + "..."
+
+
 def describe(exc: Exception) -> tuple[int, str, str, str | None, str | None, dict[str, str] | None]:
     """(status, message, type, param, code, headers) for an exception."""
     if isinstance(exc, ClientDisconnected):  # nobody reads it: for logs and metrics (nginx's 499)
@@ -38,7 +53,10 @@ def describe(exc: Exception) -> tuple[int, str, str, str | None, str | None, dic
         return exc.status_code, str(exc), kind, None, exc.code, retry
     if isinstance(exc, BackendRejected):
         message = exc.message
-        if exc.endpoint and exc.endpoint not in message:
+        if exc.status is not None:  # a node's own words: summarised, never passed through (any size, any content)
+            said = summarise(message)
+            message = f"endpoint {exc.endpoint} rejected the request (HTTP {exc.status})" + (f": {said}" if said else "")
+        elif exc.endpoint and exc.endpoint not in message:
             message = f"{message} (endpoint {exc.endpoint})"
         return 400, message, "invalid_request_error", exc.param, "backend_rejected", None
     if isinstance(exc, BackendOverloaded):

@@ -6,15 +6,32 @@ handler knows; it logs them with the request id and answers in the route's error
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import re
 import uuid
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 log = logging.getLogger("speech_router.api")
+
+#: set in a request's task once its response was cut short on purpose (and logged with the request id)
+_ABORTED: contextvars.ContextVar[str | None] = contextvars.ContextVar("speech_router_aborted", default=None)
+#: what uvicorn logs at ERROR when an app returns mid-response; for our own aborts it is noise
+_UVICORN_INCOMPLETE = "ASGI callable returned without completing response."
+
+
+class _KnownAborts(logging.Filter):
+    """Drops uvicorn's line about an incomplete response when we cut it short ourselves (already logged)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == _UVICORN_INCOMPLETE and _ABORTED.get() is not None)
+
+
+logging.getLogger("uvicorn.error").addFilter(_KnownAborts())
 
 
 class RequestIdMiddleware:
@@ -47,16 +64,33 @@ class RequestIdMiddleware:
         except StreamAborted:
             if not started:
                 raise
-            # the status line is out: returning now leaves the body incomplete, which the client sees
+            # the status line is out (the abort was logged, with the request id, where it happened): returning
+            # leaves the body incomplete, which the client sees, and uvicorn closes the connection
+            _ABORTED.set(request_id)
+        except ClientDisconnect:
+            _ABORTED.set(request_id)  # the client left (or the server's body timeout cut it): nobody to answer
         except Exception:
             log.exception("unhandled error on %s %s (request %s)", scope.get("method"), scope.get("path"), request_id)
-            if started:
-                raise  # the status line is out: the connection is cut and the client sees a broken response
+            if started:  # the connection is cut and the client sees a broken response; logged once, here
+                _ABORTED.set(request_id)
+                return
+            _count_500(scope)
             await _internal_error(scope, send_with_id)
 
 
 class StreamAborted(Exception):
     """An endpoint failed after audio reached the client: end the response incomplete (already logged)."""
+
+
+def _count_500(scope: Scope) -> None:
+    """A synthesis answered 500 from here never reached the handlers that count requests: count it."""
+    from .app import SYNTHESIS_ROUTES
+
+    route = SYNTHESIS_ROUTES.get(scope.get("path", ""))
+    metrics = getattr(getattr(scope.get("app"), "state", None), "metrics", None)
+    if route is not None and metrics is not None:
+        model = scope.get("state", {}).get("model", "")
+        metrics.requests.labels(route=route, model=model, pool="", endpoint="", status="500").inc()
 
 
 async def _internal_error(scope: Scope, send: Send) -> None:

@@ -14,12 +14,13 @@ from starlette.responses import Response, StreamingResponse
 
 from ..audio import FORMATS
 from ..cache import CachedAudio
-from ..errors import BackendError, RequestInvalid, SpeechRouterError
+from ..errors import BackendError, DeadlineExceeded, RequestInvalid, SpeechRouterError
 from ..router import fanout
 from ..router.dispatch import Dispatched
 from ..router.pool import PRIORITIES
 from ..types import SynthesisRequest
-from .audio_out import AudioMeter, audio_body, check_format, passes_through, sse_error, sse_events
+from .audio_out import (AudioMeter, audio_body, check_format, passes_through, sse_error, sse_events,
+                        within_deadline)
 from .cached import CACHE_HEADER, ResponseCache, one_chunk
 from .disconnect import unless_client_leaves
 from .middleware import StreamAborted
@@ -116,7 +117,9 @@ async def synthesize_response(request: Request, sreq: SynthesisRequest, *, fmt: 
                   fallback=dispatched.fallback_reason, queue_wait_s=dispatched.queued)
     meter = AudioMeter()
     passthrough = passes_through(resp, fmt, sample_rate)
-    body = audio_body(resp, fmt, sample_rate, meter)
+    body = audio_body(resp, fmt, sample_rate, meter, chars=len(sreq.text))
+    if sreq.timeout is not None:  # the client's deadline header covers the whole response, streaming included
+        body = within_deadline(body, started + sreq.timeout, time.perf_counter)
     headers = {ENDPOINT_HEADER: ep_name, "x-speech-router-pool": pool_name,
                "x-speech-router-attempts": str(dispatched.attempts)}
     if key is not None:  # stored once sent completely, in the format sent (before any SSE framing)
@@ -124,7 +127,7 @@ async def synthesize_response(request: Request, sreq: SynthesisRequest, *, fmt: 
         fix = fmt == "wav" and not passthrough
         body = cache.tee(body, key, lambda data: CachedAudio(
             _fix_wav_sizes(data) if fix else data, FORMATS[fmt].content_type, fmt, meter.sample_rate or None,
-            seconds=meter.seconds))
+            seconds=meter.seconds), chars=len(sreq.text))
     if sse:
         body = sse_events(body, len(sreq.text), meter)
     if dispatched.fallback_reason:
@@ -173,14 +176,16 @@ async def synthesize_response(request: Request, sreq: SynthesisRequest, *, fmt: 
                     metrics.time_to_first_byte.labels(**labels).observe(time.perf_counter() - started)
                     first = False
                 yield chunk
-        except BackendError as exc:
-            status = "502"
+        except (BackendError, DeadlineExceeded) as exc:
+            status = "502" if isinstance(exc, BackendError) else "504"
+            message = exc.message if isinstance(exc, BackendError) else str(exc)
             metrics.stream_errors.labels(route, sreq.model).inc()
-            log.warning("request %s: endpoint %s failed mid-stream: %s", sreq.request_id, ep_name, exc.message)
+            log.warning("request %s: %s mid-stream: %s", sreq.request_id,
+                        f"endpoint {ep_name} failed" if status == "502" else "deadline passed", message)
             if sse:
-                yield sse_error(exc.message)
+                yield sse_error(message)
             else:  # the chunked body ends without its terminator: the client sees a truncated response
-                raise StreamAborted(exc.message) from None
+                raise StreamAborted(message) from None
         finally:
             await _close(body)
             await finished(status)

@@ -18,7 +18,8 @@ from ..types import Emotion, EmotionMethod, SynthesisRequest
 from .respond import synthesize_response
 from pydantic import ValidationError
 
-from .schemas import EmotionSpec, SpeechRequest, SynthesizeRequest, TtsUrlRequest, invalid_from, parse
+from .schemas import (EmotionSpec, SpeechRequest, SynthesizeRequest, TtsUrlRequest, check_text_everywhere,
+                      invalid_from, parse)
 
 OPENAI_SPEECH = "/v1/audio/speech"
 
@@ -34,10 +35,13 @@ async def read_json(request: Request, limit: int) -> Any:
         if len(body) > limit:
             raise RequestTooLarge(f"Request body is over the {limit} byte limit.", param=None, code="body_too_large")
     try:
-        return json.loads(body)
+        data = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise RequestInvalid("We could not parse the JSON body of your request. Send a JSON object.",
                              param=None, code="invalid_json") from None
+    if b"\\u" in body:  # only a \u escape can make a lone surrogate or NUL (raw ones are not valid UTF-8/JSON)
+        check_text_everywhere(data)
+    return data
 
 
 def _state(request: Request) -> Any:

@@ -14,13 +14,15 @@ MAX_EMOTION_SUM = 1.5  # index-tts-vllm answers 500 above this; we answer 400 fi
 
 
 class VoiceId(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     id: str
 
 
 class SpeechRequest(BaseModel):
     """OpenAI's create-speech body. Unknown fields are ignored, as SDKs may add new ones."""
 
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)  # strict: "yes" is no boolean
 
     model: str = Field(min_length=1)
     input: str
@@ -38,7 +40,7 @@ class SpeechRequest(BaseModel):
 class EmotionSpec(BaseModel):
     """IndexTTS2 emotion: at most one of ``audio`` (a configured voice), ``vector`` or ``text``."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     audio: str | None = None
     weight: float = Field(1.0, ge=0.0, le=1.0)
@@ -70,7 +72,7 @@ class EmotionSpec(BaseModel):
 class SynthesizeRequest(BaseModel):
     """The native ``POST /synthesize`` body."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     text: str
     voice: str = Field(min_length=1)
@@ -118,6 +120,40 @@ class TtsUrlRequest(BaseModel):
     seed: int | None = Field(None, description="v1 only")
 
 
+def check_text_everywhere(data: Any, path: str = "") -> None:
+    """Refuse lone UTF-16 surrogates and NUL in every key and string of a decoded JSON body, naming where.
+
+    JSON's ``"\\ud800"`` decodes to a lone surrogate: not text, it cannot be encoded (a node, a log line or a
+    cache key would fail on it later, as a 500); NUL ends strings in C libraries (espeak, file paths).
+    """
+    if isinstance(data, str):
+        bad = _bad_char(data)
+        if bad is not None:
+            raise RequestInvalid(f"Invalid '{path or 'body'}': {data[bad]!a} at position {bad} is not text.",
+                                 param=path or None, code="invalid_text")
+    elif isinstance(data, dict):
+        for key, value in data.items():
+            where = f"{path}.{key}" if path else str(key)
+            if _bad_char(key) is not None:
+                shown = key.encode("ascii", "backslashreplace").decode("ascii")[:64]
+                raise RequestInvalid(f"Invalid key '{shown}'{f' in {path!r}' if path else ''}: it is not text.",
+                                     param=shown, code="invalid_text")
+            check_text_everywhere(value, where)
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            check_text_everywhere(value, f"{path}[{i}]")
+
+
+def _bad_char(text: str) -> int | None:
+    if text.isascii():
+        index = text.find("\x00")
+        return None if index < 0 else index
+    for i, ch in enumerate(text):
+        if ch == "\x00" or "\ud800" <= ch <= "\udfff":
+            return i
+    return None
+
+
 def parse(model: type[BaseModel], data: Any) -> Any:
     """Validate ``data``; the first problem becomes a ``RequestInvalid`` naming its field."""
     if not isinstance(data, dict):
@@ -130,10 +166,14 @@ def parse(model: type[BaseModel], data: Any) -> Any:
 
 def invalid_from(exc: ValidationError) -> RequestInvalid:
     err = exc.errors(include_url=False)[0]
-    loc = [str(p) for p in err["loc"] if not isinstance(p, int) and not str(p).startswith(("function-", "VoiceId", "str"))]
+    # union members and validators appear in the location as tags ("str", "VoiceId", "function-after[...]")
+    loc = [str(p) for p in err["loc"]
+           if not isinstance(p, int) and str(p) not in ("str", "VoiceId") and not str(p).startswith("function-")]
     param = ".".join(loc) or None
     kind, ctx = err["type"], err.get("ctx") or {}
     got = err.get("input")
+    if param is None:  # a problem with the body as a whole (a model-level check)
+        return RequestInvalid(f"Invalid request body: {str(err['msg']).removeprefix('Value error, ')}.", param=None)
     if kind == "missing":
         return RequestInvalid(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
     if kind == "extra_forbidden":

@@ -40,6 +40,15 @@ class HttpSessions:
             self._sessions[key] = session
         return session
 
+    async def close_pool(self, pool_name: str, *, keep_limit: int | None = None) -> int:
+        """Close the sessions of ``pool_name`` (all, or all but the one for ``keep_limit`` connections, when a
+        reload changed ``max_connections``); returns how many were closed. Call it once no request of the
+        pool is in flight on them any more (a removed pool, drained). A later ``get`` opens a new one."""
+        stale = [k for k in self._sessions if k[0] == pool_name and k[1] != keep_limit]
+        for key in stale:
+            await self._sessions.pop(key).close()
+        return len(stale)
+
     async def aclose(self) -> None:
         sessions, self._sessions = list(self._sessions.values()), {}
         for session in sessions:
@@ -64,23 +73,40 @@ def client_timeout(pool: PoolConfig) -> aiohttp.ClientTimeout:
 
 @contextlib.contextmanager
 def mapped_errors(endpoint: str) -> Iterator[None]:
-    """Translate aiohttp and socket errors into ``BackendError`` subclasses naming the endpoint."""
+    """Translate aiohttp and socket errors into ``BackendError`` subclasses naming the endpoint.
+
+    ``detail`` says what happened (``what_failed``), never the error's ``repr``: aiohttp's errors carry the
+    request (its URL with any credentials, its headers with the pool's ``headers:`` and API key).
+    """
     try:
         yield
     except BackendError:
         raise
     except (aiohttp.ServerTimeoutError, asyncio.TimeoutError, TimeoutError) as exc:
-        raise BackendTimeout(f"endpoint {endpoint} timed out", endpoint=endpoint, detail=repr(exc)) from None
+        raise BackendTimeout(f"endpoint {endpoint} timed out", endpoint=endpoint, detail=what_failed(exc)) from None
     except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, ConnectionError) as exc:
-        raise BackendUnavailable(f"endpoint {endpoint} is unreachable", endpoint=endpoint, detail=repr(exc)) from None
+        raise BackendUnavailable(f"endpoint {endpoint} is unreachable", endpoint=endpoint,
+                                 detail=what_failed(exc)) from None
     except aiohttp.ClientPayloadError as exc:
-        raise BackendFailed(f"endpoint {endpoint} sent a truncated body", endpoint=endpoint, detail=repr(exc)) from None
+        raise BackendFailed(f"endpoint {endpoint} sent a truncated body", endpoint=endpoint,
+                            detail=what_failed(exc)) from None
     except (aiohttp.ClientError, OSError) as exc:
-        raise BackendUnavailable(f"endpoint {endpoint} connection failed", endpoint=endpoint, detail=repr(exc)) from None
+        raise BackendUnavailable(f"endpoint {endpoint} connection failed", endpoint=endpoint,
+                                 detail=what_failed(exc)) from None
 
 
-#: a backend type's reading of an error answer: the client's mistake (``BackendRejected``) or None
-ClientMistake = Callable[[int, str], "BackendRejected | None"]
+def what_failed(exc: BaseException) -> str:
+    """A client error described by its type and safe facts (status, OS error), for logs."""
+    name = type(exc).__name__
+    if isinstance(exc, aiohttp.ClientResponseError):  # TooManyRedirects and others: request info inside
+        redirects = f", {len(exc.history)} redirects" if exc.history else ""
+        return f"{name} (HTTP {exc.status}{redirects})"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        os_error = exc.os_error
+        return f"{name}: {os_error.strerror or type(os_error).__name__}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{name}: {exc.strerror}"
+    return name
 
 
 async def raise_for_status(resp: aiohttp.ClientResponse, endpoint: str, client_mistake: ClientMistake | None = None
