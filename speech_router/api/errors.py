@@ -11,6 +11,7 @@ import re
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from ..logs import REDACTOR
 from ..errors import BackendError, BackendOverloaded, BackendRejected, ClientDisconnected, RequestInvalid, Unavailable
 
 def openai_error(status: int, message: str, *, type_: str = "invalid_request_error", param: str | None = None,
@@ -36,6 +37,7 @@ def summarise(message: str) -> str:
     """The first line of a node's message, printable characters only, clipped; empty for a traceback."""
     if "Traceback" in message or "File \"" in message:
         return ""
+    message = REDACTOR.redact(message)  # a node may quote the request back, its secrets with it: before clipping
     line = next((part.strip() for part in message.splitlines() if part.strip()), "")
     line = " ".join(_NOT_PLAIN.sub(" ", line).split())
     return line if len(line) <= SUMMARY_CHARS else line[:SUMMARY_CHARS - 3].rstrip() + "..."
