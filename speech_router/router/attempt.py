@@ -28,6 +28,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..audio import InvalidAudio
 from ..errors import (BackendError, BackendFailed, BackendOverloaded, BackendRejected, BackendTimeout,
                       BackendUnavailable, DeadlineExceeded, QueueFull, QueueTimeout, Unavailable)
 from ..types import AudioResponse, SynthesisRequest
@@ -43,8 +44,9 @@ log = logging.getLogger(__name__)
 #: each timeout of a request doubles the time its next try gets
 TIMEOUT_GROWTH = 2.0
 
-#: a validator of a whole answer: raises ``BackendFailed`` when it is not audio the client can have
-Validate = Callable[[AudioResponse, bytes, SynthesisRequest], None]
+#: a check of a whole answer (its bytes, format, the characters asked for): raises ``InvalidAudio`` when it is
+#: not audio a client may have (``speech_router.audio.check_audio``)
+Validate = Callable[[bytes, str, int], None]
 
 
 @dataclass
@@ -206,7 +208,10 @@ class AttemptLoop:
         try:
             response, head, complete = await asyncio.wait_for(self._start(ep, request, verify), timeout)
             if complete and self.validate is not None:
-                self.validate(response, b"".join(head), request)
+                try:
+                    self.validate(b"".join(head), response.format, len(request.text))
+                except InvalidAudio as exc:  # before any byte went out: another endpoint may do better
+                    raise BackendFailed(f"endpoint {ep.name} sent invalid audio: {exc}", endpoint=ep.name) from None
         except TimeoutError:
             if deadline_bound:
                 pool.finish(lease, Outcome.CANCELLED)

@@ -13,6 +13,7 @@ import random
 import time
 from typing import Any
 
+from ..audio.validate import check_audio
 from ..config.models import Settings
 from ..errors import RequestInvalid
 from ..metrics import Metrics
@@ -31,7 +32,7 @@ class Router:
 
     def __init__(self, settings: Settings, registry: BackendRegistry, metrics: Metrics | None = None,
                  clock: Clock = time.monotonic, rng: random.Random | None = None,
-                 listeners: list[RouterListener] | None = None, validate: Validate | None = None) -> None:
+                 listeners: list[RouterListener] | None = None, validate: Validate | None = check_audio) -> None:
         self.metrics = metrics or Metrics()
         self.clock = clock
         self.listener = Listeners([MetricsListener(self.metrics), LogListener(), *(listeners or [])])

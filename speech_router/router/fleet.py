@@ -170,6 +170,10 @@ class Fleet:
                 await ep.backend.aclose()
             if ep in self.retiring:
                 self.retiring.remove(ep)
+            if not any(other.pool == ep.pool for other in self.retiring):  # the pool's old connections are idle
+                pool = self.pools.get(ep.pool)
+                with contextlib.suppress(Exception):
+                    await self.sessions.close_pool(ep.pool, keep_limit=pool.config.max_connections if pool else None)
             self._closers.discard(asyncio.current_task())  # type: ignore[arg-type]
             self.listener.endpoint_closed(ep, gone=self.endpoint(ep.name) is None)
 

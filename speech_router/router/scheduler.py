@@ -222,13 +222,11 @@ class Scheduler:
             return None, math.inf
         costs = {ep.name: self._cost(ep, chars, ep.busy + 1, view) for ep in free}
         low = min(costs.values())
-        if affinity is not None:  # the voice's last endpoint, if it is about as quick and not crowded
+        near = [ep for ep in free if costs[ep.name] <= low * (1 + TIE_TOLERANCE) + 1e-9]
+        if affinity is not None:  # endpoints that served the voice lately, if about as quick and not crowded
             warm = [ep for ep in free if affinity in ep.recent_voices and costs[ep.name] <= low * AFFINITY_TOLERANCE
                     and ep.busy < max(1, ep.cap() // 2)]
-            if warm:
-                best = max(warm, key=lambda ep: ep.recent_voices.index(affinity))
-                return best, costs[best.name]
-        near = [ep for ep in free if costs[ep.name] <= low * (1 + TIE_TOLERANCE) + 1e-9]
+            near = warm or near
         # near-ties go to the least busy, then the least picked for its weight: equal endpoints share light
         # traffic and keep their estimates fresh
         least = min((ep.busy / ep.cap(), ep.picks / ep.weight) for ep in near)

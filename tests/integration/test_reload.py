@@ -317,3 +317,20 @@ def test_a_reload_swaps_the_client_keys_and_refuses_a_broken_keys_file(nodes, fi
     status, body, _ = call(router.url + "/admin/reload", "POST")
     assert status == 422 and "keys.yaml" in body["errors"][0]
     assert call(router.url + "/v1/audio/speech", "POST", SPEECH, key="new-key")[0] == 200  # the old keys stay
+
+
+def test_a_pool_removed_by_a_reload_closes_its_connections_once_drained(nodes, file_router):
+    a, b = nodes(name="a"), nodes(name="b")
+    data = config(("a", a.url))
+    data["pools"]["extra"] = {"type": "index-tts-vllm", "endpoints": [{"url": b.url, "name": "b"}]}
+    data["models"]["other"] = ["extra"]
+    router, path = file_router(data)
+    assert call(router.url + "/v1/audio/speech", "POST", {**SPEECH, "model": "other"}, key=None)[0] == 200
+    sessions = router.app.state.router.fleet.sessions._sessions
+    assert any(pool == "extra" for pool, _ in sessions)
+    write(path, config(("a", a.url)))
+    assert call(router.url + "/admin/reload", "POST")[0] == 200
+    wait_for(lambda: not router.app.state.router.retiring)
+    wait_for(lambda: not any(pool == "extra" for pool, _ in sessions))
+    assert speak(router.url)[0] == 200  # the pool that stayed keeps its connections
+    assert any(pool == "gpu" for pool, _ in sessions)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import numpy as np
 import pytest
 
+from speech_router.audio.validate import check_audio
 from speech_router.backends.base import Backend, BackendContext
+from speech_router.emulator import audio
 from speech_router.config.models import EndpointConfig, PoolConfig
 from speech_router.errors import BackendFailed, BackendRejected
 from speech_router.router.attempt import AttemptLoop
@@ -44,6 +47,9 @@ class Scripted(Backend):
 
         async def body() -> AsyncIterator[bytes]:
             try:
+                if self.behaviour == "wav":
+                    yield audio.encode(np.zeros(22050, dtype=np.int16), 22050, "wav")
+                    return
                 for i in range(pieces):
                     if i:
                         await asyncio.sleep(0.05)
@@ -72,10 +78,10 @@ def pool(*behaviours: str, name: str = "p", streaming_verify: bool | None = None
     return Pool(name, "scripted", eps, cfg, time.monotonic)
 
 
-def loop_for(*pools: Pool) -> AttemptLoop:
+def loop_for(*pools: Pool, validate=None) -> AttemptLoop:
     import time
 
-    return AttemptLoop(lambda model: list(pools), time.monotonic, RouterListener())
+    return AttemptLoop(lambda model: list(pools), time.monotonic, RouterListener(), validate)
 
 
 def request(text: str = "hello") -> SynthesisRequest:
@@ -161,3 +167,11 @@ async def test_whole_answers_are_read_within_the_try():
     result = await loop_for(p).run(request(), deadline=await deadline(), whole=True)
     assert p.endpoints[0].inflight == 0
     assert len([chunk async for chunk in result.response.chunks]) == 3
+
+
+async def test_an_answer_that_is_not_valid_audio_is_retried_elsewhere_before_any_byte_goes_out():
+    p = pool("ok", "wav")  # "ok" answers RIFF and zeros: not a WAV a client may have
+    p.endpoints[1].picks = 10  # the first pick goes to the broken one
+    result = await loop_for(p, validate=check_audio).run(request(), deadline=await deadline())
+    assert result.endpoint is p.endpoints[1] and result.attempts == 2
+    assert p.endpoints[0].window.failures == 1  # the node's fault
