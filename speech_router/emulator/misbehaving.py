@@ -24,7 +24,7 @@ from speech_router.emulator import audio
 from speech_router.emulator.faults import CutResponse
 
 #: what the node can do; each is a marker ``[name]`` at the start of a text
-BEHAVIOURS = ("good", "redirect_loop", "empty_wav", "wav_8bit", "wav_1hz", "wav_size_lies", "huge_body",
+BEHAVIOURS = ("good", "slow_stream", "redirect_loop", "empty_wav", "wav_8bit", "wav_1hz", "wav_size_lies", "huge_body",
               "close_mid_stream", "echo_headers", "long_4xx")
 #: bytes a ``huge_body`` answer streams at most (the router should stop reading long before)
 HUGE_BYTES = 512 * 1024 * 1024
@@ -41,6 +41,14 @@ def _wav_8bit(rate: int = 22050, n: int = 22050) -> bytes:
 
 def _good(text: str) -> bytes:
     return audio.encode(audio.render(text, "misbehaving", audio.INDEX_TTS_RATE), audio.INDEX_TTS_RATE, "wav")
+
+
+async def _slow(text: str) -> AsyncIterator[bytes]:
+    body = _good(text)
+    step = max(1, len(body) // 50)
+    for i in range(0, len(body), step):  # 50 pieces, 0.1 s apart: 5 s for the whole answer
+        yield body[i:i + step]
+        await asyncio.sleep(0.1)
 
 
 async def _huge() -> AsyncIterator[bytes]:
@@ -77,6 +85,8 @@ def create_app(default: str = "good") -> Starlette:
             return Response(wav_header(1, 1, 2000) + b"\0" * 2000, media_type="audio/wav")
         if behaviour == "wav_size_lies":
             return Response(wav_header(rate, 1, 1_000_000) + b"\0" * 4410, media_type="audio/wav")
+        if behaviour == "slow_stream":
+            return StreamingResponse(_slow(text), media_type="audio/wav")
         if behaviour == "huge_body":
             return StreamingResponse(_huge(), media_type="audio/wav")
         if behaviour == "close_mid_stream":
