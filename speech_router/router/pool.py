@@ -21,7 +21,8 @@ from .clock import Clock
 from .endpoint import Endpoint
 from .events import RouterListener
 from .outlier import Outcome, judge
-from .scheduler import PRIORITIES, Lease, Scheduler, Ticket
+from .choice import Ticket
+from .scheduler import PRIORITIES, Lease, Scheduler
 
 #: while requests wait, they are decided again at least this often (running requests overrun their estimates)
 TICK_S = 0.05

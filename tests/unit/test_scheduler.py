@@ -7,7 +7,7 @@ import pytest
 from speech_router.errors import NoHealthyEndpoint, QueueFull
 from speech_router.router.breaker import BreakerState
 from speech_router.router.outlier import Outcome
-from speech_router.router.scheduler import Ticket
+from speech_router.router.choice import Ticket
 from tests.unit.fleetsim import Sim, SimNode, teach
 
 
