@@ -21,12 +21,16 @@ import math
 import random
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..config.models import PoolConfig
 from .breaker import BreakerState
 from .clock import Clock
 from .endpoint import Endpoint
+
+if TYPE_CHECKING:
+    from .scheduler import Lease
 
 #: expected times this close count as equal
 TIE_TOLERANCE = 0.05
@@ -65,7 +69,6 @@ class View:
     prior: Callable[[int, Endpoint | None], float | None]
     candidates: list[Endpoint]
     panic: bool
-    free_slots: dict[str, float] = field(default_factory=dict)
 
 
 class Choice:
