@@ -30,13 +30,15 @@ _NODE_LINE = re.compile(rb"^\S+ \(\w+\): http://127\.0\.0\.1:(\d+)$", re.MULTILI
 class Child:
     """One started process: `.argv`, `.log` (its stdout and stderr), `.stop()` (idempotent)."""
 
-    def __init__(self, argv: Sequence[str], log_dir: Path, name: str) -> None:
+    def __init__(self, argv: Sequence[str], log_dir: Path, name: str, *, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> None:
+        """``env``: variables added to this process's environment; ``cwd``: where it runs (default the repository)."""
         self.argv = list(argv)
         self.name = name
         self.log = log_dir / f"{name}.log"
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(self.argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(self.argv, cwd=cwd or REPO, stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=subprocess.STDOUT, env={**os.environ, **env} if env else None)
 
     def __repr__(self) -> str:
         return f"Child(name={self.name!r}, pid={self.proc.pid}, running={self.proc.poll() is None})"
@@ -94,12 +96,15 @@ def start_node(log_dir: Path, extra: Sequence[str] = ()) -> tuple[Child, int]:
 
 
 def start_router(config_yaml: str, port: int, log_dir: Path, *, name: str = "router",
-                 ready: Sequence[str] = ("/readyz",)) -> Child:
-    """`speech-router serve --config <file> --port <port>`; returns once every path in `ready` answers 200."""
+                 ready: Sequence[str] = ("/readyz",), command: Sequence[str] | None = None,
+                 env: dict[str, str] | None = None, cwd: Path | None = None) -> Child:
+    """`speech-router serve --config <file> --port <port>`; returns once every path in `ready` answers 200.
+
+    ``command``, ``env`` and ``cwd`` run another copy of the router (an older commit, `bench._previous`)."""
     config = log_dir / f"{name}.yaml"
     config.write_text(config_yaml, encoding="utf-8")
-    child = Child([*router_command(), "serve", "--config", str(config), "--host", HOST, "--port", str(port)],
-                  log_dir, name)
+    child = Child([*(command or router_command()), "serve", "--config", str(config), "--host", HOST,
+                   "--port", str(port)], log_dir, name, env=env, cwd=cwd)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         child.check_alive()
