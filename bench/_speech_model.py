@@ -18,6 +18,7 @@ With `max_tokens` unset the whole text is one piece: the plain `base + per_char 
 from __future__ import annotations
 
 import math
+import random
 import re
 import struct
 import unicodedata
@@ -54,6 +55,14 @@ def pieces(text: str, max_tokens: int | None) -> list[str]:
         else:
             merged.append(sentence)
     return merged or [text]
+
+
+def keyed_jitter(seed: int, text: str, sigma: float) -> Callable[[], float]:
+    """Lognormal(0, sigma) draws that depend only on ``seed`` and the text (`bench.fleet --jitter-by-text`): a
+    request takes the same time on every node of equal speed, whichever serves it and in whatever order, so
+    every routing policy gets the same work and its no-queueing floor can be computed without running it."""
+    rng = random.Random(f"{seed}:{text}")  # a str seed is hashed with SHA-512: the same in every process
+    return lambda: rng.lognormvariate(0.0, sigma) if sigma > 0 else 1.0
 
 
 @dataclass(frozen=True)

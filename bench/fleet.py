@@ -7,6 +7,11 @@ Once a request holds a slot it takes
 
     service = (base_ms + per_char_ms x len(text)) / speed x slow x lognormal(0, sigma)
 
+The lognormal factor comes from each node's own random stream (seed + i), or, with `--jitter-by-text`,
+from the text itself (`keyed_jitter(seed, text)`): then a text takes the same time on any node of the
+same speed, whichever node serves it and in whatever order, and a benchmark can compute the service time
+of every request it will send (`bench.routing`'s no-queueing floor).
+
 The audio itself is silence of a fixed size (`--wav-bytes`), made once: routing is what is measured here.
 
 For long texts (`bench.longtext`), `--max-tokens N` makes a node work like IndexTTS2 on its GPU: it cuts
@@ -47,7 +52,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from bench._miniserver import MiniServer, Reply, Request
-from bench._speech_model import SpeechModel
+from bench._speech_model import SpeechModel, keyed_jitter
 
 WAV_RATE = 22_050
 DEFAULT_WAV_BYTES = 44 + 2 * WAV_RATE // 10  # 0.1 s of 16-bit mono silence
@@ -88,13 +93,16 @@ class Node:
     """One emulated index-tts-vllm v2 node on its own port."""
 
     def __init__(self, name: str, knobs: Knobs, *, slots: int | None, model: SpeechModel,
-                 sigma: float, wav: bytes, rng: random.Random, host: str, port: int) -> None:
+                 sigma: float, wav: bytes, rng: random.Random, host: str, port: int,
+                 jitter_seed: int | None = None) -> None:
         self.name = name
         self.knobs = knobs
         self.slots = slots
         self.model, self.sigma = model, sigma
         self.wav = wav
         self.rng = rng
+        #: not None: the jitter is keyed by (this seed, the text) instead of drawn from ``rng``
+        self.jitter_seed = jitter_seed
         self.server = MiniServer(self.handle, host, port, extra_headers=[("x-emulator-node", name)])
         self._gate = asyncio.Semaphore(slots) if slots else None
         self.in_flight = self.busy = self.served = self.failed = self.hung = 0
@@ -108,7 +116,8 @@ class Node:
 
     def service_time(self, text: str) -> float:
         k = self.knobs
-        return self.model.service_time(text, self._jitter) / k.speed * k.slow
+        jitter = self._jitter if self.jitter_seed is None else keyed_jitter(self.jitter_seed, text, self.sigma)
+        return self.model.service_time(text, jitter) / k.speed * k.slow
 
     def _jitter(self) -> float:
         return self.rng.lognormvariate(0.0, self.sigma) if self.sigma > 0 else 1.0
@@ -250,6 +259,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--audio-ms-per-wide-char", type=float, default=0.0, help="the same per wide character")
     p.add_argument("--gap-ms", type=float, default=0.0, help="silence between pieces in that WAV")
     p.add_argument("--jitter-sigma", type=float, default=0.3, help="sigma of the lognormal(0, sigma) factor")
+    p.add_argument("--jitter-by-text", action="store_true",
+                   help="draw each request's jitter from (--seed, its text) instead of the node's own stream: the "
+                        "same text takes the same time on every node of one speed")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7000, help="node i listens on port+i; 0: free ports (default 7000)")
     p.add_argument("--control-port", type=int, default=None, help="default: port+nodes (a free port when --port 0)")
@@ -268,7 +280,8 @@ def build(args: argparse.Namespace) -> Fleet:
                         audio_s_per_wide_char=args.audio_ms_per_wide_char / 1000, gap_s=args.gap_ms / 1000)
     nodes = [Node(f"{args.name_prefix}{i}", Knobs(speed=speeds[i]), slots=args.slots or None,
                   model=model, sigma=args.jitter_sigma, wav=wav,
-                  rng=random.Random(args.seed + i), host=args.host, port=args.port + i if args.port else 0)
+                  rng=random.Random(args.seed + i), host=args.host, port=args.port + i if args.port else 0,
+                  jitter_seed=args.seed if args.jitter_by_text else None)
              for i in range(args.nodes)]
     control = args.control_port if args.control_port is not None else (args.port + args.nodes if args.port else 0)
     return Fleet(nodes, args.host, control)

@@ -34,7 +34,7 @@ import resource
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -199,8 +199,6 @@ async def run_load(config: LoadConfig) -> LoadResult:
     host = urlsplit(config.url).hostname
     if host not in LOOPBACK:
         raise ValueError(f"bench.loadgen only sends to a loopback address, not {host!r}")
-    rng = random.Random(config.seed)
-    texts = TextSource(random.Random(config.seed + 1))
     result = LoadResult(config)
     timeout = aiohttp.ClientTimeout(total=config.timeout)
     connector = aiohttp.TCPConnector(limit=config.connections, limit_per_host=config.connections)
@@ -208,9 +206,10 @@ async def run_load(config: LoadConfig) -> LoadResult:
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False) as session:
         t0 = time.perf_counter()
         if config.mode == "poisson":
-            await _open_loop(session, config, rng, texts, t0, result)
+            await _open_loop(session, config, t0, result)
         elif config.mode == "closed":
-            await _closed_loop(session, config, rng, texts, t0, result)
+            await _closed_loop(session, config, random.Random(config.seed), TextSource(random.Random(config.seed + 1)),
+                               t0, result)
         else:
             raise ValueError(f"unknown mode {config.mode!r}; expected poisson or closed")
         result.wall_s = time.perf_counter() - t0
@@ -219,27 +218,34 @@ async def run_load(config: LoadConfig) -> LoadResult:
     return result
 
 
-async def _open_loop(session: aiohttp.ClientSession, config: LoadConfig, rng: random.Random, texts: TextSource,
-                     t0: float, result: LoadResult) -> None:
+def plan(config: LoadConfig) -> Iterator[tuple[float, str]]:
+    """The open loop's requests as `run_load` sends them, (due seconds from the start, text): a pure function of
+    the config (its seed, rate, duration and lengths), so a benchmark can know them without sending anything."""
+    rng = random.Random(config.seed)
+    texts = TextSource(random.Random(config.seed + 1))
+    due = 0.0
+    for _ in range(config.request_cap()):
+        due += rng.expovariate(config.rate)
+        if due >= config.duration:
+            return
+        yield due, texts.text(rng.randint(config.min_chars, config.max_chars))
+
+
+async def _open_loop(session: aiohttp.ClientSession, config: LoadConfig, t0: float, result: LoadResult) -> None:
     tasks: set[asyncio.Task[Sample]] = set()
-    due, cap = 0.0, config.request_cap()
 
     def done(task: asyncio.Task[Sample]) -> None:
         tasks.discard(task)
         if not task.cancelled():
             result.samples.append(task.result())
 
-    while len(result.samples) + len(tasks) < cap:
-        due += rng.expovariate(config.rate)
-        if due >= config.duration:
-            break
-        chars = rng.randint(config.min_chars, config.max_chars)
+    for due, text in plan(config):
         delay = t0 + due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
         else:
             result.max_lag_s = max(result.max_lag_s, -delay)
-        task = asyncio.create_task(_one(session, config, texts.text(chars), due, t0))
+        task = asyncio.create_task(_one(session, config, text, due, t0))
         tasks.add(task)
         task.add_done_callback(done)
     if tasks:  # each request gives up after config.timeout by itself; this wait is a second bound
