@@ -11,6 +11,7 @@ import os
 import re
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench._previous import RouterImpl
 from bench._procs import HOST, START_TIMEOUT_S, Child
 from bench._procs import start_router as _start_router
 
@@ -34,9 +36,11 @@ POLICIES: dict[str, dict[str, Any]] = {
     "round_robin": {"max_concurrency": 1000, "max_connections": 1000, "balancer": {"policy": "round_robin"},
                     "breaker": {"enabled": False},
                     "retry": {"max_attempts": 1, "per_try_timeout_floor": 300, "per_try_timeout_cap": 300}},
-    # issue #2's policy: least outstanding under a limit equal to the node's slots, retry only a failed
-    # connection (once), no breaker, no per-try time-out, a 30 s queue
-    "least_outstanding": {"max_concurrency": 4, "balancer": {"policy": "least_outstanding"},
+    # issue #2's policy: least outstanding under a limit equal to the node's slots (fixed: the working tree's router
+    # would otherwise learn a limit, `adaptive_concurrency`), retry only a failed connection (once), no breaker, no
+    # per-try time-out, a 30 s queue
+    "least_outstanding": {"max_concurrency": 4,
+                          "balancer": {"policy": "least_outstanding", "adaptive_concurrency": False},
                           "breaker": {"enabled": False}, "queue": {"timeout": 30},
                           "retry": {"max_attempts": 2, "retry_on": ["connect"], "per_try_timeout_floor": 300,
                                     "per_try_timeout_cap": 300}},
@@ -46,7 +50,12 @@ POLICIES: dict[str, dict[str, Any]] = {
     # pick instead of a power-of-two sample; send a hedged second try when the first is slow
     "full_all_choices": {"balancer": {"policy": "latency", "choices": 100}},
     "full_hedge": {"balancer": {"policy": "latency"}, "hedge": {"enabled": True}},
+    # the routing policy before issue #11 (the router of `bench._previous.PREVIOUS_REV`, its defaults): the same
+    # YAML as `full`, run by the older router
+    "previous": {"balancer": {"policy": "latency"}},
 }
+#: policies run by the previous router (`--previous-rev`) instead of the working tree's
+PREVIOUS_POLICIES = {"previous"}
 
 
 @dataclass
@@ -57,7 +66,11 @@ class FleetProc:
     control: str
 
     def configure(self, node: str, changes: dict[str, Any]) -> None:
-        _post(f"{self.control}/_fleet/nodes/{node}/config", changes)
+        """Change ``node``'s knobs; node ``*``: every node of the fleet."""
+        if node == "*":
+            _post(f"{self.control}/_fleet/config", changes)
+        else:
+            _post(f"{self.control}/_fleet/nodes/{node}/config", changes)
 
     def state(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"{self.control}/_fleet/state", timeout=5) as resp:
@@ -65,10 +78,12 @@ class FleetProc:
 
 
 def fleet_argv(*, nodes: int, slots: int, speeds: Sequence[float], base_ms: float, per_char_ms: float,
-               sigma: float, wav_bytes: int | None = None, seed: int = 1) -> list[str]:
+               sigma: float, wav_bytes: int | None = None, seed: int = 1, jitter_by_text: bool = False) -> list[str]:
     argv = ["--nodes", str(nodes), "--slots", str(slots), "--speeds", ",".join(f"{s:g}" for s in speeds),
             "--base-ms", f"{base_ms:g}", "--per-char-ms", f"{per_char_ms:g}", "--jitter-sigma", f"{sigma:g}",
             "--seed", str(seed)]
+    if jitter_by_text:
+        argv.append("--jitter-by-text")
     if wav_bytes is not None:
         argv += ["--wav-bytes", str(wav_bytes)]
     return argv
@@ -90,13 +105,19 @@ def start_fleet(children: list[Child], log_dir: Path, name: str, fleet_args: lis
     raise RuntimeError(f"the fleet did not start in {START_TIMEOUT_S:.0f} s:\n{child.tail()}")
 
 
-def router_yaml(nodes: dict[str, str], pool: dict[str, Any]) -> str:
-    """A router config: one index-tts-vllm pool over ``nodes``, model indextts2, voice alloy."""
+def router_yaml(nodes: dict[str, str], pool: dict[str, Any], server: dict[str, Any] | None = None,
+                fanout: bool | None = None) -> str:
+    """A router config: one index-tts-vllm pool over ``nodes``, model indextts2, voice alloy. Every key it
+    writes is in the config schema of the working tree's router and of the previous one alike.
+
+    ``fanout``: None leaves the model's long-text fan-out at its default (on for index-tts-vllm: texts over
+    200 characters are cut into segments synthesized in parallel); False and True set it."""
+    model: Any = ["gpu"] if fanout is None else {"pools": ["gpu"], "fanout": {"enabled": fanout}}
     settings = {
-        "server": {"host": HOST, "log_level": "warning"},
+        "server": {"host": HOST, "log_level": "warning", **(server or {})},
         "pools": {"gpu": {"type": "index-tts-vllm", **pool,
                           "endpoints": [{"url": url, "name": name} for name, url in nodes.items()]}},
-        "models": {"indextts2": ["gpu"]},
+        "models": {"indextts2": model},
         "voices": {"alloy": {"spk_audio_path": "/data/voices/alloy.wav"}},
     }
     return yaml.safe_dump(settings, sort_keys=False)
@@ -107,24 +128,44 @@ class RouterProc:
     child: Child
     url: str
     config_path: Path
+    impl: RouterImpl | None = None
+    admin_key: str = ""
 
     def metrics(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as resp:
             return parse_metrics(resp.read().decode())
 
+    def health(self) -> dict[str, Any]:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=5) as resp:
+                return json.load(resp)
+        except urllib.error.HTTPError as exc:  # 503 when nothing is in rotation: the body says why
+            return json.loads(exc.read())
 
-def start_router(children: list[Child], log_dir: Path, name: str, config: str, port: int) -> RouterProc:
-    """`speech-router serve --config <file>`; returns once /readyz and /health answer 200 (every node up)."""
-    child = _start_router(config, port, log_dir, name=name, ready=("/readyz", "/health"))
+    def reload(self, config: str) -> dict[str, Any]:
+        """Rewrite the router's config file with ``config`` and `POST /admin/reload` with the admin key."""
+        tmp = self.config_path.with_suffix(".new")
+        tmp.write_text(config, encoding="utf-8")
+        tmp.replace(self.config_path)
+        return _post(f"{self.url}/admin/reload", {}, headers={"Authorization": f"Bearer {self.admin_key}"})
+
+
+def start_router(children: list[Child], log_dir: Path, name: str, config: str, port: int,
+                 impl: RouterImpl | None = None, admin_key: str = "") -> RouterProc:
+    """`speech-router serve --config <file>` (``impl``: another copy of the router, e.g. the previous one); returns
+    once /readyz and /health answer 200 (every node up). ``admin_key`` turns the admin API on."""
+    env = {**(impl.env if impl else {}), **({"SPEECH_ROUTER_ADMIN_KEY": admin_key} if admin_key else {})}
+    child = _start_router(config, port, log_dir, name=name, ready=("/readyz", "/health"),
+                          command=impl.command if impl else None, env=env or None, cwd=impl.cwd if impl else None)
     children.append(child)
-    return RouterProc(child, f"http://{HOST}:{port}", log_dir / f"{name}.yaml")
+    return RouterProc(child, f"http://{HOST}:{port}", log_dir / f"{name}.yaml", impl, admin_key)
 
 
-def _post(url: str, body: dict[str, Any]) -> None:
+def _post(url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
     req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=5) as resp:
-        resp.read()
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read() or b"null")
 
 
 # -- router metrics -----------------------------------------------------------------------------------------

@@ -1,19 +1,34 @@
-"""`python -m bench.routing`: the routing benchmark of issue #4, three scenarios, one markdown report.
+"""`python -m bench.routing`: the routing benchmarks of issues #4 and #11, one markdown report.
 
 a. Heterogeneous fleet: 4 nodes x 4 slots at speeds 1, 1, 0.5, 0.25; service time (50 ms + 2 ms x chars)
-   / speed x lognormal(0, 0.3); texts of 20-400 characters; Poisson load at 70% of the fleet's capacity
-   for 60 s, 30 s client time-out; policies round_robin, least_outstanding and full (the `latency` policy).
+   / speed x lognormal(0, 0.3), the jitter keyed by the text (`bench.fleet --jitter-by-text`); texts of
+   20-400 characters; Poisson load at 70% of the fleet's capacity for 60 s, 30 s client time-out. Its p99
+   is compared with the no-queueing floor (`bench._routing_floor`): each request's own service time on a
+   free speed-1 node, from the same arrivals, texts and jitter seed.
 b. Failover at 50% load: one node goes down (connection refused) at a third of the run, another hangs
-   (accepts, never answers) at two thirds; full policy and least_outstanding.
-c. Router overhead: one instant node answering a 240 KB WAV; direct, through nginx and through the
-   router, closed loop at concurrency 1, 16 and 64.
+   (accepts, never answers) at two thirds.
+c. Router overhead (issue #4): one instant node answering a 240 KB WAV; direct, through nginx and through
+   the router, closed loop at concurrency 1, 16 and 64. Only with `--scenario c` or `all`.
+d. Fleet slowdown: the same fleet at 20% load; at a third of the run every node's service time is
+   multiplied by `--slow-factor` (4), at two thirds it is back to 1. Errors and breaker states per phase.
+e. Node added: 4 nodes of speed 1, the router's config names 3; Poisson load at 80% of those 3; at a third
+   of the run the config file gets the 4th and `POST /admin/reload` (admin key) applies it. The new
+   node's share of the requests, second by second, against its capacity share (1/4).
+
+Policies compared side by side (`--policies-a` etc.): `full` (the working tree's router, the `latency`
+policy at its defaults), `previous` (the router of commit `--previous-rev`, a406d86, the policy before
+issue #11, exported with `git archive` into the run's temporary directory and started from there, see
+`bench._previous`), `least_outstanding` (the working tree's router, `balancer.policy: least_outstanding`
+as in issue #2) and `round_robin`.
 
 Each run gets a fresh fleet (`python -m bench.fleet`) and a fresh router (`speech-router serve --config
 <temp yaml>`), on 127.0.0.1 only; the load generator (`bench.loadgen`) runs in this process. Every child
-is stopped however the run ends (normal exit, error, Ctrl-C, SIGTERM). About 10 minutes for everything.
+is stopped however the run ends (normal exit, error, Ctrl-C, SIGTERM). About 17 minutes for a, b, d and e
+with 60 s runs; `--duration` shortens them.
 
-    python -m bench.routing                       # everything, writes bench/results/routing.md
+    python -m bench.routing                       # a, b, d, e; writes the routing-v2 block of bench/results/routing.md
     python -m bench.routing --scenario a --duration 20 --out /tmp/routing.md
+    python -m bench.routing --scenario c --block routing     # issue #4's overhead block
 """
 
 from __future__ import annotations
@@ -23,23 +38,30 @@ import asyncio
 import json
 import math
 import os
+import secrets
 import sys
 import time
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench._previous import PREVIOUS_REV, RouterImpl, current, export
 from bench._procs import Child, free_port, stopped_on_exit
-from bench._routing_env import (POLICIES, CpuMeter, FleetProc, RouterProc, by_label, fleet_argv, histogram_quantile,
-                                metrics_delta, router_yaml, start_fleet, start_router, wait_quiet)
+from bench._routing_env import (POLICIES, PREVIOUS_POLICIES, CpuMeter, FleetProc, RouterProc, by_label, fleet_argv,
+                                histogram_quantile, metrics_delta, router_yaml, start_fleet, start_router, wait_quiet)
+from bench._routing_floor import excess, floor
 from bench._routing_overhead import run_overhead
 from bench._routing_report import write_report
 from bench.loadgen import LoadConfig, LoadResult, percentile, run_load
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "routing.md"
 FLEET = {"nodes": 4, "slots": 4, "speeds": [1.0, 1.0, 0.5, 0.25], "base_ms": 50.0, "per_char_ms": 2.0, "sigma": 0.3}
+#: scenario e: equal nodes, so the new one's capacity share is plain (1 / nodes)
+FLEET_E = {**FLEET, "speeds": [1.0, 1.0, 1.0, 1.0]}
 CHARS = (20, 400)
+#: how often the router's /health is read during a measured run (endpoint states, breakers, learned limits)
+HEALTH_POLL_S = 0.5
+DEFAULT_POLICIES = "least_outstanding,previous,full"
 
 
 def capacity(fleet: dict[str, Any], chars: tuple[int, int] = CHARS) -> float:
@@ -58,25 +80,47 @@ def log(message: str) -> None:
 
 
 class Bench:
-    """Shared settings and the child list of one `python -m bench.routing` invocation."""
+    """Shared settings, the child list and the routers (working tree, previous) of one invocation."""
 
     def __init__(self, args: argparse.Namespace, children: list[Child], log_dir: Path) -> None:
         self.args = args
         self.children = children
         self.log_dir = log_dir
-        self.fleet_args = fleet_argv(nodes=FLEET["nodes"], slots=FLEET["slots"], speeds=FLEET["speeds"],
-                                     base_ms=FLEET["base_ms"], per_char_ms=FLEET["per_char_ms"],
-                                     sigma=FLEET["sigma"], seed=args.seed)
+        self._impls: dict[str, RouterImpl] = {}
 
-    def run(self, tag: str, policy: str, rate: float, events: Sequence[tuple[float, str, dict[str, Any]]] = ()
-            ) -> dict[str, Any]:
-        """Fresh fleet and router; warm-up (not measured); the measured run with its fleet events."""
+    def impl(self, policy: str) -> RouterImpl:
+        """The router that runs ``policy``: the previous commit's for `previous`, else the working tree's."""
+        key = "previous" if policy in PREVIOUS_POLICIES else "current"
+        if key not in self._impls:
+            self._impls[key] = (export(self.args.previous_rev, self.log_dir / "previous-router") if key == "previous"
+                                else current())
+            log(f"  router for {key}: {self._impls[key].label}, speech_router from {self._impls[key].package}")
+        return self._impls[key]
+
+    def fleet_args(self, fleet: dict[str, Any]) -> list[str]:
+        return fleet_argv(nodes=fleet["nodes"], slots=fleet["slots"], speeds=fleet["speeds"], base_ms=fleet["base_ms"],
+                          per_char_ms=fleet["per_char_ms"], sigma=fleet["sigma"], seed=self.args.seed,
+                          jitter_by_text=True)
+
+    def run(self, tag: str, policy: str, rate: float, events: Sequence[tuple[float, str, dict[str, Any]]] = (), *,
+            fleet_spec: dict[str, Any] = FLEET, configured: Sequence[str] | None = None) -> dict[str, Any]:
+        """Fresh fleet and router; warm-up (not measured); the measured run with its events.
+
+        An event is (seconds, target, changes): target a node name or `*` (every node) gets ``changes`` as knobs;
+        target `reload` rewrites the router's config with the nodes in ``changes["endpoints"]`` and reloads it.
+        ``configured``: the nodes in the router's config at the start (default all)."""
         args = self.args
-        fleet = start_fleet(self.children, self.log_dir, f"fleet-{tag}", self.fleet_args)
-        config = router_yaml(fleet.nodes, POLICIES[policy])
-        router = start_router(self.children, self.log_dir, f"router-{tag}", config, free_port())
+        fleet = start_fleet(self.children, self.log_dir, f"fleet-{tag}", self.fleet_args(fleet_spec))
+        nodes = {n: u for n, u in fleet.nodes.items() if configured is None or n in configured}
+        reloads = any(target == "reload" for _, target, _ in events)
+        server = {"watch_config": False} if reloads else None  # the admin API reloads, at a known time
+        config = router_yaml(nodes, POLICIES[policy], server, fanout=args.fanout)
+        impl = self.impl(policy)
+        router = start_router(self.children, self.log_dir, f"router-{tag}", config, free_port(), impl,
+                              admin_key=secrets.token_hex(16) if reloads else "")
         try:
             background = wait_quiet(args.quiet_wait)
+            load_before = os.getloadavg()
             if args.warmup > 0:
                 warm = LoadConfig(url=router.url, rate=rate, duration=args.warmup, timeout=args.timeout,
                                   seed=args.seed + 1000)
@@ -84,48 +128,84 @@ class Bench:
             load = LoadConfig(url=router.url, rate=rate, duration=args.duration, timeout=args.timeout,
                               seed=args.seed)
             groups = {"router": [router.child.proc.pid], "fleet": [fleet.child.proc.pid], "loadgen": [os.getpid()]}
-            result, cpu, snapshots = asyncio.run(_measured(load, fleet, router, events, groups))
+            measured = asyncio.run(_measured(load, fleet, router, events, groups, policy, args.fanout, poll=True))
+            result = measured["result"]
+            snapshots = measured["snapshots"]
             delta = metrics_delta(snapshots[0], snapshots[-1])
-            health = _json(router.url + "/health")
+            health = router.health()
             state = fleet.state()
         finally:
             router.child.stop()
             fleet.child.stop()
         summary = result.summary()
         log(f"  {tag}: {summary['count']} requests, {summary['errors']} errors {summary['error_kinds'] or ''}, "
-            f"p50 {summary['p50'] * 1000:.0f} ms, p99 {summary['p99'] * 1000:.0f} ms")
-        return {"policy": policy, "rate": rate, "summary": summary, "cpu": cpu, "background": background,
-                "load_command": load.command(),
-                "router_config": config, "fleet_argv": fleet.argv, "events": list(events),
-                "phases": _phases(result, [t for t, _, _ in events]), "metrics": _router_stats(delta),
+            f"p50 {summary['p50'] * 1000:.0f} ms, p99 {summary['p99'] * 1000:.0f} ms; load average {load_before[0]:.2f}")
+        cuts = [t for t, _, _ in events]
+        return {"policy": policy, "router": {"label": impl.label, "package": impl.package}, "rate": rate,
+                "summary": summary, "cpu": measured["cpu"], "background": background, "loadavg": load_before,
+                "load_command": load.command(), "router_config": config, "fleet_argv": fleet.argv,
+                "events": list(events), "event_log": measured["event_log"],
+                "phases": _phases(result, cuts), "metrics": _router_stats(delta),
+                "phase_metrics": [_router_stats(metrics_delta(a, b)) for a, b in zip(snapshots, snapshots[1:])],
                 "by_node": _by_node(result), "queue_waits": _queue_waits(snapshots),
-                "endpoints": {e["name"]: {"state": e["state"], "breaker": e["breaker"], "latency": e["latency"]}
+                "excess": excess(result.samples, load, fleet_spec, args.seed),
+                "samples": [(s.due, s.latency, s.outcome, s.chars, s.served_by) for s in result.samples],
+                "health_polls": measured["polls"],
+                "endpoints": {e["name"]: {"state": e["state"], "breaker": e["breaker"], "latency": e["latency"],
+                                          **{k: e[k] for k in ("cap", "concurrency_limit") if k in e}}
                               for e in health.get("endpoints", [])},
                 "nodes": {n["name"]: {k: n[k] for k in ("served", "failed", "hung")} for n in state["nodes"]}}
 
 
 async def _measured(load: LoadConfig, fleet: FleetProc, router: RouterProc,
-                    events: Sequence[tuple[float, str, dict[str, Any]]], groups: dict[str, list[int]]
-                    ) -> tuple[LoadResult, dict[str, float], list[dict[Any, float]]]:
-    """The load, the fleet's events at their times, CPU use over the sending period, and the router's metrics
-    when each event happens and when sending ends (for per-phase queue waits)."""
+                    events: Sequence[tuple[float, str, dict[str, Any]]], groups: dict[str, list[int]],
+                    policy: str, fanout: bool, poll: bool) -> dict[str, Any]:
+    """The load, the events at their times, CPU use over the sending period, the router's metrics when each event
+    happens and when sending ends (for per-phase numbers), and (``poll``) its /health every HEALTH_POLL_S."""
     meter = CpuMeter(groups)
     cpu: dict[str, float] = {}
     snapshots = [await asyncio.to_thread(router.metrics)]
+    event_log: list[dict[str, Any]] = []
+    polls: list[tuple[float, dict[str, Any]]] = []
+    t0 = time.monotonic()
 
     async def timeline() -> None:
-        t0 = time.monotonic()
-        for at, node, changes in events:
+        for at, target, changes in events:
             await asyncio.sleep(max(0.0, t0 + at - time.monotonic()))
-            await asyncio.to_thread(fleet.configure, node, changes)
+            started = time.monotonic() - t0
+            if target == "reload":
+                nodes = {n: u for n, u in fleet.nodes.items() if n in changes["endpoints"]}
+                config = router_yaml(nodes, POLICIES[policy], {"watch_config": False}, fanout=fanout)
+                reply = await asyncio.to_thread(router.reload, config)
+                detail = {k: reply.get(k) for k in ("result", "changes", "errors") if isinstance(reply, dict)}
+            else:
+                await asyncio.to_thread(fleet.configure, target, changes)
+                detail = {}
+            done = time.monotonic() - t0
             snapshots.append(await asyncio.to_thread(router.metrics))
-            log(f"    t={at:.0f}s: {node} {changes}")
+            event_log.append({"at": at, "target": target, "changes": changes, "started": started, "done": done,
+                              **detail})
+            log(f"    t={at:.0f}s: {target} {changes} ({1000 * (done - started):.0f} ms) {detail or ''}")
         await asyncio.sleep(max(0.0, t0 + load.duration - time.monotonic()))
         cpu.update(meter.stop())
 
-    result, _ = await asyncio.gather(run_load(load), timeline())
+    async def poller() -> None:
+        while time.monotonic() - t0 < load.duration + 2:
+            try:
+                health = await asyncio.to_thread(router.health)
+            except OSError:
+                health = {}
+            polls.append((time.monotonic() - t0, {
+                e["name"]: {"state": e["state"], "breaker": e["breaker"]["state"], "inflight": e.get("inflight"),
+                            "cap": e.get("cap"), "limit": e.get("concurrency_limit"),
+                            "parallel": (e.get("latency") or {}).get("parallel")}
+                for e in health.get("endpoints", [])}))
+            await asyncio.sleep(HEALTH_POLL_S)
+
+    tasks = [run_load(load), timeline()] + ([poller()] if poll else [])
+    result, *_ = await asyncio.gather(*tasks)
     snapshots.append(await asyncio.to_thread(router.metrics))
-    return result, cpu, snapshots
+    return {"result": result, "cpu": cpu, "snapshots": snapshots, "event_log": event_log, "polls": polls}
 
 
 def _queue_waits(snapshots: list[dict[Any, float]]) -> list[dict[str, float]]:
@@ -182,21 +262,17 @@ def _router_stats(delta: dict[Any, float]) -> dict[str, Any]:
     }
 
 
-def _json(url: str) -> Any:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return json.load(resp)
-    except OSError as exc:
-        if hasattr(exc, "read"):
-            return json.loads(exc.read())
-        return {}
-
-
 def scenario_a(bench: Bench) -> dict[str, Any]:
-    rate = bench.args.load_a * capacity(FLEET)
-    log(f"a: heterogeneous fleet, {rate:.2f} req/s ({bench.args.load_a:.0%} of {capacity(FLEET):.2f})")
-    runs = {p: bench.run(f"a-{p}", p, rate) for p in bench.args.policies_a}
-    return {"rate": rate, "capacity": capacity(FLEET), "load": bench.args.load_a, "runs": runs}
+    args = bench.args
+    rate = args.load_a * capacity(FLEET)
+    load = LoadConfig(url="http://127.0.0.1:1", rate=rate, duration=args.duration, timeout=args.timeout,
+                      seed=args.seed)
+    bottom = floor(load, FLEET, args.seed)
+    log(f"a: heterogeneous fleet, {rate:.2f} req/s ({args.load_a:.0%} of {capacity(FLEET):.2f}); "
+        f"no-queueing floor p99 {bottom['p99'] * 1000:.0f} ms")
+    runs = {p: bench.run(f"a-{p}", p, rate) for p in args.policies_a}
+    return {"rate": rate, "capacity": capacity(FLEET), "load": args.load_a, "runs": runs, "floor": bottom,
+            "floor_margin": args.floor_margin}
 
 
 def scenario_b(bench: Bench) -> dict[str, Any]:
@@ -212,20 +288,90 @@ def scenario_b(bench: Bench) -> dict[str, Any]:
             "events": events}
 
 
+def scenario_d(bench: Bench) -> dict[str, Any]:
+    args = bench.args
+    rate = args.load_d * capacity(FLEET)
+    events = [(args.duration / 3, "*", {"slow": args.slow_factor}), (2 * args.duration / 3, "*", {"slow": 1.0})]
+    log(f"d: fleet slowdown x{args.slow_factor:g}, {rate:.2f} req/s ({args.load_d:.0%}; "
+        f"{args.load_d * args.slow_factor:.0%} of the slowed fleet)")
+    runs = {p: bench.run(f"d-{p}", p, rate, events) for p in args.policies_d}
+    return {"rate": rate, "capacity": capacity(FLEET), "load": args.load_d, "slow": args.slow_factor, "runs": runs,
+            "events": events}
+
+
+def scenario_e(bench: Bench) -> dict[str, Any]:
+    args = bench.args
+    first = [f"node{i}" for i in range(FLEET_E["nodes"] - 1)]
+    everyone = [*first, f"node{FLEET_E['nodes'] - 1}"]
+    before = capacity({**FLEET_E, "speeds": FLEET_E["speeds"][:-1]})
+    rate = args.load_e * before
+    share = FLEET_E["speeds"][-1] / sum(FLEET_E["speeds"])
+    events = [(args.duration / 3, "reload", {"endpoints": everyone})]
+    log(f"e: node added, {rate:.2f} req/s ({args.load_e:.0%} of {len(first)} nodes, "
+        f"{rate / capacity(FLEET_E):.0%} of {len(everyone)}); its capacity share {share:.0%}")
+    runs = {p: bench.run(f"e-{p}", p, rate, events, fleet_spec=FLEET_E, configured=first) for p in args.policies_e}
+    for run in runs.values():
+        run["join"] = join_share(run, everyone[-1], share, args.window_e)
+    return {"rate": rate, "capacity_before": before, "capacity_after": capacity(FLEET_E), "load": args.load_e,
+            "share": share, "new_node": everyone[-1], "runs": runs, "events": events, "window": args.window_e,
+            "target_s": args.join_target}
+
+
+def join_share(run: dict[str, Any], node: str, share: float, window: float) -> dict[str, Any]:
+    """The new node's share of the requests, by the second they were due (counted by who served them), from the
+    moment the reload returned; and how long until a ``window``-second stretch first gave it its capacity share."""
+    joined = run["event_log"][0]["done"] if run["event_log"] else math.nan
+    samples = [(due, served) for due, _, outcome, _, served in run["samples"] if outcome == "ok"]
+    horizon = max((due for due, _ in samples), default=joined) - joined
+    seconds = []
+    for k in range(-3, int(horizon)):
+        inside = [served for due, served in samples if joined + k <= due < joined + k + 1]
+        seconds.append((k, sum(1 for s in inside if s == node), len(inside)))
+    reached = math.nan
+    step = 0.25
+    t = 0.0
+    while t + window <= horizon:
+        inside = [served for due, served in samples if joined + t <= due < joined + t + window]
+        if inside and sum(1 for s in inside if s == node) >= share * len(inside):
+            reached = t + window  # the stretch that reached it ends here
+            break
+        t += step
+    later = [served for due, served in samples if due >= joined + 10]
+    return {"joined": joined, "seconds": seconds, "reached_s": reached,
+            "share_after_10s": sum(1 for s in later if s == node) / len(later) if later else math.nan}
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.routing", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scenario", choices=["all", "a", "b", "c"], action="append",
-                   help="run only these (repeatable; default all)")
-    p.add_argument("--duration", type=float, default=60.0, help="measured seconds of a and b runs (default 60)")
-    p.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds of load before each a/b run")
+    policies = lambda s: [x for x in s.split(",") if x]  # noqa: E731
+    p.add_argument("--scenario", choices=["all", "a", "b", "c", "d", "e"], action="append",
+                   help="run only these (repeatable; default a, b, d and e; all: c too)")
+    p.add_argument("--duration", type=float, default=60.0, help="measured seconds of a, b, d, e runs (default 60)")
+    p.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds of load before each run")
     p.add_argument("--timeout", type=float, default=30.0, help="client time-out, seconds (default 30)")
     p.add_argument("--load-a", type=float, default=0.7, help="scenario a load, share of capacity (default 0.7)")
     p.add_argument("--load-b", type=float, default=0.5, help="scenario b load, share of capacity (default 0.5)")
-    p.add_argument("--policies-a", default="round_robin,least_outstanding,full",
-                   type=lambda s: [x for x in s.split(",") if x],
-                   help=f"scenario a policies, comma-separated, from: {', '.join(POLICIES)}")
-    p.add_argument("--policies-b", default="full,least_outstanding", type=lambda s: [x for x in s.split(",") if x])
+    p.add_argument("--load-d", type=float, default=0.2, help="scenario d load, share of capacity (default 0.2)")
+    p.add_argument("--load-e", type=float, default=0.8,
+                   help="scenario e load, share of the capacity of the nodes configured at the start (default 0.8)")
+    p.add_argument("--floor-margin", type=float, default=0.10,
+                   help="scenario a target: p99 at most this far above the no-queueing floor (default 0.10)")
+    p.add_argument("--slow-factor", type=float, default=4.0, help="scenario d: service time factor (default 4)")
+    p.add_argument("--window-e", type=float, default=2.0,
+                   help="scenario e: seconds of requests over which the new node's share is judged (default 2)")
+    p.add_argument("--join-target", type=float, default=10.0,
+                   help="scenario e target: seconds after joining by which its share reaches capacity (default 10)")
+    for key in "abde":
+        p.add_argument(f"--policies-{key}", default=DEFAULT_POLICIES, type=policies,
+                       help=f"scenario {key} policies, comma-separated, from: {', '.join(POLICIES)} "
+                            f"(default {DEFAULT_POLICIES})")
+    p.add_argument("--fanout", action="store_true",
+                   help="leave the model's long-text fan-out on (its default for index-tts-vllm pools: texts over 200 "
+                        "characters go out as segments in parallel); by default the runs turn it off, so that each "
+                        "request is one job on one node and the no-queueing floor is a floor")
+    p.add_argument("--previous-rev", default=PREVIOUS_REV,
+                   help=f"the commit whose router runs policy `previous` (default {PREVIOUS_REV})")
     p.add_argument("--down-node", default="node3", help="scenario b: the node that goes down (default node3)")
     p.add_argument("--hang-node", default="node0", help="scenario b: the node that hangs (default node0)")
     p.add_argument("--overhead-duration", type=float, default=10.0, help="seconds per scenario c run (default 10)")
@@ -238,6 +384,8 @@ def _parser() -> argparse.ArgumentParser:
                         "(other work on a shared machine); 0: do not wait (default 20)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown report (default bench/results/routing.md)")
+    p.add_argument("--block", default="routing-v2",
+                   help="the marked block of --out to rewrite: routing-v2 (issue #11, default) or routing (issue #4)")
     p.add_argument("--json", type=Path, default=None, help="also write the raw results here")
     return p
 
@@ -251,28 +399,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
-    scenarios = set(args.scenario or ["all"])
+    scenarios = set(args.scenario or ["a", "b", "d", "e"])
     if "all" in scenarios:
-        scenarios = {"a", "b", "c"}
-    unknown = (set(args.policies_a) | set(args.policies_b)) - set(POLICIES)
+        scenarios = {"a", "b", "c", "d", "e"}
+    unknown = set().union(*(getattr(args, f"policies_{k}") for k in "abde")) - set(POLICIES)
     if unknown:
         raise SystemExit(f"unknown policies {sorted(unknown)}; known: {sorted(POLICIES)}")
     started = time.monotonic()
+    load_start = os.getloadavg()
     results: dict[str, Any] = {}
     with stopped_on_exit() as (children, log_dir):
         bench = Bench(args, children, log_dir)
-        if "a" in scenarios:
-            results["a"] = scenario_a(bench)
-        if "b" in scenarios:
-            results["b"] = scenario_b(bench)
+        for key, run in (("a", scenario_a), ("b", scenario_b), ("d", scenario_d), ("e", scenario_e)):
+            if key in scenarios:
+                results[key] = run(bench)
         if "c" in scenarios:
             log("c: router overhead")
             results["c"] = run_overhead(children, log_dir, duration=args.overhead_duration,
                                         concurrencies=args.concurrency, nginx_workers=args.nginx_workers,
                                         quiet_wait=args.quiet_wait, sustained=args.sustained, log=log)
+        results["routers"] = {k: vars(v) | {"cwd": str(v.cwd) if v.cwd else None} for k, v in bench._impls.items()}
     wall = time.monotonic() - started
+    results["loadavg"] = {"start": load_start, "end": os.getloadavg()}
     command = "python -m bench.routing" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
-    write_report(args.out, results, command=command, wall_s=wall, fleet=FLEET, chars=CHARS, args=vars(args))
+    write_report(args.out, results, command=command, wall_s=wall, fleet=FLEET, chars=CHARS, args=vars(args),
+                 block=args.block)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
     log(f"wrote {args.out} ({wall:.0f} s)")
