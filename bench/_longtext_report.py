@@ -18,6 +18,8 @@ from speech_router.text.segment import split_segments
 BEGIN, END = "<!-- longtext:start -->", "<!-- longtext:end -->"
 SECTION = "## Long text and cache (issue #7)"
 TOTAL_RATIO_TARGET = 0.35
+#: issue #11: the pool left at the router's defaults (no max_concurrency) on one-slot nodes
+DEFAULT_RATIO_TARGET = 0.30
 TTFB_MARGIN_S = 0.050
 CACHE_HIT_TARGET_S = 0.005
 _SENTENCE_END = re.compile(r"[。！？]|[.!?](?=\s|$)")
@@ -122,9 +124,54 @@ def fanout_section(results: dict[str, Any], fanout: FanoutConfig, nodes: int, si
                             f"{verdict(ttfb - seg1 <= TTFB_MARGIN_S)}.")
     waits = [f"pool `{pool}`: {over:.0f} of {count:.0f} segments waited over 5 ms for a free node, {total:.2f} s in all"
              for pool, (count, over, total) in sorted(results.get("queue", {}).items()) if count]
-    return [f"### Fan-out: {results['repeats']} measured rounds after 1 warm-up round, one request at a time", "",
+    warmup = results.get("warmup", 1)
+    return [f"### Fan-out: {results['repeats']} measured rounds after {warmup} warm-up round{'s' * (warmup != 1)}, "
+            "one request at a time", "",
             *rows, "", f"Router queue in the measured rounds (`speech_router_queue_wait_seconds`): {'; '.join(waits)}.",
-            "", "Targets:", "", *verdicts]
+            "", "Targets:", "", *verdicts, "", *default_section(results)]
+
+
+def default_section(results: dict[str, Any]) -> list[str]:
+    """Issue #11: the pool at the router's defaults, on the working tree's router and on the previous one."""
+    cases = results["cases"]
+    out = ["#### The default config on one-slot nodes (issue #11)", "",
+           "Pool `gpu4` names the same 4 one-slot nodes and sets nothing but their URLs (`max_concurrency` is left at "
+           "its default, 4, which the working tree's router takes as a bound and learns under); the model sets only "
+           "the scaled `silence_ms`. Every round's total, ms (warm-up rounds first, in brackets), TTFB and total as "
+           "medians of the measured rounds, and total against the same round's single-node median:", "",
+           "| text | router | totals per round, ms | TTFB ms, median | total ms, median | total / single node |",
+           "|---|---|--:|--:|--:|--:|"]
+    verdicts = []
+    for name in results["texts"]:
+        mine = [c for c in cases if c.text == name]
+        base = statistics.median(mine[0].total)
+        for case in mine:
+            if "default config" not in case.path:
+                continue
+            ratio = statistics.median(case.total) / base
+            rounds = " ".join([f"({ms(t)})" for t in case.warm] + [ms(t) for t in case.total])
+            label = "previous" if case.path.startswith("previous") else "working tree"
+            out.append(f"| {name} | {label}: {case.path} | {rounds} | {ms(statistics.median(case.ttfb))} | "
+                       f"{ms(statistics.median(case.total))} | **{ratio:.2f}x** |")
+            if label == "working tree":
+                verdicts.append(f"- {name}: total {ms(statistics.median(case.total))} ms against {ms(base)} ms on one "
+                                f"node = **{ratio:.2f}x** (target ≤ {DEFAULT_RATIO_TARGET}x): "
+                                f"{verdict(ratio <= DEFAULT_RATIO_TARGET)}.")
+    learned = []
+    for router, endpoints in (results.get("learned") or {}).items():
+        for e in endpoints:
+            lat = e.get("latency") or {}
+            fit = (f"{lat['base_s'] * 1000:.0f} ms + {lat['per_char_s'] * 1000:.2f} ms/char"
+                   + (f", level {lat['level']:g}, parallel {lat['parallel']:g}" if "level" in lat else "")) if lat else "-"
+            limit = f", limit {e['concurrency_limit']}" if e.get("concurrency_limit") is not None else ""
+            learned.append(f"| {router} | `{e['pool']}` | {e['name']} | {e['served']} | {fit}{limit} |")
+    if learned:
+        learned = ["", "What each router had learned at the end of the fan-out rounds (its `/health`: segments served "
+                   "since it started, warm-up included; the latency it expects, base + per character, at the "
+                   "endpoint's current level; the learned concurrency limit):", "",
+                   "| router | pool | endpoint | served | learned |", "|---|---|---|--:|---|", *learned]
+    return [*out, "", f"Target (issue #11: 4 one-slot nodes, default config, total ≤ {DEFAULT_RATIO_TARGET}x one "
+            "node's time):", "", *verdicts, *learned]
 
 
 def cache_section(groups: list[tuple[str, list[Any]]]) -> list[str]:
@@ -166,7 +213,10 @@ def render(results: dict[str, Any], *, command: str, wall_s: float, real: dict[s
              f"character, lognormal jitter σ {sigma:g} per piece ({scale}x faster than the real figures: "
              f"{real['base_s']:g} s per piece, {real['rtf']:g} s per second of speech). Router: fan-out "
              f"max_parallel {fanout.max_parallel}, segments {fanout.min_segment_chars}–{fanout.max_segment_chars} "
-             f"characters, {fanout.silence_ms} ms of silence between them; pool max_concurrency 1.", "",
+             f"characters, {fanout.silence_ms} ms of silence between them; pool `gpu` max_concurrency 1, pool `gpu4` "
+             "the router's defaults."
+             + (f" Previous router: commit {results['previous']['rev']} (`git archive`, PYTHONPATH), its "
+                "`speech_router` imported from the export." if results.get("previous") else ""), "",
              *text_lines(results, fanout), ""]
     if "cases" in results:
         lines += [*fanout_section(results, fanout, nodes, sigma), ""]

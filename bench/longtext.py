@@ -11,7 +11,10 @@ sends, one request at a time:
 - the whole text straight to one node (`POST /tts_url`): the single-node time;
 - the router's first segment alone to the same node: what the router's time to first byte waits for;
 - the whole text through the router (`POST /v1/audio/speech`, streamed), as wav and as mp3, and as wav
-  once more through a pool of the same nodes left at the default max_concurrency (4), for comparison.
+  once more through a pool of the same nodes left at the router's defaults (no max_concurrency set: the
+  issue #11 target row);
+- the same default pool on the previous router (`--previous-rev`, a406d86: the routing policy before issue
+  #11, exported with `git archive` and started from there, see `bench._previous`), as wav.
 
 The router's queue waits (from its /metrics) are reported too. The cache part sends a model with
 `cache: true` the same long text over and over on one kept-alive connection and times the hits, then a
@@ -39,6 +42,7 @@ import yaml
 
 from bench import _longtext_report as report
 from bench import _procs
+from bench._previous import PREVIOUS_REV, RouterImpl, export
 from bench._readme import write_block
 from bench._routing_env import parse_metrics, start_fleet
 from bench._speech_model import SpeechModel
@@ -95,10 +99,20 @@ def load_texts() -> dict[str, str]:
     return {"Chinese": "".join(zh), "English": " ".join(line.strip() for line in en if line.strip())}
 
 
+def default_pool_yaml(nodes: dict[str, str]) -> str:
+    """Only the 4 nodes as pool `gpu4` at the router's defaults and its model: what the previous router gets
+    (the same pool and model as in `router_yaml`, in keys both routers' schemas take)."""
+    settings = yaml.safe_load(router_yaml(nodes, {}))
+    settings["pools"] = {"gpu4": settings["pools"]["gpu4"]}
+    settings["models"] = {"indextts2-gpu4": settings["models"]["indextts2-gpu4"]}
+    return yaml.safe_dump(settings, sort_keys=False, allow_unicode=True)
+
+
 def router_yaml(nodes: dict[str, str], full_nodes: dict[str, str]) -> str:
     """The 4 nodes as pool `gpu` with max_concurrency 1 (their one slot: the router never queues on a busy
-    node), and again as pool `gpu4` at the default max_concurrency (4), for comparison; a model for each,
-    and a cached one. The nodes that send real-length audio are pool `gpu_full`, with a cached model."""
+    node), and again as pool `gpu4` at the router's defaults (no max_concurrency: the default 4 is the bound,
+    the working tree's router learns the rest), the issue #11 target; a model for each, and a cached one. The
+    nodes that send real-length audio are pool `gpu_full`, with a cached model."""
     fanout = FANOUT.model_dump()
     full_fanout = {**fanout, "silence_ms": round(1000 * REAL["gap_s"])}
 
@@ -135,12 +149,22 @@ class Client:
         self.conn: http.client.HTTPConnection | None = None
 
     def post(self, path: str, body: dict[str, Any], content_type: str = "audio/") -> Timed:
-        if self.conn is None:
-            self.conn = http.client.HTTPConnection(_procs.HOST, self.port, timeout=REQUEST_TIMEOUT_S)
         payload = json.dumps(body).encode()
-        started = time.perf_counter()
-        self.conn.request("POST", path, body=payload, headers={"Content-Type": "application/json"})
-        resp = self.conn.getresponse()
+        for fresh in (self.conn is None, True):
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection(_procs.HOST, self.port, timeout=REQUEST_TIMEOUT_S)
+            started = time.perf_counter()
+            try:
+                self.conn.request("POST", path, body=payload, headers={"Content-Type": "application/json"})
+                resp = self.conn.getresponse()
+                break
+            except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+                # the server closed the idle kept-alive connection before this request (uvicorn's default idle
+                # time-out is 5 s, which the previous router keeps): once more on a new connection
+                self.conn.close()
+                self.conn = None
+                if fresh:
+                    raise
         parts, first = [], None
         while chunk := resp.read1(1 << 16):
             first = first or time.perf_counter()
@@ -167,6 +191,8 @@ class Case:
     send: Callable[[], Timed]
     ttfb: list[float] = field(default_factory=list)
     total: list[float] = field(default_factory=list)
+    #: totals of the warm-up rounds (not measured; they show what is learned)
+    warm: list[float] = field(default_factory=list)
     last: Timed | None = None
 
     def run(self, measured: bool) -> None:
@@ -186,7 +212,13 @@ def direct(client: Client, text: str) -> Callable[[], Timed]:
     return lambda: client.post("/tts_url", body, "audio/wav")
 
 
-def fanout_cases(texts: dict[str, str], node: Client, router: Client) -> list[Case]:
+#: the row of the default-config pool, the target of issue #11, and the same on the previous router
+DEFAULT_ROW = "router fan-out, wav, default config (no max_concurrency set)"
+PREVIOUS_ROW = "previous router ({rev}), fan-out, wav, default config"
+
+
+def fanout_cases(texts: dict[str, str], node: Client, router: Client, previous: tuple[str, Client] | None = None
+                 ) -> list[Case]:
     cases = []
     for name, text in texts.items():
         first = split_segments(text, max_chars=FANOUT.max_segment_chars, min_chars=FANOUT.min_segment_chars)[0]
@@ -194,8 +226,10 @@ def fanout_cases(texts: dict[str, str], node: Client, router: Client) -> list[Ca
                   Case(name, "single node, router's segment 1 alone", direct(node, first)),
                   Case(name, "router fan-out, wav", speech(router, "indextts2", text, "wav")),
                   Case(name, "router fan-out, mp3", speech(router, "indextts2", text, "mp3")),
-                  Case(name, "router fan-out, wav, pool at default max_concurrency 4",
-                       speech(router, "indextts2-gpu4", text, "wav"))]
+                  Case(name, DEFAULT_ROW, speech(router, "indextts2-gpu4", text, "wav"))]
+        if previous is not None:
+            rev, client = previous
+            cases.append(Case(name, PREVIOUS_ROW.format(rev=rev), speech(client, "indextts2-gpu4", text, "wav")))
     return cases
 
 
@@ -232,6 +266,14 @@ def run_cache(text: str, router: Client, hits: int, deadline: float) -> list[tup
             ("real-length audio: wav, repeated", repeated(full, hits, deadline))]
 
 
+def endpoints_view(port: int) -> list[dict[str, Any]]:
+    """What the router's /health says of each endpoint: served, learned limit and latency (what it has learned)."""
+    with urllib.request.urlopen(f"http://{_procs.HOST}:{port}/health", timeout=10) as resp:
+        health = json.load(resp)
+    keys = ("name", "pool", "served", "concurrency_limit", "latency")
+    return [{k: e.get(k) for k in keys} for e in health.get("endpoints", []) if e.get("pool") in ("gpu", "gpu4")]
+
+
 def queue_waits(port: int) -> dict[str, tuple[float, float, float]]:
     """Per pool, from the router's metrics: (segments that got a slot, those that waited over 5 ms, seconds waited)."""
     with urllib.request.urlopen(f"http://{_procs.HOST}:{port}/metrics", timeout=10) as resp:
@@ -247,10 +289,11 @@ def queue_waits(port: int) -> dict[str, tuple[float, float, float]]:
     return waits
 
 
-def run(repeats: int, hits: int, part: str, log: Callable[[str], None]) -> dict[str, Any]:
+def run(repeats: int, hits: int, part: str, log: Callable[[str], None], *, warmup: int = 1,
+        previous_rev: str | None = PREVIOUS_REV) -> dict[str, Any]:
     texts = load_texts()
     model = scaled_model()
-    results: dict[str, Any] = {"texts": texts, "model": model, "repeats": repeats, "hits": hits}
+    results: dict[str, Any] = {"texts": texts, "model": model, "repeats": repeats, "hits": hits, "warmup": warmup}
     deadline = time.monotonic() + MAX_RUN_S
     with _procs.stopped_on_exit() as (children, log_dir):
         fleet = start_fleet(children, log_dir, "fleet", fleet_args(model))
@@ -261,20 +304,35 @@ def run(repeats: int, hits: int, part: str, log: Callable[[str], None]) -> dict[
         node_port = int(next(iter(fleet.nodes.values())).rsplit(":", 1)[1])
         log(f"fleet {list(fleet.nodes)} and router on :{port}")
         node, router = Client(node_port), Client(port)
+        previous: tuple[str, Client] | None = None
+        if previous_rev and part in ("all", "fanout"):
+            impl: RouterImpl = export(previous_rev, log_dir / "previous-router")
+            prev_port = _procs.free_port()
+            children.append(_procs.start_router(default_pool_yaml(fleet.nodes), prev_port, log_dir,
+                                                name="router-previous", ready=("/readyz", "/health"),
+                                                command=impl.command, env=impl.env, cwd=impl.cwd))
+            previous = (impl.rev, Client(prev_port))
+            results["previous"] = {"rev": impl.rev, "package": impl.package, "port": prev_port}
+            log(f"previous router ({impl.label}, speech_router from {impl.package}) on :{prev_port}")
         try:
             if part in ("all", "fanout"):
-                cases = fanout_cases(texts, node, router)
-                for i in range(1 + repeats):  # round 0 warms up: connections, the router's latency estimates
-                    if i == 1:
+                cases = fanout_cases(texts, node, router, previous)
+                for i in range(warmup + repeats):  # warm-up rounds: connections, the router's latency estimates
+                    if i == warmup:
                         before = queue_waits(port)
                     for case in cases:  # interleaved, so drift on the machine hits every case alike
                         if time.monotonic() > deadline:
                             raise RuntimeError(f"the run went over {MAX_RUN_S:.0f} s; use fewer --repeats")
-                        case.run(measured=i > 0)
+                        case.run(measured=i >= warmup)
+                        if i < warmup and case.last is not None:
+                            case.warm.append(case.last.total)
                     for child in children:
                         child.check_alive()
-                    log(f"fan-out: round {i} of {repeats} done" + (" (warm-up)" if i == 0 else ""))
+                    log(f"fan-out: round {i + 1} of {warmup + repeats} done" + (" (warm-up)" if i < warmup else ""))
                 results["cases"] = cases
+                results["learned"] = {"working tree": endpoints_view(port)}
+                if previous is not None:
+                    results["learned"]["previous"] = endpoints_view(results["previous"]["port"])
                 after = queue_waits(port)
                 results["queue"] = {pool: [a - b for a, b in zip(after[pool], before.get(pool, (0, 0, 0)), strict=True)]
                                     for pool in after}
@@ -284,6 +342,8 @@ def run(repeats: int, hits: int, part: str, log: Callable[[str], None]) -> dict[
         finally:
             node.close()
             router.close()
+            if previous is not None:
+                previous[1].close()
     return results
 
 
@@ -292,16 +352,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5, help="measured rounds of the fan-out part (1..20)")
     p.add_argument("--hits", type=int, default=200, help="measured cache hits (10..2000)")
     p.add_argument("--part", choices=["all", "fanout", "cache"], default="all")
+    p.add_argument("--warmup", type=int, default=1, help="unmeasured rounds of the fan-out part first (0..5, default 1)")
+    p.add_argument("--previous-rev", default=PREVIOUS_REV,
+                   help=f"also run the default-config row on the router of this commit (default {PREVIOUS_REV}); "
+                        "'none': do not")
     p.add_argument("--out", type=Path, default=None, help="also write the results into this markdown file")
     args = p.parse_args(argv)
-    if not 1 <= args.repeats <= 20 or not 10 <= args.hits <= 2000:
-        p.error("--repeats must be 1..20 and --hits 10..2000")
+    if not 1 <= args.repeats <= 20 or not 10 <= args.hits <= 2000 or not 0 <= args.warmup <= 5:
+        p.error("--repeats must be 1..20, --hits 10..2000 and --warmup 0..5")
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
     started = time.monotonic()
-    results = run(args.repeats, args.hits, args.part, log)
+    results = run(args.repeats, args.hits, args.part, log, warmup=args.warmup,
+                  previous_rev=None if args.previous_rev == "none" else args.previous_rev)
     command = "python -m bench.longtext " + " ".join(argv if argv is not None else sys.argv[1:])
     block = report.render(results, command=command.strip(), wall_s=time.monotonic() - started, real=REAL,
                           scale=SCALE, sigma=JITTER_SIGMA, fanout=FANOUT, nodes=NODES)
