@@ -159,7 +159,7 @@ if HttpToolsProtocol is not None:
                 if self._closing:  # a callback refused the request (see _refuse) and answered it
                     return
                 msg = "Invalid HTTP request received."
-                self.logger.warning(msg)
+                REFUSALS.note("invalid", f"refused a request that is not HTTP/1.1 from {self._peer()}: 400")
                 self._disarm()
                 self.send_400_response(msg)
                 return
@@ -226,6 +226,9 @@ if HttpToolsProtocol is not None:
                 self._timer.cancel()
                 self._timer = None
 
+        def _peer(self) -> str:
+            return "%s:%d" % self.client if self.client else "?"
+
         def _path(self) -> str | None:
             url = getattr(self, "url", b"") or b""
             return url.split(b"?", 1)[0].decode("latin-1") or None
@@ -239,8 +242,7 @@ if HttpToolsProtocol is not None:
             if cycle is not None and not cycle.response_complete:
                 cycle.disconnected = True  # the app's receive() now says http.disconnect; its sends are dropped
                 cycle.message_event.set()
-            client = "%s:%d" % self.client if self.client else "?"
-            REFUSALS.note(reason, f"refused a request from {client}: {status} {_REASONS[status]}: {message}")
+            REFUSALS.note(reason, f"refused a request from {self._peer()}: {status} {_REASONS[status]}: {message}")
             if not self.transport.is_closing():
                 if not started:
                     self.transport.write(error_bytes(status, message, code, self._path()))
