@@ -92,6 +92,11 @@ def _absent_not_null(schema: dict[str, Any]) -> None:
     schema.pop("default", None)  # the None default means "absent"; a client may not send null
 
 
+def _eight_or_absent(schema: dict[str, Any]) -> None:
+    _absent_not_null(schema)
+    schema.update(minItems=8, maxItems=8)  # the handler refuses other lengths, naming the field
+
+
 class TtsUrlRequest(BaseModel):
     """index-tts-vllm's ``/tts_url`` body (v2, or v1's ``audio_paths``), forwarded to a node unchanged.
 
@@ -102,7 +107,8 @@ class TtsUrlRequest(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False, json_schema_extra={
         "anyOf": [{"required": ["spk_audio_path"]}, {"required": ["audio_paths"]}, {"required": ["audio_path"]}]})
 
-    text: str
+    # documented as the handler checks it (an empty text is a 400 naming it), so generated clients send text
+    text: str = Field(json_schema_extra={"minLength": 1})
     spk_audio_path: str | None = Field(None, description="speaker reference audio: a path on the node (v2)")
     # absent or a list, never null: a v1 node indexes it without a None check (as a v2 node does emo_vec)
     audio_paths: list[str] = Field(None, min_length=1, description="speaker reference paths (v1)",
@@ -113,7 +119,7 @@ class TtsUrlRequest(BaseModel):
     emo_ref_path: str | None = None
     emo_weight: float = 1.0
     emo_vec: list[float] = Field(None, description="8 weights (happy ... calm), each 0..1, sum at most 1.5",
-                                 json_schema_extra=_absent_not_null)
+                                 json_schema_extra=_eight_or_absent)
     emo_text: str | None = None
     emo_random: bool = False
     max_text_tokens_per_sentence: int = Field(120, ge=1)
