@@ -158,8 +158,9 @@ class AttemptLoop:
             try:
                 lease = await pool.acquire(ticket)
             except Unavailable as exc:
-                if last is not None and not isinstance(exc, (QueueFull, QueueTimeout)):
-                    raise last from None  # every other endpoint was tried: report the real failure
+                if last is not None and (isinstance(last, BackendRejected)
+                                         or not isinstance(exc, (QueueFull, QueueTimeout))):
+                    raise last from None  # every other endpoint was tried, or it is the client's mistake anyway
                 raise
             attempts += 1
             tried.add(lease.endpoint.name)
