@@ -268,6 +268,23 @@ class PoolConfig(BaseModel):
         """The backend-specific keys, as written."""
         return dict(self.model_extra or {})
 
+    @model_validator(mode="after")
+    def _one_authorization(self) -> PoolConfig:
+        """Credentials in an endpoint's URL (Basic auth) and an ``Authorization`` header (``api_key_env``, or one in
+        ``headers``) cannot both be sent: aiohttp refuses every such request. Refused here, naming both."""
+        for i, ep in enumerate(self.endpoints):
+            if ep.url is None or "@" not in urlsplit(ep.url).netloc:
+                continue
+            given = [f"{where}api_key_env" for where, env in (("", self.api_key_env), (f"endpoints[{i}].",
+                                                                                        ep.api_key_env)) if env]
+            given += [f"{where}headers.{name}" for where, headers in (("", self.headers), (f"endpoints[{i}].",
+                                                                                         ep.headers))
+                      for name in headers if name.lower() == "authorization"]
+            if given:
+                raise ValueError(f"endpoints[{i}].url carries credentials (user:password@) and {', '.join(given)} "
+                                 "sends an Authorization header: a request cannot carry both; keep one of them")
+        return self
+
 
 class FanoutConfig(_Strict):
     """Long text: cut at sentence ends, synthesize the segments in parallel across the pool, stream in order."""

@@ -98,6 +98,24 @@ def test_url_endpoints_are_required_for_remote_types(registry):
     assert "pools.gpu.endpoints[0].url" in issues_of(info.value)
 
 
+@pytest.mark.parametrize("pool, endpoint, named", [
+    ({"api_key_env": "KEY"}, {}, "api_key_env"),
+    ({}, {"api_key_env": "KEY"}, "endpoints[0].api_key_env"),
+    ({"headers": {"authorization": "Bearer x"}}, {}, "headers.authorization"),
+])
+def test_url_credentials_and_an_authorization_header_are_refused_together(registry, pool, endpoint, named):
+    config = {"pools": {"gpu": {"type": "index-tts-vllm", **pool,
+                                "endpoints": [{"url": "http://user:pw@gpu:6006", **endpoint}]}},
+              "models": {"m": ["gpu"]}}
+    with pytest.raises(ConfigError) as info:
+        settings_from_dict(config, registry=registry)
+    (message, _), = [issues_of(info.value)["pools.gpu"]]
+    assert "endpoints[0].url carries credentials" in message and f" {named} sends" in message
+    assert "pw" not in message  # the password is never repeated
+    config["pools"]["gpu"]["endpoints"][0]["url"] = "http://gpu:6006"  # either one alone is fine
+    settings_from_dict(config, registry=registry)
+
+
 def test_env_expansion_with_defaults_and_missing_variables():
     issues: list = []
     out = expand_env({"a": "${HOST}:${PORT:-6006}", "b": ["$${literal}", "${NOPE}"]}, {"HOST": "gpu"}, (), issues)
