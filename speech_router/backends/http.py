@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 CHUNK_SIZE = 64 * 1024
 KEEPALIVE_S = 30.0
+#: every request to a node passes ``allow_redirects=FOLLOW_REDIRECTS``: a redirect is never followed (aiohttp would
+#: send the pool's ``headers:`` and API key to whatever host the node names); a 3xx is that node's failure
+FOLLOW_REDIRECTS = False
 
 
 class HttpSessions:
@@ -118,6 +121,10 @@ async def raise_for_status(resp: aiohttp.ClientResponse, endpoint: str, client_m
     """
     if resp.status < 300:
         return
+    if resp.status < 400:  # a redirect, not followed: said by its status (its Location may carry anything)
+        resp.release()
+        raise BackendFailed(f"endpoint {endpoint} answered a redirect (HTTP {resp.status}), which is not followed",
+                            endpoint=endpoint, detail=f"HTTP {resp.status} redirect not followed", status=resp.status)
     with mapped_errors(endpoint):
         body = await resp.content.read(64 * 1024)
     resp.release()

@@ -10,15 +10,20 @@ Both answer errors as HTTP 500 ``{"status": "error", "error": "<traceback>"}`` a
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any, Literal
 
 from ..audio.validate import AudioValidator, InvalidAudio, validated_stream
-from ..errors import BackendFailed, BackendRejected, RequestInvalid
+from ..errors import BackendError, BackendFailed, BackendRejected, RequestInvalid
 from ..plugins.hookspecs import hookimpl
 from ..types import AudioResponse, EmotionMethod, HealthReport, SynthesisRequest
 from .base import Backend, BackendContext, Capabilities
 from .index_tts_errors import client_mistake
-from .http import client_timeout, iter_body, releaser, mapped_errors, raise_for_status, read_prefix, request_headers
+from .http import (FOLLOW_REDIRECTS, client_timeout, iter_body, mapped_errors, raise_for_status, read_prefix,
+                   releaser, request_headers, what_failed)
+
+#: the most of a ``/health`` answer read (a node could send any amount)
+HEALTH_BODY_BYTES = 64 * 1024
 
 V1_SEED = 8  # api_server.py's default seed for /tts_url
 
@@ -86,7 +91,8 @@ class IndexTtsVllmBackend(Backend):
         headers = request_headers(self.endpoint, self.context.pool, request.request_id)
         with mapped_errors(self.name):
             resp = await self._session.post(self.url + path, json=body, headers=headers,
-                                            timeout=client_timeout(self.context.pool))
+                                            timeout=client_timeout(self.context.pool),
+                                            allow_redirects=FOLLOW_REDIRECTS)
         try:
             await raise_for_status(resp, self.name, lambda status, text: client_mistake(status, text, request, self.name))
             head = await read_prefix(resp, self.name, 12)
@@ -113,25 +119,38 @@ class IndexTtsVllmBackend(Backend):
                              content_length=resp.content_length, close=releaser(resp))
 
     async def health(self) -> HealthReport:
+        """``GET /health``: healthy on 200 ``{"status": "healthy"}``. Failures are said by what happened (status,
+        error type), never by an error's repr, which would carry the request's headers (the pool's secrets)."""
         pool = self.context.pool
+        status = 0
         try:
             with mapped_errors(self.name):
                 async with self._session.get(self.url + "/health", timeout=_health_timeout(pool),
-                                             headers=request_headers(self.endpoint, pool)) as resp:
-                    data = await resp.json(content_type=None)
-        except Exception as exc:  # noqa: BLE001 - any failure means "not healthy", with the reason
-            return HealthReport(False, getattr(exc, "message", None) or f"health check failed: {exc!r}")
-        if resp.status == 200 and isinstance(data, dict) and data.get("status") == "healthy":
+                                             headers=request_headers(self.endpoint, pool),
+                                             allow_redirects=FOLLOW_REDIRECTS) as resp:
+                    status = resp.status
+                    body = await resp.content.read(HEALTH_BODY_BYTES)
+            data = json.loads(body) if body.strip() else None
+        except BackendError as exc:
+            return HealthReport(False, exc.message)
+        except ValueError:  # not JSON (or not UTF-8): the status says more than the body
+            return HealthReport(False, f"HTTP {status}: the answer is not JSON")
+        except Exception as exc:  # noqa: BLE001 - any failure means "not healthy", said by its type
+            return HealthReport(False, f"health check failed: {what_failed(exc)}")
+        if status == 200 and isinstance(data, dict) and data.get("status") == "healthy":
             return HealthReport(True, str(data.get("message", "")), data)
+        if 300 <= status < 400:
+            return HealthReport(False, f"HTTP {status}: a redirect, not followed")
         detail = data.get("message") or data.get("error") if isinstance(data, dict) else None
-        return HealthReport(False, f"HTTP {resp.status}: {detail or 'unhealthy'}", data if isinstance(data, dict) else {})
+        return HealthReport(False, f"HTTP {status}: {detail or 'unhealthy'}", data if isinstance(data, dict) else {})
 
     async def voices(self) -> dict[str, Any]:
         """The v1 node's ``GET /audio/voices`` (its speaker.json); v2 nodes have no voice list."""
         if self.api != "v1":
             raise BackendRejected("index-tts-vllm v2 nodes have no voice list", endpoint=self.name)
         with mapped_errors(self.name):
-            async with self._session.get(self.url + "/audio/voices", timeout=_health_timeout(self.context.pool)) as r:
+            async with self._session.get(self.url + "/audio/voices", timeout=_health_timeout(self.context.pool),
+                                         allow_redirects=FOLLOW_REDIRECTS) as r:
                 await raise_for_status(r, self.name)
                 return await r.json(content_type=None)
 

@@ -14,7 +14,8 @@ from pydantic import Field
 from ..plugins.hookspecs import hookimpl
 from ..types import AudioResponse, EmotionMethod, HealthReport, SynthesisRequest
 from .base import Backend, BackendContext, Capabilities
-from .http import client_timeout, iter_body, releaser, mapped_errors, raise_for_status, read_prefix, request_headers
+from .http import (FOLLOW_REDIRECTS, client_timeout, iter_body, mapped_errors, raise_for_status, read_prefix,
+                   releaser, request_headers, what_failed)
 
 ALL_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
 
@@ -69,7 +70,8 @@ class OpenAICompatBackend(Backend):
         headers = request_headers(self.endpoint, self.context.pool, request.request_id)
         with mapped_errors(self.name):
             resp = await self._session.post(f"{self.url}/audio/speech", json=body, headers=headers,
-                                            timeout=client_timeout(self.context.pool))
+                                            timeout=client_timeout(self.context.pool),
+                                            allow_redirects=FOLLOW_REDIRECTS)
         try:
             await raise_for_status(resp, self.name)
             head = await read_prefix(resp, self.name, 1)
@@ -93,10 +95,13 @@ class OpenAICompatBackend(Backend):
             with mapped_errors(self.name):
                 async with self._session.get(f"{self.url}/{opts.health_path.lstrip('/')}",
                                              headers=request_headers(self.endpoint, pool),
-                                             timeout=aiohttp.ClientTimeout(total=pool.health_check.timeout)) as resp:
+                                             timeout=aiohttp.ClientTimeout(total=pool.health_check.timeout),
+                                             allow_redirects=FOLLOW_REDIRECTS) as resp:
                     status = resp.status
-        except Exception as exc:  # noqa: BLE001
-            return HealthReport(False, getattr(exc, "message", None) or repr(exc))
+        except Exception as exc:  # noqa: BLE001 - said by its type, never its repr (the request's headers)
+            return HealthReport(False, getattr(exc, "message", None) or f"health check failed: {what_failed(exc)}")
+        if 300 <= status < 400:
+            return HealthReport(False, f"HTTP {status}: a redirect, not followed")
         return HealthReport(status < 500, f"HTTP {status}")
 
 

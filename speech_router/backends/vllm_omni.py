@@ -37,7 +37,7 @@ from ..errors import BackendFailed
 from ..plugins.hookspecs import hookimpl
 from ..types import AudioResponse, HealthReport, SynthesisRequest
 from .base import Backend, BackendContext, Capabilities
-from .http import iter_body, mapped_errors, raise_for_status, read_prefix, releaser, request_headers
+from .http import FOLLOW_REDIRECTS, iter_body, mapped_errors, raise_for_status, read_prefix, releaser, request_headers
 from .http import client_timeout as read_timeout
 from .indextts25 import SPEED_RANGE_25, Version, VersionOption
 from .vllm_omni_refs import REFERENCE_FILES, URL_SCHEMES, node_file_url
@@ -116,7 +116,8 @@ class VllmOmniBackend(Backend):
         with mapped_errors(self.name):
             resp = await self._session.post(self.url + SPEECH_PATH, json=plan.body,
                                             headers=self._headers(request.request_id),
-                                            timeout=read_timeout(self.context.pool))
+                                            timeout=read_timeout(self.context.pool),
+                                            allow_redirects=FOLLOW_REDIRECTS)
         try:
             await self._raise_for_status(resp)
             head = await read_prefix(resp, self.name, 4)
@@ -150,7 +151,7 @@ class VllmOmniBackend(Backend):
         try:
             return await self._health()
         except Exception as exc:  # noqa: BLE001 - any failure means "not healthy", with the reason
-            return HealthReport(False, getattr(exc, "message", None) or f"health check failed: {exc!r}")
+            return HealthReport(False, getattr(exc, "message", None) or f"health check failed: {type(exc).__name__}")
 
     async def _health(self) -> HealthReport:
         status = await self._status("/health")
@@ -161,7 +162,8 @@ class VllmOmniBackend(Backend):
             return HealthReport(False, f"not ready (GET /ready: HTTP {ready}): warming up")
         with mapped_errors(self.name):
             async with self._session.get(self.url + "/v1/models", headers=self._headers(),
-                                         timeout=self._short_timeout()) as resp:
+                                         timeout=self._short_timeout(),
+                                         allow_redirects=FOLLOW_REDIRECTS) as resp:
                 if resp.status != 200:
                     return HealthReport(False, f"GET /v1/models: HTTP {resp.status}")
                 listing = await resp.json(content_type=None)
@@ -188,7 +190,8 @@ class VllmOmniBackend(Backend):
     async def _status(self, path: str) -> int:
         with mapped_errors(self.name):
             async with self._session.get(self.url + path, headers=self._headers(),
-                                         timeout=self._short_timeout()) as resp:
+                                         timeout=self._short_timeout(),
+                                         allow_redirects=FOLLOW_REDIRECTS) as resp:
                 await resp.read()
                 return resp.status
 
@@ -196,7 +199,8 @@ class VllmOmniBackend(Backend):
         """The node's running and waiting requests (``BackendError`` when ``/metrics`` cannot be read)."""
         with mapped_errors(self.name):
             async with self._session.get(self.url + "/metrics", headers=self._headers(),
-                                         timeout=self._short_timeout()) as resp:
+                                         timeout=self._short_timeout(),
+                                         allow_redirects=FOLLOW_REDIRECTS) as resp:
                 await raise_for_status(resp, self.name)
                 text = (await resp.read()).decode("utf-8", "replace")
         totals = {RUNNING: 0.0, WAITING: 0.0}
@@ -226,7 +230,8 @@ class VllmOmniBackend(Backend):
             form.add_field("speaker_description", description)
         with mapped_errors(self.name):
             async with self._session.post(self.url + VOICES_PATH, data=form, headers=self._headers(),
-                                          timeout=read_timeout(self.context.pool)) as resp:
+                                          timeout=read_timeout(self.context.pool),
+                                          allow_redirects=FOLLOW_REDIRECTS) as resp:
                 await raise_for_status(resp, self.name)
                 data = await resp.json(content_type=None)
         voice = data.get("voice") if isinstance(data, dict) else None
@@ -238,7 +243,8 @@ class VllmOmniBackend(Backend):
         """``GET /v1/audio/voices``: ``{"voices": [...], "uploaded_voices": [...]}``."""
         with mapped_errors(self.name):
             async with self._session.get(self.url + VOICES_PATH, headers=self._headers(),
-                                         timeout=self._short_timeout()) as resp:
+                                         timeout=self._short_timeout(),
+                                         allow_redirects=FOLLOW_REDIRECTS) as resp:
                 await raise_for_status(resp, self.name)
                 data = await resp.json(content_type=None)
         if not isinstance(data, dict):
@@ -249,7 +255,8 @@ class VllmOmniBackend(Backend):
         """``DELETE /v1/audio/voices/{name}``; False when the node has no such voice."""
         with mapped_errors(self.name):
             async with self._session.delete(f"{self.url}{VOICES_PATH}/{name}", headers=self._headers(),
-                                            timeout=self._short_timeout()) as resp:
+                                            timeout=self._short_timeout(),
+                                            allow_redirects=FOLLOW_REDIRECTS) as resp:
                 if resp.status == 404:
                     return False
                 await raise_for_status(resp, self.name)
