@@ -215,6 +215,7 @@ def render(results: dict[str, Any], *, command: str, wall_s: float, real: dict[s
              f"max_parallel {fanout.max_parallel}, segments {fanout.min_segment_chars}–{fanout.max_segment_chars} "
              f"characters, {fanout.silence_ms} ms of silence between them; pool `gpu` max_concurrency 1, pool `gpu4` "
              "the router's defaults."
+             + (f" Router: {results['current']['label']}." if results.get("current") else "")
              + (f" Previous router: commit {results['previous']['rev']} (`git archive`, PYTHONPATH), its "
                 "`speech_router` imported from the export." if results.get("previous") else ""), "",
              *text_lines(results, fanout), ""]

@@ -36,8 +36,17 @@ class RouterImpl:
 
 
 def current() -> RouterImpl:
-    """The router of the working tree (the installed, editable `speech-router`)."""
-    return RouterImpl("working tree", router_command(), package=_package_file(sys.executable, None, REPO), rev="HEAD")
+    """The router of the working tree (the installed, editable `speech-router`), as it is at each start."""
+    return RouterImpl("working tree", router_command(), package=_package_file(sys.executable, None, REPO),
+                      rev="working tree")
+
+
+def router_at(rev: str, dest: Path) -> RouterImpl:
+    """``rev``'s router, exported into ``dest``, or the working tree's for ``worktree``.
+
+    An export is a snapshot: the whole run uses one version of the code even while others edit and commit in the
+    working tree (a run once died half-way when a module it imported was moved meanwhile)."""
+    return current() if rev == "worktree" else export(rev, dest)
 
 
 def export(rev: str, dest: Path) -> RouterImpl:
@@ -52,7 +61,8 @@ def export(rev: str, dest: Path) -> RouterImpl:
         raise RuntimeError(f"the export of {rev} in {dest} imports speech_router from {package}, not from the export")
     full = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", rev], capture_output=True, text=True,
                           check=True).stdout.strip()
-    return RouterImpl(f"commit {full}", [sys.executable, "-m", "speech_router.cli"], env, dest, package, full)
+    label = f"commit {full}" + (f" ({rev})" if rev != full else "")
+    return RouterImpl(label, [sys.executable, "-m", "speech_router.cli"], env, dest, package, full)
 
 
 def _package_file(python: str, env: dict[str, str] | None, cwd: Path) -> str:

@@ -466,7 +466,10 @@ def render(results: dict[str, Any], *, command: str, wall_s: float, fleet: dict[
 def _short(path: str) -> str:
     """A package path without the run's temporary directory name (it changes every run)."""
     parts = Path(path).parts
-    return str(Path("<run dir>", *parts[parts.index("previous-router"):])) if "previous-router" in parts else path
+    for name in ("previous-router", "current-router"):
+        if name in parts:
+            return str(Path("<run dir>", *parts[parts.index(name):]))
+    return path
 
 
 def markers(block: str) -> tuple[str, str]:

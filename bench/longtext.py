@@ -42,7 +42,7 @@ import yaml
 
 from bench import _longtext_report as report
 from bench import _procs
-from bench._previous import PREVIOUS_REV, RouterImpl, export
+from bench._previous import PREVIOUS_REV, RouterImpl, export, router_at
 from bench._readme import write_block
 from bench._routing_env import parse_metrics, start_fleet
 from bench._speech_model import SpeechModel
@@ -290,7 +290,7 @@ def queue_waits(port: int) -> dict[str, tuple[float, float, float]]:
 
 
 def run(repeats: int, hits: int, part: str, log: Callable[[str], None], *, warmup: int = 1,
-        previous_rev: str | None = PREVIOUS_REV) -> dict[str, Any]:
+        previous_rev: str | None = PREVIOUS_REV, current_rev: str = "HEAD") -> dict[str, Any]:
     texts = load_texts()
     model = scaled_model()
     results: dict[str, Any] = {"texts": texts, "model": model, "repeats": repeats, "hits": hits, "warmup": warmup}
@@ -300,9 +300,12 @@ def run(repeats: int, hits: int, part: str, log: Callable[[str], None], *, warmu
         full = start_fleet(children, log_dir, "fleet-full", fleet_args(real_length_audio(model)) + ["--seed", "11"])
         port = _procs.free_port()
         config = router_yaml(fleet.nodes, full.nodes)
-        children.append(_procs.start_router(config, port, log_dir, ready=("/readyz", "/health")))
+        current: RouterImpl = router_at(current_rev, log_dir / "current-router")
+        results["current"] = {"label": current.label, "package": current.package}
+        children.append(_procs.start_router(config, port, log_dir, ready=("/readyz", "/health"),
+                                            command=current.command, env=current.env or None, cwd=current.cwd))
         node_port = int(next(iter(fleet.nodes.values())).rsplit(":", 1)[1])
-        log(f"fleet {list(fleet.nodes)} and router on :{port}")
+        log(f"fleet {list(fleet.nodes)} and router ({current.label}, speech_router from {current.package}) on :{port}")
         node, router = Client(node_port), Client(port)
         previous: tuple[str, Client] | None = None
         if previous_rev and part in ("all", "fanout"):
@@ -353,6 +356,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--hits", type=int, default=200, help="measured cache hits (10..2000)")
     p.add_argument("--part", choices=["all", "fanout", "cache"], default="all")
     p.add_argument("--warmup", type=int, default=1, help="unmeasured rounds of the fan-out part first (0..5, default 1)")
+    p.add_argument("--current-rev", default="HEAD",
+                   help="the commit whose router runs (exported with git archive: one version for the whole run, "
+                        "whatever happens in the working tree meanwhile; default HEAD); 'worktree': the installed one")
     p.add_argument("--previous-rev", default=PREVIOUS_REV,
                    help=f"also run the default-config row on the router of this commit (default {PREVIOUS_REV}); "
                         "'none': do not")
@@ -366,7 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.monotonic()
     results = run(args.repeats, args.hits, args.part, log, warmup=args.warmup,
-                  previous_rev=None if args.previous_rev == "none" else args.previous_rev)
+                  previous_rev=None if args.previous_rev == "none" else args.previous_rev,
+                  current_rev=args.current_rev)
     command = "python -m bench.longtext " + " ".join(argv if argv is not None else sys.argv[1:])
     block = report.render(results, command=command.strip(), wall_s=time.monotonic() - started, real=REAL,
                           scale=SCALE, sigma=JITTER_SIGMA, fanout=FANOUT, nodes=NODES)

@@ -15,11 +15,12 @@ e. Node added: 4 nodes of speed 1, the router's config names 3; Poisson load at 
    of the run the config file gets the 4th and `POST /admin/reload` (admin key) applies it. The new
    node's share of the requests, second by second, against its capacity share (1/4).
 
-Policies compared side by side (`--policies-a` etc.): `full` (the working tree's router, the `latency`
+Policies compared side by side (`--policies-a` etc.): `full` (the current router, the `latency`
 policy at its defaults), `previous` (the router of commit `--previous-rev`, a406d86, the policy before
 issue #11, exported with `git archive` into the run's temporary directory and started from there, see
-`bench._previous`), `least_outstanding` (the working tree's router, `balancer.policy: least_outstanding`
-as in issue #2) and `round_robin`.
+`bench._previous`), `least_outstanding` (the current router, `balancer.policy: least_outstanding` as in
+issue #2) and `round_robin`. "Current" is a snapshot of `--current-rev` (HEAD by default) exported the same
+way at the start, so one run measures one version of the code while others edit the working tree.
 
 Each run gets a fresh fleet (`python -m bench.fleet`) and a fresh router (`speech-router serve --config
 <temp yaml>`), on 127.0.0.1 only; the load generator (`bench.loadgen`) runs in this process. Every child
@@ -45,7 +46,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench._previous import PREVIOUS_REV, RouterImpl, current, export
+from bench._previous import PREVIOUS_REV, RouterImpl, export, router_at
 from bench._procs import Child, free_port, stopped_on_exit
 from bench._routing_env import (POLICIES, PREVIOUS_POLICIES, CpuMeter, FleetProc, RouterProc, by_label, fleet_argv,
                                 histogram_quantile, metrics_delta, router_yaml, start_fleet, start_router, wait_quiet)
@@ -89,11 +90,12 @@ class Bench:
         self._impls: dict[str, RouterImpl] = {}
 
     def impl(self, policy: str) -> RouterImpl:
-        """The router that runs ``policy``: the previous commit's for `previous`, else the working tree's."""
+        """The router that runs ``policy``: the previous commit's for `previous`, else the current one (a snapshot of
+        `--current-rev`, HEAD by default)."""
         key = "previous" if policy in PREVIOUS_POLICIES else "current"
         if key not in self._impls:
             self._impls[key] = (export(self.args.previous_rev, self.log_dir / "previous-router") if key == "previous"
-                                else current())
+                                else router_at(self.args.current_rev, self.log_dir / "current-router"))
             log(f"  router for {key}: {self._impls[key].label}, speech_router from {self._impls[key].package}")
         return self._impls[key]
 
@@ -370,6 +372,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="leave the model's long-text fan-out on (its default for index-tts-vllm pools: texts over 200 "
                         "characters go out as segments in parallel); by default the runs turn it off, so that each "
                         "request is one job on one node and the no-queueing floor is a floor")
+    p.add_argument("--current-rev", default="HEAD",
+                   help="the commit whose router runs every other policy, exported at the start so the whole run uses "
+                        "one version even while the working tree changes (default HEAD); 'worktree': the installed "
+                        "working tree as it is at each router start")
     p.add_argument("--previous-rev", default=PREVIOUS_REV,
                    help=f"the commit whose router runs policy `previous` (default {PREVIOUS_REV})")
     p.add_argument("--down-node", default="node3", help="scenario b: the node that goes down (default node3)")
@@ -413,6 +419,8 @@ def _main(argv: Sequence[str] | None) -> int:
         for key, run in (("a", scenario_a), ("b", scenario_b), ("d", scenario_d), ("e", scenario_e)):
             if key in scenarios:
                 results[key] = run(bench)
+                if args.json:  # what is done so far survives a later failure
+                    args.json.write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
         if "c" in scenarios:
             log("c: router overhead")
             results["c"] = run_overhead(children, log_dir, duration=args.overhead_duration,
