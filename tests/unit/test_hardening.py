@@ -101,7 +101,9 @@ def test_configured_secrets_are_every_key_header_and_url_password():
     settings = settings_from_dict({
         "server": {"auth": {"keys": [{"name": "c", "key_env": "CLIENT"}]}},
         "pools": {"gpu": {"type": "index-tts-vllm", "api_key_env": "NODE", "headers": {"X-A": "pool-value"},
-                          "endpoints": [{"url": "http://u:url-pw@h:1", "headers": {"X-B": "ep-value"}}]}},
+                          "endpoints": [{"url": "http://h:1", "headers": {"X-B": "ep-value"}}]},
+                  # URL credentials go without an Authorization header (config refuses both): a pool of their own
+                  "basic": {"type": "index-tts-vllm", "endpoints": [{"url": "http://u:url-pw@h:2"}]}},
         "models": {"m": ["gpu"]}}, env={"CLIENT": "client-key"})
     env = {"NODE": "node-key", "CLIENT": "client-key", "SPEECH_ROUTER_ADMIN_KEY": "admin-key",
            "SPEECH_ROUTER_API_KEYS": "n=env-key,bare-key"}
