@@ -138,6 +138,17 @@ class Metrics:
             "speech_router_cache_evictions", "Entries evicted to stay within the byte budget, by tier", ["tier"],
             registry=r)
 
+        # load signals and uploaded voices (#13)
+        self.endpoint_external = Gauge(
+            "speech_router_endpoint_external_requests", "Requests on the endpoint's node that are not this router's "
+            "(other replicas'), from the node's own load; 0 while unreadable", ["pool", "endpoint"], registry=r)
+        self.load_signal_failures = Counter(
+            "speech_router_load_signal_failures", "Reads of a node's load that failed (the router then counts only "
+            "its own requests)", ["pool", "endpoint"], registry=r)
+        self.voice_node_uploads = Counter(
+            "speech_router_voice_node_uploads", "Uploaded voices sent to (or removed from) vllm-omni nodes by the "
+            "router, by result (uploaded, deleted, failed)", ["pool", "endpoint", "result"], registry=r)
+
         # the process itself: which build runs, and prometheus-client's process_* (CPU, memory, open files; Linux)
         # and python_info, on this registry like everything else
         self.build_info = Gauge(
@@ -147,12 +158,18 @@ class Metrics:
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
 
+    def load_read(self, pool: str, endpoint: str, external: int, failed: bool) -> None:
+        """A node's load was read (``speech_router.router.load``): requests on it from elsewhere, or a failure."""
+        self.endpoint_external.labels(pool, endpoint).set(external)
+        if failed:
+            self.load_signal_failures.labels(pool, endpoint).inc()
+
     def forget_endpoint(self, pool: str, endpoint: str, backend_type: str) -> None:
         """Drop the gauges of an endpoint a reload removed, so its last values do not linger as if live."""
         for gauge, labels in ((self.inflight, (pool, endpoint)), (self.up, (pool, endpoint, backend_type)),
                               (self.max_concurrency, (pool, endpoint)), (self.breaker_state, (pool, endpoint)),
                               (self.concurrency_limit, (pool, endpoint)),
-                              (self.endpoint_draining, (pool, endpoint))):
+                              (self.endpoint_draining, (pool, endpoint)), (self.endpoint_external, (pool, endpoint))):
             try:
                 gauge.remove(*labels)
             except KeyError:

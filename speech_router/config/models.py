@@ -24,6 +24,9 @@ DEFAULT_HEALTH_TIMEOUT_S = 2.0
 DEFAULT_VOICE_DIR = "/data/voices"
 DEFAULT_QUEUE_TIMEOUT_S = 10.0
 DEFAULT_DEADLINE_S = 120.0
+DEFAULT_LOAD_SIGNAL_INTERVAL_S = 1.0
+DEFAULT_VOICE_STORE_DIR = "/var/lib/speech-router/voices"
+DEFAULT_VOICE_UPLOAD_BYTES = 10 * 1024 * 1024
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")
 
@@ -40,6 +43,8 @@ class ClientKeyConfig(_Strict):
     priority: Literal["interactive", "batch"] | None = Field(
         None, description="priority class of this client's requests; default: the request header decides")
     requests_per_minute: int | None = Field(None, ge=1, description="rate limit; beyond it 429")
+    scopes: list[Literal["voices"]] = Field(
+        default_factory=list, description="extra rights: `voices` may upload and delete voices (as the admin key may)")
 
     @field_validator("name")
     @classmethod
@@ -237,6 +242,15 @@ class EndpointConfig(_Strict):
         return value
 
 
+class LoadSignalConfig(_Strict):
+    """Read each endpoint's own load (vllm-omni's running + waiting requests), so several router replicas sharing
+    the nodes see each other's requests. Ignored for backend types that report no load."""
+
+    enabled: bool = Field(False, description="poll the nodes' load; turn on when several routers share nodes")
+    interval: float = Field(DEFAULT_LOAD_SIGNAL_INTERVAL_S, ge=0.05, description="seconds between two reads of a "
+                                                                                "node's load")
+
+
 class PoolConfig(BaseModel):
     """A named group of endpoints of one backend type.
 
@@ -262,6 +276,7 @@ class PoolConfig(BaseModel):
     queue: QueueConfig = Field(default_factory=QueueConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     hedge: HedgeConfig = Field(default_factory=HedgeConfig)
+    load_signal: LoadSignalConfig = Field(default_factory=LoadSignalConfig)
 
     @property
     def options(self) -> dict[str, Any]:
@@ -354,6 +369,22 @@ class VoiceDirConfig(_Strict):
     extension: str = ".wav"
 
 
+class VoiceStoreConfig(_Strict):
+    """Voices uploaded with ``POST /v1/audio/voices``: kept by content hash in ``directory``, which every router
+    replica may share, and which index-tts-vllm nodes mount to read them (``node_directory``)."""
+
+    enabled: bool = Field(True, description="accept uploads (with the admin key or a key with the voices scope)")
+    directory: str = Field(DEFAULT_VOICE_STORE_DIR, description="where uploaded voices are kept (created on the "
+                                                                "first upload)")
+    node_directory: str | None = Field(None, description="the same directory as the nodes (and local workers) see "
+                                                         "it, for spk_audio_path; default: directory")
+    max_bytes: int = Field(DEFAULT_VOICE_UPLOAD_BYTES, ge=1024, description="largest audio file accepted")
+    vllm_omni: Literal["inline", "upload"] = Field(
+        "inline", description="inline: each request carries the reference as a data: URL; upload: the router "
+                              "uploads it to every vllm-omni node (and to nodes that join or come back)")
+    sync_interval: float = Field(60.0, gt=0, description="upload: seconds between checks of each node's voices")
+
+
 class CacheConfig(_Strict):
     """Where cached audio lives: memory (LRU within a byte budget), and optionally a directory on disk."""
 
@@ -372,6 +403,7 @@ class Settings(_Strict):
     voices: dict[str, VoiceConfig] = Field(default_factory=dict)
     voice_dir: VoiceDirConfig | None = None
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    voice_store: VoiceStoreConfig = Field(default_factory=VoiceStoreConfig)
     #: where the config came from, for logs ("file examples/x.yaml", "TTS_REMOTE_URL", "embedded default")
     source: str = Field("", exclude=True)
 

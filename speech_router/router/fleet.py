@@ -22,6 +22,7 @@ from .clock import Clock
 from .endpoint import Endpoint
 from .events import RouterListener
 from .health import check_once, run_checks
+from .load import LoadSignals
 from .pool import Pool
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ class Fleet:
         self.rng = rng
         self.listener = listener
         self.sessions = HttpSessions()
+        #: nodes' own load, polled where a pool turns it on (``load_signal``)
+        self.load_signals = LoadSignals(self._wake)
         self.pools: dict[str, Pool] = {name: self._pool(name, self._endpoints(name, cfg, {}, []))
                                        for name, cfg in settings.pools.items()}
         #: endpoints removed by a reload that still finish requests in flight
@@ -89,6 +92,7 @@ class Fleet:
                               balancer=cfg.balancer, health_check=cfg.health_check)
                 ep.key = key
                 ep.breaker.on_change = self._breaker_listener(ep)
+                self.load_signals.plan(ep, cfg.load_signal)
                 fresh.append(ep)
             endpoints.append(ep)
         return endpoints
@@ -110,6 +114,7 @@ class Fleet:
             if ep.health_check.enabled:
                 task = run_checks(ep, self._health_changed, self._deep_request(ep))
                 self._health_tasks[ep] = asyncio.create_task(task)
+            self.load_signals.start(ep)
 
     async def apply(self, settings: Settings) -> dict[str, list[str]]:
         """Switch to ``settings`` without dropping a request.
@@ -158,6 +163,7 @@ class Fleet:
         task = self._health_tasks.pop(ep, None)
         if task is not None:
             task.cancel()
+        self.load_signals.stop(ep)
         self.retiring.append(ep)
         self._closers.add(asyncio.create_task(self._close_when_idle(ep)))
 
@@ -185,6 +191,7 @@ class Fleet:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._health_tasks.clear()
+        await self.load_signals.aclose()
         for pool in self.pools.values():
             pool.close()
         for ep in [*self.endpoints, *self.retiring]:
