@@ -26,7 +26,8 @@ from ..errors import SpeechRouterError
 from ..metrics import Metrics
 from ..plugins.manager import BackendRegistry, backend_registry, create_plugin_manager
 from ..router.dispatch import Router
-from . import admin, openapi, routes
+from ..voices.distribute import VoiceDistributor
+from . import admin, openapi, routes, voices
 from .access_log import AccessLogMiddleware
 from .auth import Authenticator, AuthMiddleware
 from .cached import ResponseCache
@@ -50,7 +51,10 @@ def create_app(settings: Settings | None = None, *, pm: pluggy.PluginManager | N
         settings = load_settings(config_path, registry=registry, env=env)
     auth = Authenticator.from_settings(settings, env=env)
     metrics = Metrics()
-    router = Router(settings, registry, metrics)
+    # uploaded voices onto vllm-omni nodes, including those that join or come back (upload mode)
+    distributor = VoiceDistributor(lambda: router.settings, lambda: router.endpoints, metrics)
+    router = Router(settings, registry, metrics, listeners=[distributor])
+    router.fleet.load_signals.observer = metrics
     cache = ResponseCache(AudioCache(settings.cache, metrics), metrics)
     metrics.config_loaded_timestamp.set_to_current_time()
     metrics.config_last_reload_success.set(1)
@@ -67,10 +71,12 @@ def create_app(settings: Settings | None = None, *, pm: pluggy.PluginManager | N
             if hasattr(result, "__await__"):
                 await result
         reloader.start()
+        distributor.start()
         try:
             yield
         finally:
             await reloader.stop()
+            await distributor.aclose()
             await router.aclose()
             await cache.aclose()
 
@@ -82,8 +88,10 @@ def create_app(settings: Settings | None = None, *, pm: pluggy.PluginManager | N
             Route("/tts_url", routes.tts_url, methods=["POST"]),
             Route("/v1/models", routes.list_models, methods=["GET"]),
             Route("/models", routes.list_models, methods=["GET"]),
-            Route("/v1/audio/voices", routes.list_voices, methods=["GET"]),
-            Route("/voices", routes.list_voices, methods=["GET"]),
+            Route("/v1/audio/voices", voices.list_voices, methods=["GET"]),
+            Route("/voices", voices.list_voices, methods=["GET"]),
+            Route("/v1/audio/voices", voices.upload_voice, methods=["POST"]),
+            Route("/v1/audio/voices/{name}", voices.delete_voice, methods=["DELETE"]),
             Route("/health", routes.health, methods=["GET"]),
             Route("/livez", routes.livez, methods=["GET"]),
             Route("/readyz", routes.readyz, methods=["GET"]),
@@ -106,6 +114,7 @@ def create_app(settings: Settings | None = None, *, pm: pluggy.PluginManager | N
     app.state.env = env
     app.state.auth = auth
     app.state.cache = cache
+    app.state.voice_distributor = distributor
     reloader = app.state.reloader = Reloader(app, config_path, on_applied=[_refresh_state(app)])
     return app
 

@@ -7,6 +7,10 @@ metrics and responses; secrets are kept as SHA-256 digests and compared in const
 
 The middleware reads ``scope["app"].state.auth`` on every request, so a config reload swaps in a new
 ``Authenticator``; ``inherit_rate_limits`` carries each client's window over by key name.
+
+Writing voices (``POST /v1/audio/voices``, ``DELETE /v1/audio/voices/{name}``) needs more than a
+client key: the admin key, or a client key with the ``voices`` scope (``scopes: [voices]``). With
+neither configured, voice uploads are off (403), even when client authentication is off.
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ ADMIN = "admin"
 ADMIN_PREFIX = "/admin/"
 #: rate limits count requests in a sliding window of this many seconds
 RATE_WINDOW_S = 60.0
+#: the scope a client key needs to upload and delete voices (the admin key may too)
+VOICES_SCOPE = "voices"
+VOICES_PATH = "/v1/audio/voices"
 
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$"
 _NAME = re.compile(_NAME_PATTERN)
@@ -54,9 +61,11 @@ class ClientKey:
     digest: bytes
     priority: str | None = None
     requests_per_minute: int | None = None
+    scopes: frozenset[str] = frozenset()
 
     def __repr__(self) -> str:  # never the digest
-        return f"ClientKey(name={self.name!r}, priority={self.priority!r}, rpm={self.requests_per_minute!r})"
+        return (f"ClientKey(name={self.name!r}, priority={self.priority!r}, rpm={self.requests_per_minute!r}, "
+                f"scopes={sorted(self.scopes)!r})")
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,7 @@ class _FileKey(BaseModel):
     key: str = Field(min_length=1)
     priority: Literal["interactive", "batch"] | None = None
     requests_per_minute: int | None = Field(None, ge=1)
+    scopes: list[Literal["voices"]] = Field(default_factory=list)
 
 
 def _digest(secret: str) -> bytes:
@@ -121,7 +131,8 @@ class Authenticator:
                 issues.append(ConfigIssue(f"server.auth.keys[{i}].key_env",
                                           f"environment variable {entry.key_env} is not set"))
                 continue
-            keys.append(ClientKey(entry.name, _digest(secret), entry.priority, entry.requests_per_minute))
+            keys.append(ClientKey(entry.name, _digest(secret), entry.priority, entry.requests_per_minute,
+                                  frozenset(entry.scopes)))
         if issues:
             raise ConfigError(issues, source=settings.source)
         if auth.keys_file:
@@ -141,22 +152,47 @@ class Authenticator:
             if name in previous._windows:
                 self._windows[name] = previous._windows[name]
 
-    def check(self, path: str, authorization: str | None) -> Decision:
-        """Decide on one request from its path and ``Authorization`` header."""
+    def check(self, path: str, authorization: str | None, method: str = "GET") -> Decision:
+        """Decide on one request from its path, ``Authorization`` header and method."""
         if path.startswith(ADMIN_PREFIX):
             return self._check_admin(authorization)
+        if writes_voices(method, path):
+            return self._check_voices(authorization)
         if path in self.open_paths or not self.enabled:
             return Decision(ANONYMOUS)
         given = _bearer(authorization)
         if given is None:
             return Decision("", status=401, reason="missing_key")
+        found = self._find(given)
+        if found is None:
+            return Decision("", status=401, reason="invalid_key")
+        return self._admitted(found)
+
+    def _find(self, given: str) -> ClientKey | None:
         digest = _digest(given)
         found: ClientKey | None = None
         for key in self.keys:  # every key is compared, so timing says nothing about which matched
             if hmac.compare_digest(key.digest, digest) and found is None:
                 found = key
+        return found
+
+    def _check_voices(self, authorization: str | None) -> Decision:
+        """The admin key, or a client key with the voices scope; off (403) when neither is configured."""
+        given = _bearer(authorization)
+        if self._admin is not None and given is not None and hmac.compare_digest(self._admin, _digest(given)):
+            return Decision(ADMIN)
+        if self._admin is None and not any(VOICES_SCOPE in key.scopes for key in self.keys):
+            return Decision("", status=403, reason="voices_disabled")
+        if given is None:
+            return Decision("", status=401, reason="missing_key")
+        found = self._find(given)
         if found is None:
             return Decision("", status=401, reason="invalid_key")
+        if VOICES_SCOPE not in found.scopes:
+            return Decision(found.name, status=403, reason="missing_scope")
+        return self._admitted(found)
+
+    def _admitted(self, found: ClientKey) -> Decision:
         wait = self._admit(found)
         if wait > 0:
             return Decision(found.name, found.priority, status=429, reason="rate_limited", retry_after=wait)
@@ -183,6 +219,11 @@ class Authenticator:
             return window[-limit] + RATE_WINDOW_S - now  # when enough old requests have left the window
         window.append(now)
         return 0.0
+
+
+def writes_voices(method: str, path: str) -> bool:
+    """Whether a request uploads or deletes a voice (the admin key or the voices scope needed)."""
+    return method in ("POST", "DELETE") and (path == VOICES_PATH or path.startswith(VOICES_PATH + "/"))
 
 
 def _bearer(authorization: str | None) -> str | None:
@@ -226,7 +267,7 @@ def load_keys_file(path: Path) -> list[ClientKey]:
                     msg = "a non-empty string is required"  # never echo the value
                 issues.append(ConfigIssue(format_loc((i, *err["loc"])), msg))
             continue
-        keys.append(ClientKey(k.name, _digest(k.key), k.priority, k.requests_per_minute))
+        keys.append(ClientKey(k.name, _digest(k.key), k.priority, k.requests_per_minute, frozenset(k.scopes)))
     if issues:
         raise ConfigError(issues, source=str(path))
     return keys
@@ -251,6 +292,9 @@ MESSAGES = {
     "invalid_key": "Incorrect API key provided.",
     "admin_key": "Incorrect or missing admin key. Provide it in an Authorization header using Bearer auth.",
     "admin_disabled": "The admin API is disabled: no admin key is configured.",
+    "voices_disabled": "Voice uploads are off: configure an admin key or a client key with the voices scope.",
+    "missing_scope": "This API key may not upload or delete voices: that needs the admin key or a key with the "
+                     "voices scope.",
 }
 
 
@@ -273,7 +317,7 @@ class AuthMiddleware:
         metrics = state.metrics
         path = scope["path"]
         header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
-        decision = auth.check(path, header)
+        decision = auth.check(path, header, scope.get("method", "GET"))
         scope_state = scope.setdefault("state", {})
         scope_state["client"] = decision.client or None
         scope_state["client_priority"] = decision.priority
@@ -303,7 +347,7 @@ def _rejected(decision: Decision, path: str) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if decision.status == 401 else None
     if path == "/tts_url":  # the drop-in answers in index-tts-vllm's shape, as errors.error_response does
         return JSONResponse({"status": "error", "error": message}, status_code=decision.status, headers=headers)
-    code = "admin_disabled" if decision.reason == "admin_disabled" else "invalid_api_key"
+    code = decision.reason if decision.status == 403 else "invalid_api_key"
     return openai_error(decision.status, message, code=code, headers=headers)
 
 

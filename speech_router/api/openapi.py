@@ -22,6 +22,7 @@ from .. import __version__
 from ..audio import FORMATS
 from ..config.models import ServerConfig, Settings
 from .schemas import SpeechRequest, SynthesizeRequest, TtsUrlRequest
+from .voices import VoiceDeleted, VoiceList, VoiceUploaded
 
 OPENAPI_VERSION = "3.1.0"
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -93,19 +94,6 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-class VoiceCard(BaseModel):
-    id: str
-    object: Literal["voice"]
-    description: str
-    models: list[str] = Field(description="models whose backends can speak this voice")
-
-
-class VoiceList(BaseModel):
-    object: Literal["list"]
-    data: list[VoiceCard]
-    voice_dir: str | None = Field(None, description="other names resolve to files in this directory on the nodes")
-
-
 class ModelHealth(BaseModel):
     healthy: bool
     pools: list[str]
@@ -129,7 +117,7 @@ class Plugin(BaseModel):
 
 COMPONENT_MODELS: tuple[type[BaseModel], ...] = (
     SpeechRequest, SynthesizeRequest, TtsUrlRequest, Error, TtsUrlError, ModelList, VoiceList, Health, Status, Plugin,
-    SpeechAudioDelta, SpeechAudioDone, SpeechStreamError)
+    SpeechAudioDelta, SpeechAudioDone, SpeechStreamError, VoiceUploaded, VoiceDeleted)
 
 
 # --- the route table ---------------------------------------------------------------------------------
@@ -153,12 +141,23 @@ SSE: Content = {"text/event-stream": {"schema": {
         "type": "string", "contentMediaType": "application/json",
         "contentSchema": {"oneOf": [_ref(SpeechAudioDelta), _ref(SpeechAudioDone), _ref(SpeechStreamError)]}}}}}}
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
+#: ``POST /v1/audio/voices``: vllm-omni's upload form
+VOICE_FORM: Content = {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["audio_sample", "name", "consent"], "properties": {
+        "audio_sample": {"type": "string", "format": "binary", "description": (
+            "the reference: WAV, FLAC, OGG or MP3, 1-30 s, at most `voice_store.max_bytes`; mixed down to mono")},
+        "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", "description": (
+            "the voice's name (case-insensitive); a re-upload replaces it; a configured voice's name is refused")},
+        "consent": {"type": "string", "description": "the speaker's consent (a reference to it), kept with the voice"},
+        "description": {"type": "string"}, "speaker_description": {"type": "string", "description": "vllm-omni's name "
+                                                                                                     "for description"},
+        "ref_text": {"type": "string", "description": "what the reference says (passed on to vllm-omni nodes)"}}}}}
 
 ERROR_TEXT = {
     400: "The request is invalid; `param` names the field.",
     401: "No key, or an unknown one (`Authorization: Bearer <key>`).",
-    403: "The admin API is off: no admin key is configured.",
-    404: "No endpoint of that name.",
+    403: "The admin API is off (no admin key), or the key may not write voices (admin key or `voices` scope).",
+    404: "No endpoint (admin) or uploaded voice of that name.",
     413: "The body is over `server.max_body_bytes`.",
     429: "The client's rate limit or the pool's queue is full; retry after `Retry-After` seconds.",
     500: "An unexpected error in the router (logged with the request id).",
@@ -176,12 +175,13 @@ class Operation:
     summary: str
     tag: str
     ok: Content
-    auth: Literal["apiKey", "adminKey"] | None = None
+    auth: Literal["apiKey", "adminKey"] | tuple[Literal["adminKey", "voicesKey"], ...] | None = None  # or any of
     body: type[BaseModel] | None = None
     errors: tuple[int, ...] = ()
     error_body: type[BaseModel] = Error
     also: tuple[tuple[int, str], ...] = ()  # other statuses answered with the success body: (status, why)
     synthesis_headers: bool = False  # the priority and deadline request headers
+    form: Content | None = None  # a request body that is not JSON (the voice upload)
 
 
 CLIENT_ERRORS = (401, 429)
@@ -209,6 +209,11 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/models"): replace(_MODELS, summary="List models (without /v1)"),
     ("GET", "/v1/audio/voices"): _VOICES,
     ("GET", "/voices"): replace(_VOICES, summary="List voices (without /v1)"),
+    ("POST", "/v1/audio/voices"): Operation("Upload a voice for the whole fleet", "voices", _json(VoiceUploaded),
+                                            ("adminKey", "voicesKey"), form=VOICE_FORM,
+                                            errors=(400, 401, 403, 429, 503)),
+    ("DELETE", "/v1/audio/voices/{name}"): Operation("Delete an uploaded voice", "voices", _json(VoiceDeleted),
+                                                     ("adminKey", "voicesKey"), errors=(400, 401, 403, 404, 503)),
     ("GET", "/health"): Operation("Every model's and endpoint's health; 503 when a model has none healthy",
                                   "operations", _json(Health), also=((503, "Some model has no healthy endpoint."),)),
     ("GET", "/livez"): Operation("The process answers", "operations", _json(Status)),
@@ -233,6 +238,8 @@ SECURITY_SCHEMES = {
     "apiKey": {"type": "http", "scheme": "bearer", "description": (
         "A client key, sent as OpenAI's SDKs do. Needed only when client keys are configured.")},
     "adminKey": {"type": "http", "scheme": "bearer", "description": "The admin key (`server.auth.admin_key_env`)."},
+    "voicesKey": {"type": "http", "scheme": "bearer", "description": (
+        "A client key with the `voices` scope (`scopes: [voices]`): it may upload and delete voices.")},
 }
 
 
@@ -285,7 +292,7 @@ def _operation(method: str, path: str, op: Operation, headers: list[dict[str, An
         "operationId": re.sub(r"[^A-Za-z0-9]+", "_", f"{method.lower()}{path}").strip("_"),
         "summary": op.summary,
         "tags": [op.tag],
-        "security": [{op.auth: []}] if op.auth else [],
+        "security": [{scheme: []} for scheme in ((op.auth,) if isinstance(op.auth, str) else op.auth or ())],
     }
     params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
               for name in re.findall(r"\{(\w+)\}", path)]
@@ -298,6 +305,8 @@ def _operation(method: str, path: str, op: Operation, headers: list[dict[str, An
         if op.body in examples:
             media["example"] = examples[op.body]
         out["requestBody"] = {"required": True, "content": {"application/json": media}}
+    if op.form is not None:
+        out["requestBody"] = {"required": True, "content": op.form}
     responses: dict[str, Any] = {"200": {"description": "OK", "content": op.ok}}
     for status, why in op.also:
         responses[str(status)] = {"description": why, "content": op.ok}

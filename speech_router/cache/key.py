@@ -1,7 +1,8 @@
 """Cache keys: a SHA-256 over everything that changes the audio, and nothing that does not.
 
 Two requests get the same key exactly when a backend would be asked for the same thing: the same
-model, voice (name *and* its configured parameters, so editing a voice's reference file misses),
+model, voice (name, configured parameters *and* the content hash of its reference files where this host
+can read them, so editing a voice's YAML or its reference file in place misses),
 text, emotion, speed, sentence size, passthrough body, stored format and sample rate, plus
 ``extra`` settings chosen by the caller (fan-out silence, segment size...). ``request_id`` and
 ``timeout`` only change how a request is handled, so they are left out.
@@ -18,6 +19,7 @@ from pathlib import PurePath
 from typing import Any
 
 from ..types import SynthesisRequest
+from ..voices.digest import reference_digests
 
 #: bump when the key's content or the stored layout changes, so old disk entries simply miss
 KEY_VERSION = 1
@@ -60,6 +62,11 @@ def cache_key(request: SynthesisRequest, *, kind: str, fmt: str, sample_rate: in
         document["lang"] = request.lang
     if emotion.ref_params:
         document["emotion_ref_params"] = emotion.ref_params
+    # a reference edited in place is another voice; added only when readable here, so other keys stay as they were
+    if refs := reference_digests(request.voice_params):
+        document["voice_ref_sha256"] = refs
+    if emotion.ref_params and (emotion_refs := reference_digests(emotion.ref_params)):
+        document["emotion_ref_sha256"] = emotion_refs
     canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_plain)
     # surrogatepass: a lone surrogate (refused by the routes) must never turn a key into a 500
     return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()

@@ -1,7 +1,8 @@
 """Public voice names -> per-backend parameters, only ever through the config.
 
 A client names a voice; it never sends a file path. Voices listed under ``voices`` resolve to their
-parameters; with ``voice_dir`` set (the seed's ``TTS_VOICE_DIR``), any other name that is a plain
+parameters, then voices uploaded with ``POST /v1/audio/voices`` (``speech_router.voices``: one
+namespace, YAML first); with ``voice_dir`` set (the seed's ``TTS_VOICE_DIR``), any other name that is a plain
 file name resolves to ``<voice_dir>/<name><extension>`` on the nodes.
 """
 
@@ -12,6 +13,7 @@ from typing import Any
 
 from ..config.models import Settings
 from ..errors import RequestInvalid
+from ..voices.params import uploaded_params
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # fullmatch: "$" would accept a trailing newline
 
@@ -21,6 +23,9 @@ def resolve_voice(settings: Settings, name: str, *, param: str = "voice") -> dic
     voice = settings.voices.get(name)
     if voice is not None:
         return voice.params()
+    uploaded = uploaded_params(settings, name)
+    if uploaded is not None:
+        return uploaded
     if settings.voice_dir is not None and _PLAIN_NAME.fullmatch(name):
         d = settings.voice_dir
         return {"spk_audio_path": f"{d.path.rstrip('/')}/{name}{d.extension}"}

@@ -1,0 +1,7 @@
+"""Voices uploaded through the router (``POST /v1/audio/voices``), usable on every backend type.
+
+``audio``: check an upload and make it a mono WAV reference; ``store``: keep it by content hash in a
+directory every replica (and the index-tts-vllm nodes) can read; ``params``: what it is to each
+backend type; ``distribute``: upload it to vllm-omni nodes, including those that join or come back;
+``digest``: a reference file's content hash, for cache keys; ``form``: the multipart upload, bounded.
+"""
