@@ -27,7 +27,8 @@ from speech_router.emulator.control import build_app, state_of
 from speech_router.emulator.state import EmulatorState, NodeStopped
 from speech_router.emulator.vllm_omni_media import MediaError, VoiceStore, parse_form
 from speech_router.emulator.vllm_omni_request import OmniError
-from speech_router.emulator.vllm_omni_speech import VllmOmniConfig, authorized, node_config, speech, voice_store
+from speech_router.emulator.vllm_omni_speech import (SpeakerCache, VllmOmniConfig, authorized, node_config, speech,
+                                                     speaker_cache, voice_store)
 
 __all__ = ["VllmOmniConfig", "create_app"]
 
@@ -49,6 +50,7 @@ def create_app(config: VllmOmniConfig | None = None) -> Starlette:
     ]
     app = build_app(state, routes, exception_handlers={HTTPException: _http_error})
     app.state.voices = VoiceStore()
+    app.state.speakers = SpeakerCache()
     return app
 
 
@@ -111,7 +113,10 @@ async def _metrics(request: Request) -> Response:
         lines += [f"# HELP {metric} {help_}", f"# TYPE {metric} gauge", f"{metric}{{model_name={label}}} {value:.1f}"]
     lines += ["# HELP vllm_omni:requests_success_total Total requests by completion reason.",
               "# TYPE vllm_omni:requests_success_total counter",
-              f'vllm_omni:requests_success_total{{finished_reason="stop",model_name={label}}} {state.served:.1f}']
+              f'vllm_omni:requests_success_total{{finished_reason="stop",model_name={label}}} {state.served:.1f}',
+              "# HELP emulator_speaker_cache_misses_total Voices whose conditioning was computed (emulator only).",
+              "# TYPE emulator_speaker_cache_misses_total counter",
+              f"emulator_speaker_cache_misses_total {speaker_cache(request).misses:.1f}"]
     return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

@@ -7,6 +7,10 @@ the answer started; after a stream's 200, a cut raw stream or a ``speech.audio.e
 Audio is 22,050 Hz mono; a non-streamed answer is a whole file in the asked format (opus fails at
 that rate, as it does on a real node: 400 "Speech generation failed"). On 2.5, a single request
 longer than ``mel_cap_s`` comes back squeezed into that length (vllm-omni issue #7378).
+
+Speaker conditioning: the first use of a voice on a node costs ``speaker_first_use_s`` more, in its
+engine slot, and the node then keeps it in an LRU of ``speaker_cache`` voices (vllm-omni's 512 MiB
+speaker cache, counted in voices), so sending a voice to the node that used it lately saves GPU time.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal
@@ -51,6 +56,30 @@ class VllmOmniConfig(Knobs):
     server_load_tracking: bool = False  # --enable-server-load-tracking: GET /load
     chunks: int = 1  # pieces a stream's audio is sent in (IndexTTS is not incremental: one)
     mel_cap_s: float | None = 60.0  # 2.5: longer single requests are squeezed into this many seconds
+    speaker_first_use_s: float = 0.0  # extra engine time the first time a voice is used (speaker conditioning)
+    speaker_cache: int = 64  # voices whose conditioning the node keeps (LRU); 0 keeps none
+
+
+class SpeakerCache:
+    """The voices a node holds the conditioning of, least recently used first; counts misses for benchmarks."""
+
+    def __init__(self) -> None:
+        self.voices: OrderedDict[str, None] = OrderedDict()
+        self.misses = 0
+
+    def __repr__(self) -> str:
+        return f"SpeakerCache(voices={len(self.voices)}, misses={self.misses})"
+
+    def use(self, voice: str, size: int) -> bool:
+        """Record a use of ``voice``; True when it was not held (its conditioning must be computed)."""
+        if voice in self.voices:
+            self.voices.move_to_end(voice)
+            return False
+        self.misses += 1
+        self.voices[voice] = None
+        while len(self.voices) > max(0, size):
+            self.voices.popitem(last=False)
+        return True
 
 
 class EngineError(Exception):
@@ -61,6 +90,11 @@ def node_config(state: EmulatorState) -> VllmOmniConfig:
     config = state.config
     assert isinstance(config, VllmOmniConfig)
     return config
+
+
+def speaker_cache(request: Request) -> SpeakerCache:
+    speakers: SpeakerCache = request.app.state.speakers
+    return speakers
 
 
 def voice_store(request: Request) -> VoiceStore:
@@ -104,7 +138,7 @@ async def speech(request: Request) -> Response:
             await _reference(emo_audio, config)
     except OmniError as exc:
         return exc.response()
-    plan = _Plan(body, reference_key(speaker), config)
+    plan = _Plan(body, reference_key(speaker), config, speaker_cache(request))
     if body.streaming:
         return StreamingResponse(_stream(state, plan), media_type=plan.stream_media_type)
     return await _whole(state, plan)
@@ -126,8 +160,8 @@ def _request_id() -> str:
 class _Plan:
     """What one accepted request will produce."""
 
-    def __init__(self, body: SpeechBody, voice: str, config: VllmOmniConfig) -> None:
-        self.body, self.voice = body, voice
+    def __init__(self, body: SpeechBody, voice: str, config: VllmOmniConfig, speakers: SpeakerCache) -> None:
+        self.body, self.voice, self.speakers = body, voice, speakers
         self.text = body.input
         self.format = body.response_format
         speed = body.speed or 1.0
@@ -152,7 +186,9 @@ async def _generate(state: EmulatorState, plan: _Plan) -> None:
     if config.hang:
         await state.pause(None)
     async with state.slot():
-        await state.pause(config.latency_s(plan.text))
+        first_use = plan.speakers.use(plan.voice, config.speaker_cache)
+        extra = config.speaker_first_use_s * config.slowdown if first_use else 0.0
+        await state.pause(config.latency_s(plan.text) + extra)
         if config.fails(plan.text):
             raise EngineError(OOM)
 

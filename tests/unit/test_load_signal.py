@@ -31,7 +31,8 @@ class FakeNode(Backend):
     capabilities = Capabilities(formats=frozenset({"wav"}))
 
     def __init__(self) -> None:
-        super().__init__(EndpointConfig(url="http://node:1", name="node"), Backend.Options(), None)  # type: ignore[arg-type]
+        context = None  # a load poller needs no HTTP sessions
+        super().__init__(EndpointConfig(url="http://node:1", name="node"), Backend.Options(), context)  # type: ignore
         self.answer: Reading | Exception = Reading(0, 0)
 
     async def synthesize(self, request):  # type: ignore[no-untyped-def]
