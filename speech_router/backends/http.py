@@ -159,26 +159,33 @@ def _error_message(text: str) -> str:
 
 
 async def iter_body(resp: aiohttp.ClientResponse, endpoint: str, first: bytes = b"") -> AsyncIterator[bytes]:
-    """Yield the body as it arrives; a short or broken body raises ``BackendFailed``/``BackendUnavailable``."""
+    """Yield the body as it arrives; a short or broken body raises ``BackendFailed``/``BackendUnavailable``.
+
+    Each piece is yielded as the connection received it (``iter_chunks``): cutting pieces to a fixed size would
+    copy the body once more, and pass more, smaller pieces through every layer up to the client."""
     try:
         if first:
             yield first
         with mapped_errors(endpoint):
-            async for chunk in resp.content.iter_chunked(CHUNK_SIZE):
-                yield chunk
+            async for chunk, _ in resp.content.iter_chunks():
+                if chunk:
+                    yield chunk
     finally:
         resp.release()
 
 
 async def read_prefix(resp: aiohttp.ClientResponse, endpoint: str, size: int) -> bytes:
-    """Read at least ``size`` bytes (or the whole body if shorter), to check what the body is."""
+    """Read at least ``size`` bytes (or the whole body if shorter), to check what the body is: the pieces already
+    received, as they are (no copy when the first holds ``size``)."""
     data = b""
     with mapped_errors(endpoint):
         while len(data) < size:
-            chunk = await resp.content.read(CHUNK_SIZE)
+            chunk, _ = await resp.content.readchunk()
             if not chunk:
-                break
-            data += chunk
+                if resp.content.at_eof():
+                    break
+                continue  # an HTTP chunk's end: more may follow
+            data = chunk if not data else data + chunk
     return data
 
 
