@@ -41,12 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     eps.add_argument("--url", default=None, help="ask a running router (its /health) instead "
                                                  "(default: $SPEECH_ROUTER_URL, when --config is not given)")
 
-    bks = sub.add_parser("backends", help="backends of a running router: state, breaker, in-flight, latency "
-                                          "(admin API; key from $SPEECH_ROUTER_ADMIN_KEY)")
+    bks = sub.add_parser("backends", help="endpoints of a running router: state, breaker, in-flight, latency "
+                                          "(admin API, /admin/endpoints; key from $SPEECH_ROUTER_ADMIN_KEY)")
     bks.add_argument("--url", default=os.environ.get("SPEECH_ROUTER_URL", "http://127.0.0.1:8000"))
     bks.add_argument("--json", action="store_true", help="print the admin API's JSON")
 
-    drain = sub.add_parser("drain", help="stop sending new requests to a backend; those in flight finish")
+    drain = sub.add_parser("drain", help="stop sending new requests to an endpoint; those in flight finish")
     drain.add_argument("name")
     drain.add_argument("--undo", action="store_true", help="undrain: take new requests again (with slow start)")
     drain.add_argument("--url", default=os.environ.get("SPEECH_ROUTER_URL", "http://127.0.0.1:8000"))
@@ -228,13 +228,13 @@ def _admin_failed(status: int, body: Any, url: str) -> bool:
 
 
 def _backends(args: argparse.Namespace) -> int:
-    status, body = _admin(args.url, "GET", "/admin/backends")
+    status, body = _admin(args.url, "GET", "/admin/endpoints")
     if _admin_failed(status, body, args.url):
         return 1
     if args.json:
         print(json.dumps(body, indent=2))
         return 0
-    rows = body["backends"]
+    rows = body["endpoints"]
     for row in rows:
         row["breaker"] = row["breaker"]["state"]
         lat = row.get("latency")
@@ -247,7 +247,7 @@ def _backends(args: argparse.Namespace) -> int:
 
 def _drain(args: argparse.Namespace) -> int:
     action = "undrain" if args.undo else "drain"
-    status, body = _admin(args.url, "POST", f"/admin/backends/{args.name}/{action}")
+    status, body = _admin(args.url, "POST", f"/admin/endpoints/{args.name}/{action}")
     if _admin_failed(status, body, args.url):
         return 1
     print(f"{body['name']}: {body['state']} ({body['inflight']} in flight)")

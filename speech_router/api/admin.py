@@ -1,7 +1,8 @@
-"""The admin API: see and steer the fleet while traffic flows. Its key is checked by the auth middleware.
+"""The admin API: see and steer the fleet while traffic flows. Its key is checked by the edge (``Access.ADMIN``).
 
-``GET /admin/backends``, ``POST /admin/backends/{name}/drain`` and ``/undrain``, ``POST /admin/reload``,
-``GET /admin/config`` (secrets redacted).
+``GET /admin/endpoints``, ``POST /admin/endpoints/{name}/drain`` and ``/undrain``, ``POST /admin/reload``,
+``GET /admin/config`` (secrets redacted). ``/admin/backends`` and its drain routes are the old names of the
+endpoint routes, kept for one release: the same answers, with the list under ``backends``.
 """
 
 from __future__ import annotations
@@ -11,21 +12,31 @@ from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from .errors import openai_error
+from .state import app_state
 
 REDACTED = "***"
 
 
-async def backends(request: Request) -> JSONResponse:
+def _listing(request: Request, key: str) -> JSONResponse:
     """Every endpoint with its state, breaker, in-flight count, weights and learned latency."""
-    router = request.app.state.router
+    router = app_state(request).router
     rows = [{**ep.describe(), "retired": False} for ep in router.endpoints]
     rows += [{**ep.describe(), "retired": True} for ep in router.retiring]
     pools = {name: {"type": pool.backend_type, "queue_depth": pool.queue_depth(), "healthy": pool.healthy}
              for name, pool in router.pools.items()}
-    return JSONResponse({"backends": rows, "pools": pools})
+    return JSONResponse({key: rows, "pools": pools})
+
+
+async def endpoints(request: Request) -> JSONResponse:
+    """``GET /admin/endpoints``."""
+    return _listing(request, "endpoints")
+
+
+async def backends(request: Request) -> JSONResponse:
+    """``GET /admin/backends``: the old name, its list under ``backends``."""
+    return _listing(request, "backends")
 
 
 async def drain(request: Request) -> JSONResponse:
@@ -37,25 +48,26 @@ async def undrain(request: Request) -> JSONResponse:
 
 
 def _set_draining(request: Request, draining: bool) -> JSONResponse:
-    router = request.app.state.router
+    router = app_state(request).router
     name = request.path_params["name"]
     ep = router.endpoint(name)
     if ep is None:
         known = ", ".join(e.name for e in router.endpoints)
-        return openai_error(404, f"No backend named {name!r}. Known: {known}.", param="name", code="backend_not_found")
+        return openai_error(404, f"No endpoint named {name!r}. Known: {known}.", param="name",
+                            code="endpoint_not_found")
     router.drain(ep, draining)
     return JSONResponse(ep.describe())
 
 
 async def reload(request: Request) -> JSONResponse:
     """Reload now; 200 when applied or unchanged, 422 with every error when the new config is refused."""
-    result = await request.app.state.reloader.reload("admin")
+    result = await app_state(request).reloader.reload("admin")
     return JSONResponse(result.as_dict(), status_code=422 if result.result == "invalid" else 200)
 
 
 async def config(request: Request) -> JSONResponse:
     """The running configuration; header values and credentials in URLs are replaced by ``***``."""
-    settings = request.app.state.settings
+    settings = app_state(request).settings
     return JSONResponse({"source": settings.source, "config": redact(settings.model_dump(mode="json"))})
 
 
@@ -72,12 +84,3 @@ def redact(value: Any, key: str = "") -> Any:
         host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
         return parts._replace(netloc=f"{REDACTED}@{host}").geturl()
     return value
-
-
-ROUTES = [
-    Route("/admin/backends", backends, methods=["GET"]),
-    Route("/admin/backends/{name:path}/drain", drain, methods=["POST"]),
-    Route("/admin/backends/{name:path}/undrain", undrain, methods=["POST"]),
-    Route("/admin/reload", reload, methods=["POST"]),
-    Route("/admin/config", config, methods=["GET"]),
-]

@@ -1,6 +1,7 @@
-"""``create_app``: the Starlette application, put together declaratively.
+"""``create_app``: the Starlette application, put together declaratively from the route table.
 
 The lifespan owns the router: backends open (and sessions start) on startup and close on shutdown.
+``app.state`` is an ``AppState``: every part of the app, typed.
 """
 
 from __future__ import annotations
@@ -8,7 +9,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import pluggy
@@ -27,19 +29,22 @@ from ..metrics import Metrics
 from ..plugins.manager import BackendRegistry, backend_registry, create_plugin_manager
 from ..router.dispatch import Router
 from ..voices.distribute import VoiceDistributor
-from . import admin, openapi, routes, voices
-from .access_log import AccessLogMiddleware
-from .auth import Authenticator, AuthMiddleware
+from .auth import Authenticator
 from .cached import ResponseCache
 from .errors import error_response, openai_error
-from .middleware import RequestIdMiddleware
+from .gate import Gate, exchange_of
+from .observe import RequestMetrics
 from .reload import Reloader
+from .spec import ErrorShape, RouteTable
+from .state import AppState
+from .table import ROUTES
 
 log = logging.getLogger("speech_router")
 
 
 def create_app(settings: Settings | None = None, *, pm: pluggy.PluginManager | None = None,
-               config_path: str | None = None, env: Mapping[str, str] | None = None) -> Starlette:
+               config_path: str | None = None, env: Mapping[str, str] | None = None,
+               routes: RouteTable = ROUTES) -> Starlette:
     """Build the app from ``settings`` (or load them from ``config_path``, ``TTS_REMOTE_URL`` or the default).
 
     ``env`` (default ``os.environ``) is where client and admin keys are read from (``app.state.env``).
@@ -70,6 +75,7 @@ def create_app(settings: Settings | None = None, *, pm: pluggy.PluginManager | N
         for result in pm.hook.startup(router=router):
             if hasattr(result, "__await__"):
                 await result
+        state.prepare_hooks = bool(pm.hook.prepare_request.get_hookimpls())  # plugins may register at startup
         reloader.start()
         distributor.start()
         try:
@@ -81,50 +87,27 @@ def create_app(settings: Settings | None = None, *, pm: pluggy.PluginManager | N
             await cache.aclose()
 
     app = Starlette(
-        routes=[
-            Route("/v1/audio/speech", routes.openai_speech, methods=["POST"]),
-            Route("/audio/speech", routes.openai_speech, methods=["POST"]),
-            Route("/synthesize", routes.synthesize, methods=["POST"]),
-            Route("/tts_url", routes.tts_url, methods=["POST"]),
-            Route("/v1/models", routes.list_models, methods=["GET"]),
-            Route("/models", routes.list_models, methods=["GET"]),
-            Route("/v1/audio/voices", voices.list_voices, methods=["GET"]),
-            Route("/voices", voices.list_voices, methods=["GET"]),
-            Route("/v1/audio/voices", voices.upload_voice, methods=["POST"]),
-            Route("/v1/audio/voices/{name}", voices.delete_voice, methods=["DELETE"]),
-            Route("/health", routes.health, methods=["GET"]),
-            Route("/livez", routes.livez, methods=["GET"]),
-            Route("/readyz", routes.readyz, methods=["GET"]),
-            Route("/metrics", routes.metrics, methods=["GET"]),
-            Route("/-/plugins", routes.plugins, methods=["GET"]),
-            Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
-            *admin.ROUTES,
-        ],
-        middleware=[Middleware(RequestIdMiddleware), Middleware(AccessLogMiddleware), Middleware(AuthMiddleware)],
+        routes=[Route(route.path, route.handler, methods=list(route.methods), name=route.operation_id)
+                for route in routes],
+        middleware=[Middleware(Gate)],
         exception_handlers={SpeechRouterError: _known_error, HTTPException: _http_error},
         lifespan=lifespan,
     )
-    app.state.settings = settings
-    app.state.router = router
-    app.state.metrics = metrics
-    app.state.pm = pm
-    app.state.registry = registry
-    app.state.created = routes.started_at()
-    app.state.tts_url_model = _tts_url_model(router)
-    app.state.env = env
-    app.state.auth = auth
-    app.state.cache = cache
-    app.state.voice_distributor = distributor
-    reloader = app.state.reloader = Reloader(app, config_path, on_applied=[_refresh_state(app)])
+    state = app.state = AppState(
+        settings=settings, router=router, metrics=metrics, request_metrics=RequestMetrics(metrics), auth=auth,
+        cache=cache, pm=pm, registry=registry, routes=routes, env=env, created=int(time.time()),
+        tts_url_model=_tts_url_model(router), voice_distributor=distributor,
+        prepare_hooks=bool(pm.hook.prepare_request.get_hookimpls()))
+    reloader = state.reloader = Reloader(state, config_path, on_applied=[_refresh_state(state)])
     return app
 
 
-def _refresh_state(app: Starlette) -> Any:
-    """What else follows the settings after a reload."""
+def _refresh_state(state: AppState) -> Callable[[Settings, Settings], Awaitable[None]]:
+    """What else follows the settings after a reload: what is worked out once per configuration."""
     async def refresh(old: Settings, new: Settings) -> None:
-        app.state.tts_url_model = _tts_url_model(app.state.router)
+        state.tts_url_model = _tts_url_model(state.router)
         if new.cache != old.cache:
-            await app.state.cache.store.resize(new.cache)
+            await state.cache.store.resize(new.cache)
 
     return refresh
 
@@ -137,19 +120,10 @@ def _tts_url_model(router: Router) -> str | None:
     return None
 
 
-#: synthesis routes and their metric label (the OpenAI alias counts under the canonical path)
-SYNTHESIS_ROUTES = {"/v1/audio/speech": "/v1/audio/speech", "/audio/speech": "/v1/audio/speech",
-                    "/synthesize": "/synthesize", "/tts_url": "/tts_url"}
-
-
 async def _known_error(request: Request, exc: Exception) -> JSONResponse:
-    response = error_response(exc, request)
-    route = SYNTHESIS_ROUTES.get(request.url.path)
-    if route is not None:  # every refused synthesis counts, also those refused while parsing
-        model = request.scope.get("state", {}).get("model", "")
-        request.app.state.metrics.requests.labels(route=route, model=model, pool="", endpoint="",
-                                                  status=str(response.status_code)).inc()
-    return response
+    """A handler's refusal, in its route's error shape (counted by the edge's observer)."""
+    route = exchange_of(request.scope).route
+    return error_response(exc, route.errors if route is not None else ErrorShape.OPENAI)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -5,19 +5,19 @@ secret), a YAML ``keys_file`` and the ``keys_env`` variable (``key`` or ``name=k
 Client authentication is on as soon as one key is known. Only the key's *name* ever reaches logs,
 metrics and responses; secrets are kept as SHA-256 digests and compared in constant time.
 
-The middleware reads ``scope["app"].state.auth`` on every request, so a config reload swaps in a new
-``Authenticator``; ``inherit_rate_limits`` carries each client's window over by key name.
+Who may call a route is the route table's ``Access`` (``speech_router.api.spec``); the edge (``gate.Gate``)
+asks ``Authenticator.check`` with it. It reads ``app.state.auth`` on every request, so a config reload swaps
+in a new ``Authenticator``; ``inherit_rate_limits`` carries each client's window over by key name.
 
-Writing voices (``POST /v1/audio/voices``, ``DELETE /v1/audio/voices/{name}``) needs more than a
-client key: the admin key, or a client key with the ``voices`` scope (``scopes: [voices]``). With
-neither configured, voice uploads are off (403), even when client authentication is off.
+Writing voices (``Access.VOICES``: ``POST /v1/audio/voices``, ``DELETE /v1/audio/voices/{name}``) needs
+more than a client key: the admin key, or a client key with the ``voices`` scope (``scopes: [voices]``).
+With neither configured, voice uploads are off (403), even when client authentication is off.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import math
 import os
 import re
 import time
@@ -29,25 +29,23 @@ from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config.loader import format_loc
 from ..config.messages import user_message
 from ..config.models import Settings
 from ..errors import ConfigError, ConfigIssue
-from .errors import openai_error
+from .spec import Access
 
 #: the client label in logs and metrics when authentication is off (or the path is open)
 ANONYMOUS = "anonymous"
 #: the client label of requests made with the admin key
 ADMIN = "admin"
+#: every admin route's path starts so (``speech_router.api.table`` checks it)
 ADMIN_PREFIX = "/admin/"
 #: rate limits count requests in a sliding window of this many seconds
 RATE_WINDOW_S = 60.0
 #: the scope a client key needs to upload and delete voices (the admin key may too)
 VOICES_SCOPE = "voices"
-VOICES_PATH = "/v1/audio/voices"
 
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$"
 _NAME = re.compile(_NAME_PATTERN)
@@ -152,13 +150,23 @@ class Authenticator:
             if name in previous._windows:
                 self._windows[name] = previous._windows[name]
 
-    def check(self, path: str, authorization: str | None, method: str = "GET") -> Decision:
-        """Decide on one request from its path, ``Authorization`` header and method."""
-        if path.startswith(ADMIN_PREFIX):
+    def access(self, route: Access | None, path: str) -> Access:
+        """What a request needs: its route's access, with ``server.auth.open_paths`` applied (they decide which
+        client routes are open, whatever the table's default; they never open admin or voice-writing routes).
+        An unknown path under ``/admin/`` is the admin's (a 404 only for the admin key)."""
+        if route is Access.ADMIN or route is Access.VOICES:
+            return route
+        if route is None and path.startswith(ADMIN_PREFIX):
+            return Access.ADMIN
+        return Access.OPEN if path in self.open_paths else Access.CLIENT
+
+    def check(self, access: Access, authorization: str | None) -> Decision:
+        """Decide on one request from what its route needs (``access``) and its ``Authorization`` header."""
+        if access is Access.ADMIN:
             return self._check_admin(authorization)
-        if writes_voices(method, path):
+        if access is Access.VOICES:
             return self._check_voices(authorization)
-        if path in self.open_paths or not self.enabled:
+        if access is Access.OPEN or not self.enabled:
             return Decision(ANONYMOUS)
         given = _bearer(authorization)
         if given is None:
@@ -219,11 +227,6 @@ class Authenticator:
             return window[-limit] + RATE_WINDOW_S - now  # when enough old requests have left the window
         window.append(now)
         return 0.0
-
-
-def writes_voices(method: str, path: str) -> bool:
-    """Whether a request uploads or deletes a voice (the admin key or the voices scope needed)."""
-    return method in ("POST", "DELETE") and (path == VOICES_PATH or path.startswith(VOICES_PATH + "/"))
 
 
 def _bearer(authorization: str | None) -> str | None:
@@ -296,66 +299,3 @@ MESSAGES = {
     "missing_scope": "This API key may not upload or delete voices: that needs the admin key or a key with the "
                      "voices scope.",
 }
-
-
-class AuthMiddleware:
-    """Refuse requests without a valid key (401), over their rate limit (429) or to a disabled admin API (403).
-
-    Puts ``client`` (the key's name) and ``client_priority`` in ``scope["state"]`` and counts
-    ``auth_rejections``, ``rate_limited`` and ``client_requests``.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        state = scope["app"].state
-        auth: Authenticator = state.auth
-        metrics = state.metrics
-        path = scope["path"]
-        header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
-        decision = auth.check(path, header, scope.get("method", "GET"))
-        scope_state = scope.setdefault("state", {})
-        scope_state["client"] = decision.client or None
-        scope_state["client_priority"] = decision.priority
-        if decision.status == 429:
-            metrics.rate_limited.labels(decision.client).inc()
-            metrics.client_requests.labels(decision.client, "429").inc()
-            await _rate_limited(decision, path)(scope, receive, send)
-            return
-        if decision.status != 200:
-            metrics.auth_rejections.labels(decision.reason).inc()
-            await _rejected(decision, path)(scope, receive, send)
-            return
-        if path in auth.open_paths:  # probes and scrapes are not client traffic
-            await self.app(scope, receive, send)
-            return
-
-        async def counting_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                metrics.client_requests.labels(decision.client, str(message["status"])).inc()
-            await send(message)
-
-        await self.app(scope, receive, counting_send)
-
-
-def _rejected(decision: Decision, path: str) -> JSONResponse:
-    message = MESSAGES[decision.reason]
-    headers = {"WWW-Authenticate": "Bearer"} if decision.status == 401 else None
-    if path == "/tts_url":  # the drop-in answers in index-tts-vllm's shape, as errors.error_response does
-        return JSONResponse({"status": "error", "error": message}, status_code=decision.status, headers=headers)
-    code = decision.reason if decision.status == 403 else "invalid_api_key"
-    return openai_error(decision.status, message, code=code, headers=headers)
-
-
-def _rate_limited(decision: Decision, path: str) -> JSONResponse:
-    seconds = max(1, math.ceil(decision.retry_after))
-    message = f"Rate limit reached for client {decision.client!r}. Try again in {seconds} s."
-    headers = {"Retry-After": str(seconds)}
-    if path == "/tts_url":
-        return JSONResponse({"status": "error", "error": message}, status_code=429, headers=headers)
-    return openai_error(429, message, type_="rate_limit_error", code="rate_limit_exceeded", headers=headers)
-

@@ -1,18 +1,25 @@
-"""Errors as HTTP responses: OpenAI's shape on OpenAI and native routes, index-tts-vllm's on ``/tts_url``.
+"""Errors as HTTP responses, in the route's ``ErrorShape``: OpenAI's on OpenAI, native and admin routes,
+index-tts-vllm's on ``/tts_url``.
 
 Nothing from a backend's traceback reaches a client: ``BackendError.detail`` is only logged.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
-from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.types import Scope, Send
 
-from ..logs import REDACTOR
 from ..errors import BackendError, BackendOverloaded, BackendRejected, ClientDisconnected, RequestInvalid, Unavailable
+from ..logs import REDACTOR
+from .spec import ErrorShape
+
+#: what ``describe`` says about an exception: (status, message, type, param, code, headers)
+Described = tuple[int, str, str, str | None, str | None, dict[str, str] | None]
+
 
 def openai_error(status: int, message: str, *, type_: str = "invalid_request_error", param: str | None = None,
                  code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -20,12 +27,32 @@ def openai_error(status: int, message: str, *, type_: str = "invalid_request_err
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def error_response(exc: Exception, request: Request) -> JSONResponse:
-    """The client's view of ``exc``; ``/tts_url`` answers in index-tts-vllm's own error shape."""
-    status, message, type_, param, code, headers = describe(exc)
-    if request.url.path == "/tts_url":
+def shaped_error(shape: ErrorShape, status: int, message: str, *, type_: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> JSONResponse:
+    """An error body in ``shape``; ``/tts_url`` answers as index-tts-vllm does, without its traceback."""
+    if shape is ErrorShape.TTS_URL:
         return JSONResponse({"status": "error", "error": message}, status_code=status, headers=headers)
     return openai_error(status, message, type_=type_, param=param, code=code, headers=headers)
+
+
+def error_response(exc: Exception, shape: ErrorShape) -> JSONResponse:
+    """The client's view of ``exc`` in the route's shape."""
+    status, message, type_, param, code, headers = describe(exc)
+    return shaped_error(shape, status, message, type_=type_, param=param, code=code, headers=headers)
+
+
+async def internal_error(shape: ErrorShape, scope: Scope, send: Send) -> None:
+    """500 for an error nobody expected (already logged with the request id), sent as raw ASGI messages."""
+    if shape is ErrorShape.TTS_URL:
+        body: dict[str, object] = {"status": "error", "error": "Internal server error."}
+    else:
+        body = {"error": {"message": "Internal server error.", "type": "server_error", "param": None,
+                          "code": "internal_error"}}
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": 500,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
 
 
 #: longest part of a node's own message quoted to a client
@@ -43,7 +70,7 @@ def summarise(message: str) -> str:
     return line if len(line) <= SUMMARY_CHARS else line[:SUMMARY_CHARS - 3].rstrip() + "..."
 
 
-def describe(exc: Exception) -> tuple[int, str, str, str | None, str | None, dict[str, str] | None]:
+def describe(exc: Exception) -> Described:
     """(status, message, type, param, code, headers) for an exception."""
     if isinstance(exc, ClientDisconnected):  # nobody reads it: for logs and metrics (nginx's 499)
         return 499, str(exc), "client_closed_request", None, "client_disconnected", None

@@ -1,27 +1,27 @@
 """``GET /openapi.json``: an OpenAPI 3.1 document of the routes this app serves.
 
-Route metadata is one table (``OPERATIONS``), not YAML in docstrings, so a test can hold it against the
-app's routes and a new route cannot go undocumented. Request bodies come from the pydantic models the
-handlers validate with, so the document and the validation cannot drift apart. Only routes the app
-really has are documented: an entry whose handler does not exist yet stays out of the document.
+What each route answers is in the route table (``speech_router.api.table``: each ``ApiRoute``'s ``Doc``,
+access and error shape), the same table the app is made from, so a route cannot be served undocumented.
+Request bodies come from the pydantic models the handlers validate with, so the document and the
+validation cannot drift apart. This module holds the shapes the handlers build as plain dicts and the
+pieces of the document (content types, error texts, security schemes), and builds the document.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, Mount, Route
 
 from .. import __version__
 from ..audio import FORMATS
 from ..config.models import ServerConfig, Settings
 from .schemas import SpeechRequest, SynthesizeRequest, TtsUrlRequest
+from .spec import Access, ApiRoute, Content, ErrorShape, RouteTable
+from .state import app_state
 from .voices import VoiceDeleted, VoiceList, VoiceUploaded
 
 OPENAPI_VERSION = "3.1.0"
@@ -120,17 +120,15 @@ COMPONENT_MODELS: tuple[type[BaseModel], ...] = (
     SpeechAudioDelta, SpeechAudioDone, SpeechStreamError, VoiceUploaded, VoiceDeleted)
 
 
-# --- the route table ---------------------------------------------------------------------------------
-
-Content = dict[str, dict[str, Any]]
+# --- pieces of the document, for the route table -----------------------------------------------------
 
 
-def _ref(model: type[BaseModel]) -> dict[str, str]:
+def ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": REF_TEMPLATE.format(model=model.__name__)}
 
 
-def _json(schema: type[BaseModel] | dict[str, Any]) -> Content:
-    return {"application/json": {"schema": schema if isinstance(schema, dict) else _ref(schema)}}
+def json_content(schema: type[BaseModel] | dict[str, Any]) -> Content:
+    return {"application/json": {"schema": schema if isinstance(schema, dict) else ref(schema)}}
 
 
 AUDIO: Content = {fmt.content_type: {} for fmt in FORMATS.values()}  # binary bodies: no schema (OpenAPI 3.1)
@@ -139,7 +137,7 @@ SSE: Content = {"text/event-stream": {"schema": {
     "type": "object", "required": ["data"], "description": "Audio deltas, then `speech.audio.done` with usage.",
     "properties": {"event": {"type": "string"}, "data": {
         "type": "string", "contentMediaType": "application/json",
-        "contentSchema": {"oneOf": [_ref(SpeechAudioDelta), _ref(SpeechAudioDone), _ref(SpeechStreamError)]}}}}}}
+        "contentSchema": {"oneOf": [ref(SpeechAudioDelta), ref(SpeechAudioDone), ref(SpeechStreamError)]}}}}}}
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
 #: ``POST /v1/audio/voices``: vllm-omni's upload form
 VOICE_FORM: Content = {"multipart/form-data": {"schema": {
@@ -168,72 +166,6 @@ ERROR_TEXT = {
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer", "minimum": 1}}}
 
 
-@dataclass(frozen=True)
-class Operation:
-    """One documented method on one path."""
-
-    summary: str
-    tag: str
-    ok: Content
-    auth: Literal["apiKey", "adminKey"] | tuple[Literal["adminKey", "voicesKey"], ...] | None = None  # or any of
-    body: type[BaseModel] | None = None
-    errors: tuple[int, ...] = ()
-    error_body: type[BaseModel] = Error
-    also: tuple[tuple[int, str], ...] = ()  # other statuses answered with the success body: (status, why)
-    synthesis_headers: bool = False  # the priority and deadline request headers
-    form: Content | None = None  # a request body that is not JSON (the voice upload)
-
-
-CLIENT_ERRORS = (401, 429)
-SYNTHESIS_ERRORS = (400, 401, 413, 429, 500, 502, 503, 504)
-ADMIN_ERRORS = (401, 403)
-NOT_READY = ((503, "Not ready: no model can be served."),)
-
-_SPEECH = Operation("Create speech (OpenAI's API)", "synthesis", {**AUDIO, **SSE}, "apiKey", SpeechRequest,
-                    SYNTHESIS_ERRORS, synthesis_headers=True)
-_MODELS = Operation("List models (OpenAI's API)", "discovery", _json(ModelList), "apiKey", errors=CLIENT_ERRORS)
-_VOICES = Operation("List voices and the models that speak them", "discovery", _json(VoiceList), "apiKey",
-                    errors=CLIENT_ERRORS)
-_DRAIN = Operation("Stop sending new requests to an endpoint", "admin", _json(ANY_OBJECT), "adminKey",
-                   errors=(*ADMIN_ERRORS, 404))
-
-OPERATIONS: dict[tuple[str, str], Operation] = {
-    ("POST", "/v1/audio/speech"): _SPEECH,
-    ("POST", "/audio/speech"): replace(_SPEECH, summary="Create speech (OpenAI's API, without /v1)"),
-    ("POST", "/synthesize"): Operation("Synthesize with IndexTTS2 controls (native API)", "synthesis", AUDIO,
-                                       "apiKey", SynthesizeRequest, SYNTHESIS_ERRORS, synthesis_headers=True),
-    ("POST", "/tts_url"): Operation("index-tts-vllm's /tts_url, routed to a healthy node", "synthesis",
-                                    {"audio/wav": {}}, "apiKey", TtsUrlRequest, SYNTHESIS_ERRORS, TtsUrlError,
-                                    synthesis_headers=True),
-    ("GET", "/v1/models"): _MODELS,
-    ("GET", "/models"): replace(_MODELS, summary="List models (without /v1)"),
-    ("GET", "/v1/audio/voices"): _VOICES,
-    ("GET", "/voices"): replace(_VOICES, summary="List voices (without /v1)"),
-    ("POST", "/v1/audio/voices"): Operation("Upload a voice for the whole fleet", "voices", _json(VoiceUploaded),
-                                            ("adminKey", "voicesKey"), form=VOICE_FORM,
-                                            errors=(400, 401, 403, 429, 503)),
-    ("DELETE", "/v1/audio/voices/{name}"): Operation("Delete an uploaded voice", "voices", _json(VoiceDeleted),
-                                                     ("adminKey", "voicesKey"), errors=(400, 401, 403, 404, 503)),
-    ("GET", "/health"): Operation("Every model's and endpoint's health; 503 when a model has none healthy",
-                                  "operations", _json(Health), also=((503, "Some model has no healthy endpoint."),)),
-    ("GET", "/livez"): Operation("The process answers", "operations", _json(Status)),
-    ("GET", "/readyz"): Operation("Started, and some model can be served; else 503", "operations", _json(Status),
-                                  also=NOT_READY),
-    ("GET", "/metrics"): Operation("Prometheus metrics", "operations", {"text/plain": {"schema": {"type": "string"}}}),
-    ("GET", "/-/plugins"): Operation("Loaded plugins and their hooks", "operations",
-                                     _json({"type": "array", "items": _ref(Plugin)}),
-                                     "apiKey", errors=CLIENT_ERRORS),
-    ("GET", "/admin/backends"): Operation("Every endpoint's state", "admin", _json(ANY_OBJECT), "adminKey",
-                                          errors=ADMIN_ERRORS),
-    ("POST", "/admin/backends/{name}/drain"): _DRAIN,
-    ("POST", "/admin/backends/{name}/undrain"): replace(_DRAIN, summary="Send new requests to an endpoint again"),
-    ("POST", "/admin/reload"): Operation("Re-read the configuration", "admin", _json(ANY_OBJECT), "adminKey",
-                                         errors=ADMIN_ERRORS, also=((422, "The new configuration was refused; "
-                                                                           "`errors` lists every problem."),)),
-    ("GET", "/admin/config"): Operation("The configuration in use, without secrets", "admin", _json(ANY_OBJECT),
-                                        "adminKey", errors=ADMIN_ERRORS),
-}
-
 SECURITY_SCHEMES = {
     "apiKey": {"type": "http", "scheme": "bearer", "description": (
         "A client key, sent as OpenAI's SDKs do. Needed only when client keys are configured.")},
@@ -243,30 +175,25 @@ SECURITY_SCHEMES = {
 }
 
 
+#: the schemes a route's access accepts (any one of them)
+SECURITY: dict[Access, tuple[str, ...]] = {Access.OPEN: (), Access.CLIENT: ("apiKey",), Access.ADMIN: ("adminKey",),
+                                           Access.VOICES: ("adminKey", "voicesKey")}
+#: each error shape's body
+ERROR_BODIES: dict[ErrorShape, type[BaseModel]] = {ErrorShape.OPENAI: Error, ErrorShape.TTS_URL: TtsUrlError}
+
+
 # --- building the document ---------------------------------------------------------------------------
 
 
-def app_operations(app_routes: Iterable[BaseRoute], prefix: str = "") -> Iterator[tuple[str, str]]:
-    """(method, OpenAPI path) for every route, mounts included; HEAD (Starlette's GET twin) left out."""
-    for route in app_routes:
-        if isinstance(route, Route):
-            path = re.sub(r"\{(\w+)(:\w+)?\}", r"{\1}", prefix + route.path)
-            for method in sorted(route.methods or ()):
-                if method != "HEAD":
-                    yield method, path
-        elif isinstance(route, Mount):
-            yield from app_operations(route.routes, prefix + route.path)
-
-
-def openapi_schema(app_routes: Iterable[BaseRoute], *, settings: Settings | None = None) -> dict[str, Any]:
-    """The OpenAPI 3.1 document for the routes given; ``settings`` adds working examples and header names."""
+def openapi_schema(routes: RouteTable, *, settings: Settings | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of ``routes``; ``settings`` adds working examples and header names."""
     headers = _synthesis_headers(settings.server if settings else ServerConfig())
     examples = _examples(settings)
     paths: dict[str, dict[str, Any]] = {}
-    for method, path in app_operations(app_routes):
-        op = OPERATIONS.get((method, path))
-        if op is not None:
-            paths.setdefault(path, {})[method.lower()] = _operation(method, path, op, headers, examples)
+    for route in routes:
+        path = re.sub(r"\{(\w+)(:\w+)?\}", r"{\1}", route.path)
+        for method in route.methods:
+            paths.setdefault(path, {})[method.lower()] = _operation(path, route, headers, examples)
     return {
         "openapi": OPENAPI_VERSION,
         "info": {"title": "speech-router", "version": __version__, "description": (
@@ -286,14 +213,17 @@ def component_schemas() -> dict[str, Any]:
     return dict(sorted(out.items()))
 
 
-def _operation(method: str, path: str, op: Operation, headers: list[dict[str, Any]],
+def _operation(path: str, route: ApiRoute, headers: list[dict[str, Any]],
                examples: dict[type[BaseModel], dict[str, Any]]) -> dict[str, Any]:
+    op = route.doc
     out: dict[str, Any] = {
-        "operationId": re.sub(r"[^A-Za-z0-9]+", "_", f"{method.lower()}{path}").strip("_"),
+        "operationId": route.operation_id,
         "summary": op.summary,
         "tags": [op.tag],
-        "security": [{scheme: []} for scheme in ((op.auth,) if isinstance(op.auth, str) else op.auth or ())],
+        "security": [{scheme: []} for scheme in SECURITY[route.access]],
     }
+    if op.deprecated:
+        out["deprecated"] = True
     params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
               for name in re.findall(r"\{(\w+)\}", path)]
     if op.synthesis_headers:
@@ -301,7 +231,7 @@ def _operation(method: str, path: str, op: Operation, headers: list[dict[str, An
     if params:
         out["parameters"] = params
     if op.body is not None:
-        media: dict[str, Any] = {"schema": _ref(op.body)}
+        media: dict[str, Any] = {"schema": ref(op.body)}
         if op.body in examples:
             media["example"] = examples[op.body]
         out["requestBody"] = {"required": True, "content": {"application/json": media}}
@@ -311,7 +241,8 @@ def _operation(method: str, path: str, op: Operation, headers: list[dict[str, An
     for status, why in op.also:
         responses[str(status)] = {"description": why, "content": op.ok}
     for status in op.errors:
-        responses[str(status)] = {"description": ERROR_TEXT[status], "content": _json(op.error_body)}
+        responses[str(status)] = {"description": ERROR_TEXT[status],
+                                  "content": json_content(ERROR_BODIES[route.errors])}
         if status in (429, 503):
             responses[str(status)]["headers"] = RETRY_AFTER
     out["responses"] = responses
@@ -348,9 +279,9 @@ def _examples(settings: Settings | None) -> dict[type[BaseModel], dict[str, Any]
 
 async def openapi_json(request: Request) -> JSONResponse:
     """The document, built once and kept on ``app.state``; built again only when a reload swapped the settings."""
-    state = request.app.state
-    settings = getattr(state, "settings", None)
-    cached = getattr(state, "openapi", None)
+    state = app_state(request)
+    settings = state.settings
+    cached = state.openapi
     if cached is None or cached[0] is not settings:
-        cached = state.openapi = (settings, openapi_schema(request.app.routes, settings=settings))
+        cached = state.openapi = (settings, openapi_schema(state.routes, settings=settings))
     return JSONResponse(cached[1])

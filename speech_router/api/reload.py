@@ -24,6 +24,7 @@ from ..config.models import Settings
 from ..errors import ConfigError
 from ..logs import REDACTOR, configured_secrets, quiet_watchfiles
 from .auth import Authenticator
+from .state import AppState
 
 log = logging.getLogger("speech_router.reload")
 
@@ -62,9 +63,9 @@ class ReloadResult:
 class Reloader:
     """Owns the reload triggers of one app and swaps its settings (and router state) on success."""
 
-    def __init__(self, app: Any, config_path: str | None,
+    def __init__(self, state: AppState, config_path: str | None,
                  on_applied: list[Callable[[Settings, Settings], Any]] | None = None) -> None:
-        self.app = app
+        self.state = state
         self.config_path = config_path
         #: called (or awaited) with (old, new) after a valid config was applied (e.g. rebuild the client keys)
         self.on_applied = on_applied or []
@@ -85,7 +86,7 @@ class Reloader:
         if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGHUP"):
             loop.add_signal_handler(signal.SIGHUP, self._spawn, "sighup")
             self._sighup = True
-        settings: Settings = self.app.state.settings
+        settings: Settings = self.state.settings
         self.refresh_secrets(settings)
         self._loaded_files = self._fingerprint(settings)
         if self.config_path and settings.server.watch_config:
@@ -106,7 +107,7 @@ class Reloader:
 
     def refresh_secrets(self, settings: Settings) -> None:
         """Tell the log's redaction filter every secret of ``settings`` (keys, header values, URL passwords)."""
-        REDACTOR.set_secrets(configured_secrets(settings, getattr(self.app.state, "env", None)))
+        REDACTOR.set_secrets(configured_secrets(settings, self.state.env))
 
     def _spawn(self, trigger: str) -> None:
         """Reload soon; SIGHUP and file changes arriving together make one reload (the first one's trigger)."""
@@ -117,7 +118,7 @@ class Reloader:
     async def _coalesced(self) -> None:
         await asyncio.sleep(COALESCE_S)
         triggers, self._queued_triggers, self._queued = self._queued_triggers, [], None
-        if set(triggers) == {"file"} and self._fingerprint(self.app.state.settings) == self._loaded_files:
+        if set(triggers) == {"file"} and self._fingerprint(self.state.settings) == self._loaded_files:
             log.debug("config files touched but unchanged: no reload")
             return
         task = asyncio.create_task(self.reload(triggers[0]))
@@ -152,16 +153,16 @@ class Reloader:
             p = Path(changed)
             return p.name.startswith("..") or any(
                 p == f or p.name == f.name and p.parent == f.parent or _same_file(p, f.resolve())
-                for f in self._watched(self.app.state.settings))
+                for f in self._watched(self.state.settings))
 
         try:
             while not self._stop.is_set():  # type: ignore[union-attr]
-                files = self._watched(self.app.state.settings)
+                files = self._watched(self.state.settings)
                 directories = sorted({str(f.parent) for f in files})
                 async for _changes in awatch(*directories, stop_event=self._stop, debounce=WATCH_DEBOUNCE_MS,
                                              recursive=False, watch_filter=relevant):
                     self._spawn("file")
-                    if self._watched(self.app.state.settings) != files:
+                    if self._watched(self.state.settings) != files:
                         break  # the keys file moved: watch its new directory
         except Exception:  # noqa: BLE001 - a broken watcher must not take the router down
             log.exception("config file watcher stopped; SIGHUP and POST /admin/reload still reload")
@@ -171,7 +172,7 @@ class Reloader:
     async def reload(self, trigger: str) -> ReloadResult:
         async with self._lock:
             result = await self._reload(trigger)
-        metrics = self.app.state.metrics
+        metrics = self.state.metrics
         metrics.config_reloads.labels(trigger, result.result).inc()
         metrics.config_last_reload_success.set(0 if result.result == "invalid" else 1)
         if result.result == "invalid":
@@ -179,7 +180,7 @@ class Reloader:
         return result
 
     async def _reload(self, trigger: str) -> ReloadResult:
-        state = self.app.state
+        state = self.state
         old: Settings = state.settings
         if self.config_path is None and old.source not in FROM_ENVIRONMENT:
             return ReloadResult("invalid", trigger, errors=[
@@ -188,11 +189,11 @@ class Reloader:
         self._loaded_files = await asyncio.to_thread(self._fingerprint, old)
         try:
             new = await asyncio.to_thread(load_settings, self.config_path, registry=state.registry,
-                                          env=getattr(state, "env", None))
+                                          env=state.env)
         except ConfigError as exc:
             return self._refused(trigger, exc)
         try:  # the client keys are part of the config: a broken keys file refuses the reload too
-            auth = Authenticator.from_settings(new, env=getattr(state, "env", None))
+            auth = Authenticator.from_settings(new, env=state.env)
         except ConfigError as exc:
             return self._refused(trigger, exc)
         restart = [f"server.{k}" for k in RESTART_ONLY if getattr(old.server, k) != getattr(new.server, k)]
@@ -220,7 +221,7 @@ class Reloader:
         return ReloadResult("invalid", trigger, errors=errors)
 
     async def _applied(self, old: Settings, new: Settings, auth: Authenticator) -> None:
-        state = self.app.state
+        state = self.state
         auth.inherit_rate_limits(state.auth)
         state.auth = auth
         state.settings = new

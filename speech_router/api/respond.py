@@ -1,227 +1,191 @@
-"""Dispatch a ``SynthesisRequest`` and stream the answer, with metrics and clean mid-stream failures."""
+"""Respond: a dispatched synthesis (or a cached answer) as the HTTP response the client asked for.
+
+Audio that already is what the client wants passes through untouched: its bytes are counted, the WAV header
+is read once for the seconds it holds, and each chunk goes out as it came (``AudioStream``). Other audio is
+transcoded chunk by chunk (``audio_out``). A whole file (``stream: false``) is read first and sent with its
+length. What happened is noted on the request's ``Exchange``; the observer counts and logs it at the end.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
-from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from ..audio import FORMATS
+from ..audio.validate import max_audio_seconds
 from ..cache import CachedAudio
-from ..errors import BackendError, DeadlineExceeded, RequestInvalid, SpeechRouterError
+from ..errors import BackendError, BackendFailed, ClientDisconnected, DeadlineExceeded
 from ..router import fanout
 from ..router.dispatch import Dispatched
-from ..router.pool import PRIORITIES
-from ..types import SynthesisRequest
-from .audio_out import (AudioMeter, audio_body, check_format, passes_through, sse_error, sse_events,
-                        within_deadline)
+from ..types import AudioResponse
+from .audio_out import AudioMeter, audio_body, passes_through, sse_error, sse_events
 from .cached import CACHE_HEADER, ResponseCache, one_chunk
-from .disconnect import unless_client_leaves
-from .middleware import StreamAborted
+from .gate import StreamAborted
+from .observe import CACHE_LABEL, Exchange
+from .plan import Plan
+from .watch import RequestWatch
 
 log = logging.getLogger(__name__)
 
 ENDPOINT_HEADER = "x-speech-router-endpoint"
-#: the pool and endpoint label of answers served by the response cache
-CACHE_LABEL = "cache"
+#: a WAV header is looked for in this many first bytes (a node's header is 44 bytes, with extra chunks a few more)
+WAV_HEAD_BYTES = 4096
 
 
-def check_capabilities(router: Any, sreq: SynthesisRequest) -> None:
-    """Refuse what no pool on the route can do, naming the backend type (never ignore it silently)."""
-    pools = router.route(sreq.model)
-    caps = [(p, p.endpoints[0].backend.capabilities) for p in pools]
-    if sreq.speed != 1.0 and not any(c.speed for _, c in caps):
-        types = ", ".join(sorted({p.backend_type for p, _ in caps}))
-        raise RequestInvalid(f"speed {sreq.speed:g} is not supported by backend type {types} "
-                             f"serving model {sreq.model!r}; use speed 1.0", param="speed",
-                             code="unsupported_parameter")
-    if sreq.speed != 1.0 and not any(c.speed and c.speed_range[0] <= sreq.speed <= c.speed_range[1]
-                                     for _, c in caps):
-        ranges = ", ".join(sorted({f"{c.speed_range[0]:g}-{c.speed_range[1]:g}" for _, c in caps if c.speed}))
-        raise RequestInvalid(f"speed {sreq.speed:g} is outside what model {sreq.model!r} can do ({ranges})",
-                             param="speed", code="unsupported_value")
-    if sreq.emotion.method != 0 and not any(c.emotion for _, c in caps):
-        types = ", ".join(sorted({p.backend_type for p, _ in caps}))
-        if sreq.emotion.method != 3 or sreq.passthrough is not None:  # instructions are a hint; others are not
-            raise RequestInvalid(f"emotion control is not supported by backend type {types} serving model "
-                                 f"{sreq.model!r}", param="emotion", code="unsupported_parameter")
+def cached_answer(hit: CachedAudio, plan: Plan, ex: Exchange) -> Response:
+    """A whole answer from the cache: the same bytes as the first time, in one piece (SSE: one delta)."""
+    ex.dispatched(CACHE_LABEL, CACHE_LABEL, 0, None, 0.0)
+    ex.cache, ex.audio_seconds = "hit", hit.seconds
+    headers = {CACHE_HEADER: "hit", ENDPOINT_HEADER: CACHE_LABEL, "x-speech-router-attempts": "0"}
+    if not plan.sse:
+        return Response(hit.data, media_type=hit.content_type, headers=headers)
+    meter = AudioMeter(samples=round(hit.seconds * 1000), sample_rate=1000)  # only its seconds are read
+    return StreamingResponse(sse_events(one_chunk(hit.data), len(plan.sreq.text), meter),
+                             media_type="text/event-stream", headers=headers)
 
 
-def request_priority(request: Request, settings: Any) -> str:
-    """The client key's priority class when it has one, else the configured header (default interactive)."""
-    keyed = request.scope.get("state", {}).get("client_priority")
-    if keyed:
-        return str(keyed)
-    value = request.headers.get(settings.server.priority_header, "interactive").strip().lower() or "interactive"
-    if value not in PRIORITIES:
-        raise RequestInvalid(f"Invalid {settings.server.priority_header} header {value!r}: use interactive or batch.",
-                             param=settings.server.priority_header)
-    return value
-
-
-def request_deadline(request: Request, settings: Any) -> float | None:
-    """Seconds the client will wait, from the configured deadline header (a positive number), or None."""
-    header = settings.server.deadline_header
-    raw = request.headers.get(header)
-    if raw is None:
-        return None
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise RequestInvalid(f"Invalid {header} header {raw[:32]!r}: give the seconds you will wait, a positive "
-                             "number.", param=header)
-    return value
-
-
-async def synthesize_response(request: Request, sreq: SynthesisRequest, *, fmt: str, sample_rate: int | None,
-                              stream: bool, sse: bool, route: str, check_voice: bool = True) -> Response:
-    state = request.app.state
-    router, metrics, cache = state.router, state.metrics, state.cache
-    started = time.perf_counter()
-    labels = {"route": route, "model": sreq.model, "pool": "", "endpoint": ""}
-    access = request.scope.setdefault("state", {}).setdefault("access", {})  # for the access log
-    access.update(model=sreq.model, voice=sreq.voice, chars=len(sreq.text))
-    try:
-        check_format(fmt, sample_rate)
-        if check_voice:
-            router.check_voice(sreq.model, sreq.voice or "", sreq.voice_params)
-        check_capabilities(router, sreq)
-        priority = access["priority"] = request_priority(request, state.settings)
-        wait = request_deadline(request, state.settings)
-        if wait is not None:
-            sreq.timeout = wait if sreq.timeout is None else min(wait, sreq.timeout)
-        state.pm.hook.prepare_request(request=sreq, settings=state.settings)
-        caching = cache.enabled(state.settings, sreq)
-        key = cache.response_key(state.settings, sreq, fmt, sample_rate) if caching else None
-        if key is not None and (hit := await cache.lookup(sreq.model, "response", key)) is not None:
-            labels.update(pool=CACHE_LABEL, endpoint=CACHE_LABEL)
-            access.update(backend=CACHE_LABEL, pool=CACHE_LABEL, attempts=0, cache="hit")
-            return _cached_answer(hit, sreq, sse, metrics, labels, started)
-        dispatched = await unless_client_leaves(
-            request, _dispatch(router, state.settings, cache if caching else None, sreq, priority))
-    except SpeechRouterError:
-        raise  # counted by the error handler, with everything refused earlier
+async def respond(dispatched: Dispatched, plan: Plan, ex: Exchange, cache: ResponseCache, watch: RequestWatch
+                  ) -> Response | AudioStream:
+    """The response for a dispatched synthesis."""
+    sreq, fmt = plan.sreq, plan.fmt
     ep, pool, resp = dispatched.endpoint, dispatched.pool, dispatched.response
     ep_name = ep.name if ep is not None else CACHE_LABEL  # a fan-out's segment 1 may come from the cache
     pool_name = pool.name if pool is not None else CACHE_LABEL
-    labels.update(pool=pool_name, endpoint=ep_name)
-    access.update(backend=ep_name, pool=pool_name, attempts=dispatched.attempts,
-                  fallback=dispatched.fallback_reason, queue_wait_s=dispatched.queued)
+    ex.dispatched(pool_name, ep_name, dispatched.attempts, dispatched.fallback_reason, dispatched.queued)
     meter = AudioMeter()
-    passthrough = passes_through(resp, fmt, sample_rate)
-    body = audio_body(resp, fmt, sample_rate, meter, chars=len(sreq.text))
-    if sreq.timeout is not None:  # the client's deadline header covers the whole response, streaming included
-        body = within_deadline(body, started + sreq.timeout, time.perf_counter)
+    passthrough = passes_through(resp, fmt, plan.sample_rate)
+    body = passed(resp, meter, len(sreq.text)) if passthrough else audio_body(resp, fmt, plan.sample_rate, meter,
+                                                                               chars=len(sreq.text))
     headers = {ENDPOINT_HEADER: ep_name, "x-speech-router-pool": pool_name,
                "x-speech-router-attempts": str(dispatched.attempts)}
-    if key is not None:  # stored once sent completely, in the format sent (before any SSE framing)
-        headers[CACHE_HEADER] = access["cache"] = "miss"
+    if plan.cache_key is not None:  # stored once sent completely, in the format sent (before any SSE framing)
+        headers[CACHE_HEADER] = ex.cache = "miss"
         fix = fmt == "wav" and not passthrough
-        body = cache.tee(body, key, lambda data: CachedAudio(
-            _fix_wav_sizes(data) if fix else data, FORMATS[fmt].content_type, fmt, meter.sample_rate or None,
+        body = cache.tee(body, plan.cache_key, lambda data: CachedAudio(
+            fix_wav_sizes(data) if fix else data, FORMATS[fmt].content_type, fmt, meter.sample_rate or None,
             seconds=meter.seconds), chars=len(sreq.text))
-    if sse:
+    if plan.sse:
         body = sse_events(body, len(sreq.text), meter)
     if dispatched.fallback_reason:
         headers["x-speech-router-fallback"] = dispatched.fallback_reason
-    if isinstance(dispatched, fanout.FannedOut):  # endpoint and pool headers are segment 1's
+    fanned = isinstance(dispatched, fanout.FannedOut)
+    if fanned:  # endpoint and pool headers are segment 1's
         headers["x-speech-router-segments"] = str(dispatched.segments)
-    media_type = "text/event-stream" if sse else FORMATS[fmt].content_type
+    media_type = "text/event-stream" if plan.sse else FORMATS[fmt].content_type
 
-    async def finished(status: str) -> None:
-        elapsed = time.perf_counter() - started
-        metrics.requests.labels(**labels, status=status).inc()
-        metrics.request_duration.labels(**labels).observe(elapsed)
-        metrics.characters.labels(sreq.model, pool_name, ep_name).inc(len(sreq.text))
-        metrics.audio_seconds.labels(sreq.model, pool_name, ep_name).inc(meter.seconds)
-        if status == "200" and meter.seconds > 0:  # time spent per second of audio, queueing left out
-            rtf = max(0.0, elapsed - dispatched.queued) / meter.seconds
-            metrics.real_time_factor.labels(sreq.model, pool_name, ep_name).observe(rtf)
-        access["attempts"] = dispatched.attempts  # a fan-out's total is known only now
-
-    if not stream:  # a finished file with its length: read it all, then answer
+    if sreq.timeout is not None:  # the client's deadline covers the whole response, counted from the request's start
+        watch.expire_in(ex.started + sreq.timeout - time.perf_counter())
+    if not plan.stream:  # a finished file with its length: read it all, then answer
         try:
             data = b"".join([chunk async for chunk in body])
         except BackendError:
-            await finished("502")
+            ex.metric_status = "502"
             raise
         finally:
+            ex.attempts = dispatched.attempts  # a fan-out's total is known only now
+            ex.audio_seconds = meter.seconds
             await _close(body)
-        if fmt == "wav" and not passthrough:
-            data = _fix_wav_sizes(data)
-        headers["x-speech-router-attempts"] = str(dispatched.attempts)  # a fan-out's total is known now
-        metrics.time_to_first_byte.labels(**labels).observe(time.perf_counter() - started)
-        await finished("200")
-        return Response(data, media_type=media_type, headers=headers)
-
-    if passthrough and not sse and resp.content_length is not None:
+        headers["x-speech-router-attempts"] = str(dispatched.attempts)
+        return Response(fix_wav_sizes(data) if fmt == "wav" and not passthrough else data, media_type=media_type,
+                        headers=headers)
+    if passthrough and not plan.sse and resp.content_length is not None:
         headers["content-length"] = str(resp.content_length)
-    if isinstance(dispatched, fanout.FannedOut):  # its attempts are known only after the last segment: the
-        del headers["x-speech-router-attempts"]   # access log has them; a header now would undercount
+    if fanned:  # its attempts are known only after the last segment: the access log has them; a header now would
+        del headers["x-speech-router-attempts"]  # undercount
+    return AudioStream(body, media_type, headers, plan, ex, dispatched, meter, watch)
 
-    async def send() -> AsyncIterator[bytes]:
-        first = True
-        status = "200"
+
+class AudioStream(Response):
+    """Streams audio as it comes, without Starlette's task group per response: the request's ``RequestWatch``
+    stops it when the client leaves or the client's deadline passes."""
+
+    def __init__(self, body: AsyncIterator[bytes], media_type: str, headers: dict[str, str], plan: Plan,
+                 ex: Exchange, dispatched: Dispatched, meter: AudioMeter, watch: RequestWatch) -> None:
+        self.body_iterator = body
+        self.status_code = 200
+        self.media_type = media_type
+        self.background = None
+        self.init_headers(headers)
+        self.plan, self.ex, self.dispatched, self.meter, self.watch = plan, ex, dispatched, meter, watch
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ex, sreq = self.ex, self.plan.sreq
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        body = self.body_iterator
         try:
-            async for chunk in body:
-                if first:
-                    metrics.time_to_first_byte.labels(**labels).observe(time.perf_counter() - started)
-                    first = False
-                yield chunk
+            with self.watch.guard():
+                async for chunk in body:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (BackendError, DeadlineExceeded) as exc:
-            status = "502" if isinstance(exc, BackendError) else "504"
+            ex.metric_status = "502" if isinstance(exc, BackendError) else "504"
             message = exc.message if isinstance(exc, BackendError) else str(exc)
-            metrics.stream_errors.labels(route, sreq.model).inc()
-            log.warning("request %s: %s mid-stream: %s", sreq.request_id,
-                        f"endpoint {ep_name} failed" if status == "502" else "deadline passed", message)
-            if sse:
-                yield sse_error(message)
-            else:  # the chunked body ends without its terminator: the client sees a truncated response
+            what = f"endpoint {ex.endpoint} failed" if isinstance(exc, BackendError) else "deadline passed"
+            log.warning("request %s: %s mid-stream: %s", sreq.request_id, what, message)
+            if not self.plan.sse:  # the chunked body ends without its terminator: the client sees it truncated
                 raise StreamAborted(message) from None
+            await send({"type": "http.response.body", "body": sse_error(message), "more_body": True})
+        except ClientDisconnected:
+            return  # nobody to send the rest to; the node's answer is closed below
         finally:
+            ex.attempts = self.dispatched.attempts  # a fan-out's total is known only now
+            ex.audio_seconds = self.meter.seconds
             await _close(body)
-            await finished(status)
-
-    return StreamingResponse(send(), media_type=media_type, headers=headers)
-
-
-async def _dispatch(router: Any, settings: Any, cache: ResponseCache | None, sreq: SynthesisRequest,
-                    priority: str) -> Dispatched:
-    """A long text fans out across the fleet (#7), its segments cached when the model opts in (``cache``);
-    else one request."""
-    texts = fanout.plan_segments(router, sreq)
-    if not texts:
-        return await router.synthesize(sreq, priority=priority)
-    synthesize = None
-    if cache is not None and settings.models[sreq.model].cache.segments:
-        step = fanout.segment_synthesizer(router, sreq, priority=priority,
-                                          deadline=router.deadline(sreq))
-        synthesize = cache.segments(settings, sreq, step)
-    return await fanout.fan_out(router, sreq, priority=priority, synthesize=synthesize, texts=texts)
+        self.watch.stop()  # before the last message: uvicorn then says http.disconnect, which is not the client
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def _cached_answer(hit: CachedAudio, sreq: SynthesisRequest, sse: bool, metrics: Any, labels: dict[str, str],
-                   started: float) -> Response:
-    """A whole answer from the cache: the same bytes as the first time, in one piece (SSE: one delta)."""
-    headers = {CACHE_HEADER: "hit", ENDPOINT_HEADER: CACHE_LABEL, "x-speech-router-attempts": "0"}
-    elapsed = time.perf_counter() - started
-    metrics.time_to_first_byte.labels(**labels).observe(elapsed)
-    metrics.request_duration.labels(**labels).observe(elapsed)
-    metrics.requests.labels(**labels, status="200").inc()
-    metrics.audio_seconds.labels(sreq.model, CACHE_LABEL, CACHE_LABEL).inc(hit.seconds)
-    if not sse:
-        return Response(hit.data, media_type=hit.content_type, headers=headers)
-    meter = AudioMeter(samples=round(hit.seconds * 1000), sample_rate=1000)  # only its seconds are read
-    return StreamingResponse(sse_events(one_chunk(hit.data), len(sreq.text), meter), media_type="text/event-stream",
-                             headers=headers)
+async def passed(resp: AudioResponse, meter: AudioMeter, chars: int) -> AsyncIterator[bytes]:
+    """The node's bytes as they are. Only their count is kept per chunk; a WAV's header is read once, so the seconds
+    sent (metrics, SSE usage) and the length cap (``max_audio_seconds``) come from the byte count."""
+    chunks = resp.chunks
+    cap = max_audio_seconds(chars)
+    wav = resp.format == "wav"
+    head = b""
+    start = 0  # where the samples begin; -1 while the header is not read yet
+    per_second = 2 * resp.sample_rate if resp.format == "pcm" and resp.sample_rate else 0
+    if per_second:
+        meter.sample_rate = resp.sample_rate or 0
+    elif wav:
+        start = -1
+    total = 0
+    try:
+        async for chunk in chunks:
+            total += len(chunk)
+            if start < 0 and len(head) < WAV_HEAD_BYTES:
+                head += chunk[:WAV_HEAD_BYTES - len(head)]
+                found = _wav_layout(head)
+                if found is not None:
+                    start, rate, per_second = found
+                    meter.sample_rate = rate
+            if per_second and start >= 0:
+                meter.samples = max(0, total - start) * meter.sample_rate // per_second
+                if meter.samples > cap * meter.sample_rate:
+                    raise BackendFailed(f"backend sent more than {cap:g} s of audio for {chars} characters")
+            yield chunk
+    finally:  # give the endpoint's slot back now, also when the client went away early
+        with contextlib.suppress(Exception):
+            await chunks.aclose()  # type: ignore[attr-defined]
+
+
+def _wav_layout(head: bytes) -> tuple[int, int, int] | None:
+    """(offset of the samples, sample rate, bytes per second) of a WAV header once ``head`` holds it; else None."""
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None if len(head) < 12 else (len(head), 0, 0)  # not WAV: nothing to count
+    pos, rate, per_second = 12, 0, 0
+    while pos + 8 <= len(head):
+        kind, size = head[pos:pos + 4], int.from_bytes(head[pos + 4:pos + 8], "little")
+        if kind == b"fmt " and pos + 16 <= len(head):
+            rate = int.from_bytes(head[pos + 12:pos + 16], "little")
+            per_second = int.from_bytes(head[pos + 16:pos + 20], "little") if pos + 20 <= len(head) else 0
+        if kind == b"data":
+            return pos + 8, rate, per_second
+        pos += 8 + size + (size & 1)
+    return None
 
 
 async def _close(body: AsyncIterator[bytes]) -> None:
@@ -229,7 +193,7 @@ async def _close(body: AsyncIterator[bytes]) -> None:
         await body.aclose()  # type: ignore[attr-defined]
 
 
-def _fix_wav_sizes(data: bytes) -> bytes:
+def fix_wav_sizes(data: bytes) -> bytes:
     """A streamed WAV header says "unknown length"; a whole file gets its real sizes."""
     if len(data) < 44 or data[:4] != b"RIFF" or data[36:40] != b"data":
         return data

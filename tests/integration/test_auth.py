@@ -194,6 +194,20 @@ def test_admin_paths_need_the_admin_key(fleet):
     assert call(fleet.url + "/v1/models", key=ADMIN).status == 401  # the admin key is not a client key
 
 
+def test_admin_endpoints_and_their_old_names_for_one_release(fleet):
+    new, old = call(fleet.url + "/admin/endpoints", key=ADMIN), call(fleet.url + "/admin/backends", key=ADMIN)
+    assert new.status == old.status == 200
+    names = [e["name"] for e in new.json()["endpoints"]]
+    assert names and names == [b["name"] for b in old.json()["backends"]]
+    for base in ("/admin/endpoints", "/admin/backends"):
+        assert call(f"{fleet.url}{base}/{names[0]}/drain", method="POST", key=ADMIN).json()["draining"] is True
+        assert call(f"{fleet.url}{base}/{names[0]}/undrain", method="POST", key=ADMIN).json()["draining"] is False
+        openai_error(call(f"{fleet.url}{base}/{names[0]}/drain", method="POST", key=ALICE), 401,
+                     code="invalid_api_key")
+    missing = call(fleet.url + "/admin/endpoints/nope/drain", method="POST", key=ADMIN)
+    assert "No endpoint named 'nope'" in openai_error(missing, 404, code="endpoint_not_found")
+
+
 # --- the deadline header --------------------------------------------------------------------------
 
 

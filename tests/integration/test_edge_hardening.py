@@ -1,14 +1,23 @@
-"""The router's own edge over real HTTP: the client's deadline covers streaming, a cut stream is logged once,
-and a 500 raised outside the handlers is counted."""
+"""The router's own edge over real HTTP: the client's deadline covers streaming, a cut stream is logged once, a
+client that leaves mid-stream ends the node's answer, and a 500 raised outside the handlers is counted."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
+import json
 import logging
-from collections.abc import Iterator
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
 
+from speech_router.audio.wav import wav_header
 from speech_router.emulator.misbehaving import create_app as misbehaving_node
 from speech_router.emulator.serve import ServerHandle
 from speech_router.plugins.hookspecs import hookimpl
@@ -62,6 +71,51 @@ def test_the_deadline_header_ends_a_stream_that_outlasts_it_and_it_is_logged_onc
     lines = [r.getMessage() for r in caplog.records if "cut-me" in r.getMessage()]
     assert len(lines) == 1 and "deadline passed mid-stream" in lines[0]
     assert not any("without completing response" in r.getMessage() for r in caplog.records)
+
+
+def endless_node() -> Starlette:
+    """A node whose WAV never ends; ``app.state.closed`` turns true when its answer is abandoned."""
+
+    async def speak(request: Request) -> StreamingResponse:
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                yield wav_header(22050)
+                while True:  # 0.1 s of audio every 0.5 s: the text's cap (30 s of audio) is minutes away
+                    yield b"\0" * 4410
+                    await asyncio.sleep(0.5)
+            finally:
+                app.state.closed = True
+
+        return StreamingResponse(body(), media_type="audio/wav")
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "healthy"})
+
+    app = Starlette(routes=[Route("/tts_url", speak, methods=["POST"]), Route("/health", health)])
+    app.state.closed = False
+    return app
+
+
+def test_a_client_that_leaves_mid_stream_ends_the_nodes_answer_and_frees_its_slot():
+    with ServerHandle(endless_node()) as node:
+        srv = serve_router(config(node.url))
+        try:
+            host, port = srv.url.removeprefix("http://").split(":")
+            body = json.dumps({**SPEECH, "input": "a text whose audio never ends"}).encode()
+            with socket.create_connection((host, int(port)), timeout=10) as sock:
+                sock.sendall(b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                head = b""
+                while b"RIFF" not in head:  # the status line and the first audio are out: leave
+                    head += sock.recv(65536)
+            assert head.startswith(b"HTTP/1.1 200")
+            endpoint = srv.app.state.router.endpoints[0]
+            deadline = time.monotonic() + 20
+            while not (node.app.state.closed and endpoint.inflight == 0):
+                assert time.monotonic() < deadline, "the node's endless answer was never given up"
+                time.sleep(0.05)
+        finally:
+            srv.stop()
 
 
 class Boom:

@@ -230,6 +230,33 @@ def test_metrics_count_requests_by_route_model_pool_endpoint_and_status(nodes, r
     assert value(samples, "speech_router_endpoint_inflight", pool="gpu", endpoint=ep) == 0
 
 
+@pytest.mark.parametrize("path, body", [("/tts_url", {"text": "passed through", "spk_audio_path": "/x.wav"}),
+                                        ("/v1/audio/speech", {**SPEECH, "input": "passed through"})])
+def test_audio_passed_through_is_metered_from_its_wav_header_and_byte_count(nodes, router, path, body):
+    node = nodes(name="a")
+    srv = router(fleet_config(node.url))
+    reply = call(srv.url + path, body)
+    assert reply.status == 200 and reply.body[:4] == b"RIFF"
+    data = reply.body
+    pos, byte_rate, start = 12, 0, 0
+    while pos + 8 <= len(data):  # the seconds the client got, from the answer itself
+        kind, size = data[pos:pos + 4], int.from_bytes(data[pos + 4:pos + 8], "little")
+        if kind == b"fmt ":
+            byte_rate = int.from_bytes(data[pos + 16:pos + 20], "little")
+        if kind == b"data":
+            start = pos + 8
+            break
+        pos += 8 + size
+    seconds = (len(data) - start) / byte_rate
+    samples = metrics(srv.url)
+    labels = dict(model="indextts2", pool="gpu", endpoint=name_of(node))
+    assert value(samples, "speech_router_audio_seconds_total", **labels) == pytest.approx(seconds, abs=1e-3)
+    assert value(samples, "speech_router_characters_total", **labels) == len("passed through")
+    assert value(samples, "speech_router_real_time_factor_count", **labels) == 1
+    metric = {**labels, "route": path}
+    assert value(samples, "speech_router_time_to_first_byte_seconds_count", **metric) == 1
+
+
 def test_metrics_count_a_failed_attempt_against_its_endpoint(nodes, router):
     a = nodes(name="oom", fail=True)
     srv = router(fleet_config(a.url))

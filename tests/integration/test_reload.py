@@ -261,17 +261,20 @@ def test_drain_and_undrain(nodes, file_router):
 
 def test_admin_config_redacts_secrets(nodes, file_router):
     node = nodes()
-    data = config(node.url, headers={"Authorization": "Bearer very-secret"}, api_key_env="NODE_KEY")
-    data["pools"]["gpu"]["endpoints"] = [{"url": node.url.replace("http://", "http://user:pa55@")}]
+    data = config(node.url, headers={"X-Token": "very-secret"}, api_key_env="NODE_KEY")
+    # credentials in a URL go without an Authorization header (config refuses both): a pool of their own
+    data["pools"]["basic"] = {"type": "index-tts-vllm",
+                              "endpoints": [{"url": node.url.replace("http://", "http://user:pa55@")}]}
     router, _ = file_router(data)
     status, body, _ = call(router.url + "/admin/config")
     assert status == 200
     text = json.dumps(body)
     assert "very-secret" not in text and "pa55" not in text
     pool = body["config"]["pools"]["gpu"]
-    assert pool["headers"] == {"Authorization": "***"} and pool["api_key_env"] == "NODE_KEY"
-    assert pool["endpoints"][0]["url"].startswith("http://***@127.0.0.1:")
-    assert pool["endpoints"][0]["name"] == node.url.removeprefix("http://")  # a derived name carries no password
+    assert pool["headers"] == {"X-Token": "***"} and pool["api_key_env"] == "NODE_KEY"
+    basic = body["config"]["pools"]["basic"]["endpoints"][0]
+    assert basic["url"].startswith("http://***@127.0.0.1:")
+    assert basic["name"] == node.url.removeprefix("http://")  # a derived name carries no password
 
 
 def test_sighup_and_the_cli_commands(nodes, tmp_path, capsys):
@@ -297,7 +300,7 @@ def test_sighup_and_the_cli_commands(nodes, tmp_path, capsys):
         assert main(["reload", "--url", url]) == 0
         assert capsys.readouterr().out.splitlines()[-1] == "unchanged"
         assert main(["drain", "zzz", "--url", url]) == 1
-        assert "No backend named 'zzz'" in capsys.readouterr().err
+        assert "No endpoint named 'zzz'" in capsys.readouterr().err
 
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from speech_router.api.auth import ANONYMOUS, Authenticator, parse_keys_env
+from speech_router.api.spec import Access
 from speech_router.config.loader import load_file, settings_from_dict
 from speech_router.errors import ConfigError
 
@@ -34,7 +35,7 @@ def authenticator(auth: dict[str, Any] | None = None, env: dict[str, str] | None
 def test_no_key_known_means_auth_off_and_everyone_anonymous():
     auth = authenticator()
     assert not auth.enabled
-    decision = auth.check("/v1/audio/speech", None)
+    decision = auth.check(Access.CLIENT, None)
     assert (decision.status, decision.client) == (200, ANONYMOUS)
 
 
@@ -42,14 +43,14 @@ def test_keys_from_env_named_and_unnamed():
     keys = parse_keys_env(" alice=sk-a ,sk-plain,, bob=sk-b=x ")
     assert [k.name for k in keys] == ["alice", "env-2", "bob"]
     auth = Authenticator(keys)
-    assert auth.check("/v1/models", "Bearer sk-b=x").client == "bob"  # only the first '=' separates the name
-    assert auth.check("/v1/models", "Bearer sk-plain").client == "env-2"
-    assert auth.check("/v1/models", "Bearer alice=sk-a").status == 401
+    assert auth.check(Access.CLIENT, "Bearer sk-b=x").client == "bob"  # only the first '=' separates the name
+    assert auth.check(Access.CLIENT, "Bearer sk-plain").client == "env-2"
+    assert auth.check(Access.CLIENT, "Bearer alice=sk-a").status == 401
 
 
 def test_a_key_that_is_not_name_equals_secret_is_taken_whole():
     [key] = parse_keys_env("not a name=secret")
-    assert Authenticator([key]).check("/x", "Bearer not a name=secret").status == 200
+    assert Authenticator([key]).check(Access.CLIENT, "Bearer not a name=secret").status == 200
 
 
 @pytest.mark.parametrize("header,status,reason", [
@@ -59,14 +60,14 @@ def test_a_key_that_is_not_name_equals_secret_is_taken_whole():
 ])
 def test_bearer_header_is_checked(header, status, reason):
     auth = authenticator(env={"SPEECH_ROUTER_API_KEYS": "alice=sk-good"})
-    decision = auth.check("/v1/audio/speech", header)
+    decision = auth.check(Access.CLIENT, header)
     assert (decision.status, decision.reason) == (status, reason)
     assert decision.client == ("alice" if status == 200 else "")
 
 
 def test_yaml_keys_read_their_secret_from_the_named_variable():
     auth = authenticator({"keys": [{"name": "ci", "key_env": "CI_KEY", "priority": "batch"}]}, env={"CI_KEY": "k1"})
-    decision = auth.check("/synthesize", "Bearer k1")
+    decision = auth.check(Access.CLIENT, "Bearer k1")
     assert (decision.client, decision.priority) == ("ci", "batch")
 
 
@@ -83,47 +84,47 @@ def test_two_names_for_one_secret_is_a_config_error():
 
 def test_open_paths_pass_without_a_key_and_are_configurable():
     auth = authenticator({"open_paths": ["/livez"]}, env={"SPEECH_ROUTER_API_KEYS": "k"})
-    assert auth.check("/livez", None).status == 200
-    assert auth.check("/metrics", None).status == 401
-    assert auth.check("/livez/x", None).status == 401  # exact paths only
+    assert auth.check(auth.access(Access.CLIENT, "/livez"), None).status == 200
+    assert auth.check(auth.access(Access.CLIENT, "/metrics"), None).status == 401
+    assert auth.check(auth.access(Access.CLIENT, "/livez/x"), None).status == 401  # exact paths only
 
 
 def test_admin_paths_need_the_admin_key_even_without_client_keys():
-    assert authenticator().check("/admin/reload", None).status == 403
+    assert authenticator().check(Access.ADMIN, None).status == 403
     auth = authenticator(env={"SPEECH_ROUTER_ADMIN_KEY": "adm", "SPEECH_ROUTER_API_KEYS": "cli"})
-    assert auth.check("/admin/reload", None).status == 401
-    assert auth.check("/admin/reload", "Bearer cli").status == 401  # a client key is not the admin key
-    assert auth.check("/admin/reload", "Bearer adm").client == "admin"
-    assert auth.check("/v1/models", "Bearer adm").status == 401  # and the admin key is not a client key
+    assert auth.check(Access.ADMIN, None).status == 401
+    assert auth.check(Access.ADMIN, "Bearer cli").status == 401  # a client key is not the admin key
+    assert auth.check(Access.ADMIN, "Bearer adm").client == "admin"
+    assert auth.check(Access.CLIENT, "Bearer adm").status == 401  # and the admin key is not a client key
 
 
 def test_rate_limit_is_a_sliding_window_of_sixty_seconds():
     clock = Clock()
     auth = authenticator({"keys": [{"name": "c", "key_env": "K", "requests_per_minute": 2}]}, env={"K": "k"},
                          clock=clock)
-    assert auth.check("/x", "Bearer k").status == 200  # t=1000
+    assert auth.check(Access.CLIENT, "Bearer k").status == 200  # t=1000
     clock.now += 20
-    assert auth.check("/x", "Bearer k").status == 200  # t=1020
+    assert auth.check(Access.CLIENT, "Bearer k").status == 200  # t=1020
     clock.now += 10
-    refused = auth.check("/x", "Bearer k")  # t=1030: two in the window
+    refused = auth.check(Access.CLIENT, "Bearer k")  # t=1030: two in the window
     assert (refused.status, refused.reason, refused.client) == (429, "rate_limited", "c")
     assert refused.retry_after == pytest.approx(30.0)  # the first leaves the window at t=1060
     clock.now += 29.9
-    assert auth.check("/x", "Bearer k").status == 429  # refusals do not count against the window
+    assert auth.check(Access.CLIENT, "Bearer k").status == 429  # refusals do not count against the window
     clock.now += 0.2
-    assert auth.check("/x", "Bearer k").status == 200  # t=1060.1
+    assert auth.check(Access.CLIENT, "Bearer k").status == 200  # t=1060.1
 
 
 def test_rate_windows_survive_a_reload_by_key_name():
     clock = Clock()
     s = settings({"keys": [{"name": "c", "key_env": "K", "requests_per_minute": 1}]})
     old = Authenticator.from_settings(s, env={"K": "k1"}, clock=clock)
-    assert old.check("/x", "Bearer k1").status == 200
+    assert old.check(Access.CLIENT, "Bearer k1").status == 200
     new = Authenticator.from_settings(s, env={"K": "k2"}, clock=clock)  # the secret rotated, the name stayed
     new.inherit_rate_limits(old)
-    assert new.check("/x", "Bearer k2").status == 429
+    assert new.check(Access.CLIENT, "Bearer k2").status == 429
     fresh = Authenticator.from_settings(s, env={"K": "k2"}, clock=clock)
-    assert fresh.check("/x", "Bearer k2").status == 200
+    assert fresh.check(Access.CLIENT, "Bearer k2").status == 200
 
 
 def test_keys_file_relative_to_the_config_file(tmp_path: Path):
@@ -134,7 +135,7 @@ def test_keys_file_relative_to_the_config_file(tmp_path: Path):
     auth = Authenticator.from_settings(load_file(config), env={})
     assert [(k.name, k.priority, k.requests_per_minute) for k in auth.keys] == [
         ("team-a", None, 5), ("team-b", "batch", None)]
-    assert auth.check("/x", "Bearer sk-file-b").client == "team-b"
+    assert auth.check(Access.CLIENT, "Bearer sk-file-b").client == "team-b"
 
 
 @pytest.mark.parametrize("text,where", [
