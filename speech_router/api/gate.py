@@ -121,7 +121,10 @@ class Gate:
             if decision.status != 200:
                 await _refuse(decision, shape, state.metrics, scope, receive, send_observed)
                 return
-            await self.app(scope, receive_observed, send_observed)
+            if route is not None and route.serves_itself and method in route.methods:
+                await route.handler(scope, receive_observed, send_observed)  # type: ignore[call-arg]
+            else:
+                await self.app(scope, receive_observed, send_observed)
         except StreamAborted:
             failed = True
             if ex.status is None:

@@ -10,6 +10,8 @@ edge middleware can match routes without importing the handlers above it.
 from __future__ import annotations
 
 import enum
+import functools
+import inspect
 import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -75,6 +77,12 @@ class ApiRoute:
     errors: ErrorShape = ErrorShape.OPENAI
     #: kept for one release under the name it had: the route it stands for
     alias_of: str | None = None
+
+    @functools.cached_property
+    def serves_itself(self) -> bool:
+        """An ASGI app that answers its own errors (the synthesis routes): the edge calls it directly, past
+        Starlette's routing and exception layers, which each chunk of audio would otherwise pass through."""
+        return not (inspect.isfunction(self.handler) or inspect.ismethod(self.handler))
 
     @property
     def pattern(self) -> re.Pattern[str] | None:
