@@ -52,7 +52,7 @@ def code_info() -> str:
                 head = next(line.split()[0] for line in packed if line.endswith(" " + ref))
     except (OSError, StopIteration):
         return "not a git checkout"
-    return f"commit {head[:7]} plus the working tree as it was during the run"
+    return f"commit {head[:7]} (the bench's code; the router measured is named below)"
 
 
 def ideal_fanout(model: SpeechModel, segments: list[str], workers: int, jitter: Callable[[], float]) -> float:
@@ -132,11 +132,11 @@ def fanout_section(results: dict[str, Any], fanout: FanoutConfig, nodes: int, si
 
 
 def default_section(results: dict[str, Any]) -> list[str]:
-    """Issue #11: the pool at the router's defaults, on the working tree's router and on the previous one."""
+    """Issue #11: the pool at the router's defaults, on the current router and on the previous one."""
     cases = results["cases"]
     out = ["#### The default config on one-slot nodes (issue #11)", "",
            "Pool `gpu4` names the same 4 one-slot nodes and sets nothing but their URLs (`max_concurrency` is left at "
-           "its default, 4, which the working tree's router takes as a bound and learns under); the model sets only "
+           "its default, 4, which the current router takes as a bound and learns under); the model sets only "
            "the scaled `silence_ms`. Every round's total, ms (warm-up rounds first, in brackets), TTFB and total as "
            "medians of the measured rounds, and total against the same round's single-node median:", "",
            "| text | router | totals per round, ms | TTFB ms, median | total ms, median | total / single node |",
@@ -150,10 +150,10 @@ def default_section(results: dict[str, Any]) -> list[str]:
                 continue
             ratio = statistics.median(case.total) / base
             rounds = " ".join([f"({ms(t)})" for t in case.warm] + [ms(t) for t in case.total])
-            label = "previous" if case.path.startswith("previous") else "working tree"
+            label = "previous" if case.path.startswith("previous") else "current"
             out.append(f"| {name} | {label}: {case.path} | {rounds} | {ms(statistics.median(case.ttfb))} | "
                        f"{ms(statistics.median(case.total))} | **{ratio:.2f}x** |")
-            if label == "working tree":
+            if label == "current":
                 verdicts.append(f"- {name}: total {ms(statistics.median(case.total))} ms against {ms(base)} ms on one "
                                 f"node = **{ratio:.2f}x** (target ≤ {DEFAULT_RATIO_TARGET}x): "
                                 f"{verdict(ratio <= DEFAULT_RATIO_TARGET)}.")

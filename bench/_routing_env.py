@@ -50,6 +50,8 @@ POLICIES: dict[str, dict[str, Any]] = {
     # pick instead of a power-of-two sample; send a hedged second try when the first is slow
     "full_all_choices": {"balancer": {"policy": "latency", "choices": 100}},
     "full_hedge": {"balancer": {"policy": "latency"}, "hedge": {"enabled": True}},
+    # the full policy with the limit fixed at max_concurrency (4, the nodes' slots): what learning the limit costs
+    "full_fixed_limit": {"balancer": {"policy": "latency", "adaptive_concurrency": False}},
     # the routing policy before issue #11 (the router of `bench._previous.PREVIOUS_REV`, its defaults): the same
     # YAML as `full`, run by the older router
     "previous": {"balancer": {"policy": "latency"}},

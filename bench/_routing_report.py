@@ -23,7 +23,8 @@ POLICY_NAMES = {"round_robin": "round_robin (nginx-like)", "least_outstanding": 
                 "full": "full policy (`latency`, defaults)",
                 "full_all_choices": "full policy, `balancer.choices: 100` (score every endpoint)",
                 "full_hedge": "full policy, `hedge.enabled: true`",
-                "previous": "previous policy (`latency`, defaults)"}
+                "previous": "previous policy (`latency`, defaults)",
+                "full_fixed_limit": "full policy, `adaptive_concurrency: false`"}
 
 
 def ms(v: float | None) -> str:
@@ -58,8 +59,8 @@ def machine() -> str:
                             cwd=Path(__file__).resolve().parents[1]).stdout.strip() or "not a git checkout"
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (f"Machine: {date}; nproc {os.cpu_count()}; CPU {model}; Python {platform.python_version()} "
-            f"({platform.system()} {platform.machine()}); {', '.join(tools)}  \nCode: HEAD {commit} plus the working "
-            "tree as it was during the run")
+            f"({platform.system()} {platform.machine()}); {', '.join(tools)}  \nRepository: HEAD {commit} when the report "
+            "was written (the bench's code; the routers measured are named below when they are snapshots)")
 
 
 def _command(argv: list[str]) -> str:

@@ -111,7 +111,7 @@ def default_pool_yaml(nodes: dict[str, str]) -> str:
 def router_yaml(nodes: dict[str, str], full_nodes: dict[str, str]) -> str:
     """The 4 nodes as pool `gpu` with max_concurrency 1 (their one slot: the router never queues on a busy
     node), and again as pool `gpu4` at the router's defaults (no max_concurrency: the default 4 is the bound,
-    the working tree's router learns the rest), the issue #11 target; a model for each, and a cached one. The
+    the current router learns the rest), the issue #11 target; a model for each, and a cached one. The
     nodes that send real-length audio are pool `gpu_full`, with a cached model."""
     fanout = FANOUT.model_dump()
     full_fanout = {**fanout, "silence_ms": round(1000 * REAL["gap_s"])}
@@ -333,7 +333,7 @@ def run(repeats: int, hits: int, part: str, log: Callable[[str], None], *, warmu
                         child.check_alive()
                     log(f"fan-out: round {i + 1} of {warmup + repeats} done" + (" (warm-up)" if i < warmup else ""))
                 results["cases"] = cases
-                results["learned"] = {"working tree": endpoints_view(port)}
+                results["learned"] = {"current": endpoints_view(port)}
                 if previous is not None:
                     results["learned"]["previous"] = endpoints_view(results["previous"]["port"])
                 after = queue_waits(port)

@@ -24,7 +24,7 @@ way at the start, so one run measures one version of the code while others edit 
 
 Each run gets a fresh fleet (`python -m bench.fleet`) and a fresh router (`speech-router serve --config
 <temp yaml>`), on 127.0.0.1 only; the load generator (`bench.loadgen`) runs in this process. Every child
-is stopped however the run ends (normal exit, error, Ctrl-C, SIGTERM). About 17 minutes for a, b, d and e
+is stopped however the run ends (normal exit, error, Ctrl-C, SIGTERM). About 15 minutes for a, b, d and e
 with 60 s runs; `--duration` shortens them.
 
     python -m bench.routing                       # a, b, d, e; writes the routing-v2 block of bench/results/routing.md
