@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 CHUNK_SIZE = 64 * 1024
 KEEPALIVE_S = 30.0
+#: how much of a node's answer a connection buffers before it stops reading from the socket (aiohttp's default,
+#: 64 KiB, paused and resumed reading several times for each 240 KB WAV)
+READ_BUFFER_BYTES = 512 * 1024
 #: every request to a node passes ``allow_redirects=FOLLOW_REDIRECTS``: a redirect is never followed (aiohttp would
 #: send the pool's ``headers:`` and API key to whatever host the node names); a 3xx is that node's failure
 FOLLOW_REDIRECTS = False
@@ -39,7 +42,7 @@ class HttpSessions:
         session = self._sessions.get(key)
         if session is None or session.closed:
             connector = aiohttp.TCPConnector(limit=pool.max_connections, keepalive_timeout=KEEPALIVE_S)
-            session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+            session = aiohttp.ClientSession(connector=connector, auto_decompress=False, read_bufsize=READ_BUFFER_BYTES)
             self._sessions[key] = session
         return session
 
