@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -32,6 +33,11 @@ from .endpoint import Endpoint
 if TYPE_CHECKING:
     from .scheduler import Lease
 
+#: texts this long (this quantile of recent lengths) set the time budget a short text may take elsewhere
+LONG_QUANTILE = 0.9
+LENGTH_MEMORY = 256
+#: the share of the pool's slots in use from which quick endpoints are spared for long texts
+SPARE_FROM = 0.5
 #: expected times this close count as equal
 TIE_TOLERANCE = 0.05
 #: the least remaining time assumed for a request already past its estimate, as a share of that estimate
@@ -80,6 +86,9 @@ class Choice:
         self.clock = clock
         self.rng = rng
         self._rr = -1
+        self._lengths: deque[int] = deque(maxlen=LENGTH_MEMORY)
+        self._long: int | None = None
+        self._median: int | None = None
 
     def __repr__(self) -> str:
         return f"Choice(endpoints={[e.name for e in self.endpoints]}, policy={self.config.balancer.policy!r})"
@@ -102,7 +111,7 @@ class Choice:
         """Expected seconds for ``chars`` on ``ep`` starting with ``n`` in flight (itself included)."""
         now = view.now if view else self.clock()
         prior = (view.prior if view else self.prior(now))(chars, ep)
-        return ep.model.predict(chars, n, prior, now)
+        return ep.model.predict(chars, n, prior)
 
     def remaining(self, ep: Endpoint, view: View) -> list[float]:
         """Expected seconds until each request running on ``ep`` finishes, soonest first."""
@@ -147,14 +156,54 @@ class Choice:
             # nothing learned yet: weighted least-outstanding, never waiting while a slot is free
             return (min(free, key=lambda ep: ((ep.busy + 1) / ep.weight, ep.picks / ep.weight)) if free
                     else None), False, None
+        stale = self._explore(free, ticket.chars, view)
+        if stale is not None:
+            return stale, False, None
         best, best_cost = self.best_free(free, ticket.chars, view, self.affinity(ticket))
         wait_cost, wait = self._waiting(ticket.chars, ahead, view)
+        spare = self._spare(free, best, best_cost, ticket.chars, view) if best is not None else None
+        if spare is not None and spare is not best:  # busy pool: a free endpoint within budget beats waiting
+            return spare, False, None
         if best is not None and best_cost <= wait_cost * (1 + TIE_TOLERANCE):
             return best, False, None
         probe = self._probe(view, ticket.chars, wait_cost)
         if probe is not None:
             return probe, True, None
         return None, False, wait
+
+    def note(self, chars: int) -> None:
+        """A request arrived with ``chars`` characters (for the pool's typical and long text lengths)."""
+        self._lengths.append(chars)
+        if len(self._lengths) % 32 == 0 or self._long is None:
+            ordered = sorted(self._lengths)
+            self._long = ordered[min(len(ordered) - 1, int(LONG_QUANTILE * len(ordered)))]
+            self._median = ordered[len(ordered) // 2]
+
+    def _explore(self, free: list[Endpoint], chars: int, view: View) -> Endpoint | None:
+        """An idle endpoint nothing was heard from for a half-life gets a short text (at most one per half-life):
+        its estimate may be stale (a node once slow may be quick again), and a short text costs least to learn."""
+        if self._median is None or chars > self._median:
+            return None
+        for ep in free:
+            if ep.busy == 0 and ep.model.known and ep.model.stale(view.now):
+                ep.model.heard = view.now  # tried: the next look waits for its answer or another half-life
+                return ep
+        return None
+
+    def _spare(self, free: list[Endpoint], best: Endpoint, best_cost: float, chars: int,
+               view: View) -> Endpoint | None:
+        """When the pool is busy, the slowest free endpoint that still finishes within what a long text takes
+        on the quickest one: quick endpoints stay free for the long texts, which only they finish in time."""
+        if self._long is None:
+            return best
+        long_costs = {ep.name: self._cost(ep, self._long, 1, view) for ep in view.candidates}
+        quickest = min(long_costs.values())
+        quick = [ep for ep in view.candidates if long_costs[ep.name] <= quickest * (1 + TIE_TOLERANCE)]
+        if sum(ep.busy for ep in quick) < SPARE_FROM * sum(ep.cap() for ep in quick):
+            return best  # the quick endpoints have room: no need to spare them
+        budget = max(quickest, best_cost * (1 + TIE_TOLERANCE))
+        fits = [ep for ep in free if self._cost(ep, chars, ep.busy + 1, view) <= budget]
+        return max(fits, key=lambda ep: self._cost(ep, chars, ep.busy + 1, view)) if fits else None
 
     def best_free(self, free: list[Endpoint], chars: int, view: View,
                    affinity: str | None = None) -> tuple[Endpoint | None, float]:

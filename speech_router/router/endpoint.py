@@ -13,6 +13,7 @@ from ..backends.base import Backend
 from ..config.models import BalancerConfig, BreakerConfig, HealthCheckConfig
 from .breaker import Breaker
 from .clock import Clock
+from .latency import LatencyModel
 from .limits import ConcurrencyLimit
 from .model import EndpointModel
 from .outlier import OutcomeWindow
@@ -46,7 +47,7 @@ class Endpoint:
 
     def __init__(self, backend: Backend, pool: str, *, clock: Clock, weight: float = 1.0, max_concurrency: int = 1,
                  breaker: BreakerConfig | None = None, balancer: BalancerConfig | None = None,
-                 health_check: HealthCheckConfig | None = None) -> None:
+                 health_check: HealthCheckConfig | None = None, shape: LatencyModel | None = None) -> None:
         self.backend = backend
         self.pool = pool
         self.clock = clock
@@ -57,7 +58,8 @@ class Endpoint:
         breaker = breaker or BreakerConfig()
         self.breaker = Breaker(breaker, clock)
         self.window = OutcomeWindow(breaker.window)
-        self.model = EndpointModel(balancer.latency_half_life, max_concurrency)
+        #: ``shape``: the latency shape its pool shares (one of its own when alone)
+        self.model = EndpointModel(balancer.latency_half_life, max_concurrency, shape)
         self.limit = ConcurrencyLimit(max_concurrency, adaptive=balancer.adaptive_concurrency,
                                       slow_start=balancer.slow_start)
         self.running: dict[int, Running] = {}

@@ -22,6 +22,7 @@ from .clock import Clock
 from .endpoint import Endpoint
 from .events import RouterListener
 from .health import check_once, run_checks
+from .latency import LatencyModel
 from .load import LoadSignals
 from .pool import Pool
 
@@ -49,6 +50,7 @@ class Fleet:
         self.rng = rng
         self.listener = listener
         self.sessions = HttpSessions()
+        self._shapes: dict[tuple[str, str], LatencyModel] = {}
         #: nodes' own load, polled where a pool turns it on (``load_signal``)
         self.load_signals = LoadSignals(self._wake)
         self.pools: dict[str, Pool] = {name: self._pool(name, self._endpoints(name, cfg, {}, []))
@@ -89,13 +91,20 @@ class Fleet:
             if ep is None:
                 ep = Endpoint(backend_cls(ep_cfg, ep_options, context), name, clock=self.clock, weight=ep_cfg.weight,
                               max_concurrency=ep_cfg.max_concurrency or cfg.max_concurrency, breaker=cfg.breaker,
-                              balancer=cfg.balancer, health_check=cfg.health_check)
+                              balancer=cfg.balancer, health_check=cfg.health_check, shape=self._shape(name, cfg))
                 ep.key = key
                 ep.breaker.on_change = self._breaker_listener(ep)
                 self.load_signals.plan(ep, cfg.load_signal)
                 fresh.append(ep)
             endpoints.append(ep)
         return endpoints
+
+    def _shape(self, pool: str, cfg: PoolConfig) -> LatencyModel:
+        """The latency shape a pool's endpoints share; kept across reloads while its type stays the same."""
+        key = (pool, cfg.type)
+        if key not in self._shapes:
+            self._shapes[key] = LatencyModel(cfg.balancer.latency_half_life)
+        return self._shapes[key]
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 

@@ -2,12 +2,14 @@
 
     seconds = shape(chars) x level x queueing(n)        queueing(n) = 1 + max(0, n - parallel) / parallel
 
-- ``shape``: ``base + per_char x chars``, a decaying least-squares fit (``LatencyModel``), so long and
-  short texts compare fairly.
-- ``level``: how fast the endpoint is *now* against its shape, a peak-sensitive average (Finagle's peak
-  EWMA): a slower answer moves it up at once, faster ones bring it down over a few answers. A try that
-  timed out is an observation too (it took longer than its timeout), so a fleet that slows down is
-  followed instead of being locked out by timeouts learned while it was fast.
+- ``shape``: ``base + per_char x chars``, a decaying least-squares fit (``LatencyModel``) **shared by the
+  pool**: every endpoint of a pool runs the same model on the same kind of text, so all their answers
+  teach it, and a new endpoint's first answers cannot bend it (a line fit to three answers of one node
+  extrapolates badly).
+- ``level``: how fast this endpoint is *now* against the pool's shape, a peak-sensitive average (Finagle's
+  peak EWMA): a slower answer moves it up at once, faster ones bring it down over a few answers; its first
+  answer sets it. A try that timed out is an observation too (it took longer than its timeout), so a fleet
+  that slows down is followed instead of being locked out by timeouts learned while it was fast.
 - ``parallel``: how many requests the endpoint really works on at once (its throughput curve's knee). Up
   to that many run side by side without slowing each other; beyond it requests queue inside the node, one
   service each per turn. A node that synthesizes one request at a time has 1; an emulated node with four
@@ -16,10 +18,12 @@
   services), and it is what the scheduler knows when it decides.
 
 ``parallel`` is chosen among 1 .. ``max_concurrency`` as the value whose predictions fit recent answers
-best: each candidate keeps its own ``level`` and a fading sum of its squared log errors (a bank of
-models), so a node that changes speed misleads every candidate alike and only the *pattern* across
-requests in flight tells them apart. ``speech_router.router.limits`` uses it as the endpoint's useful
-concurrency.
+best: each candidate keeps its own level (a plain average of log ratios, unbiased for the multiplicative
+jitter GPU latencies have) and a fading sum of its squared log errors (a bank of models), so a node that
+changes speed misleads every candidate alike and only the *pattern* across requests in flight tells them
+apart; the choice moves only when another candidate fits clearly better
+(hysteresis), so noise does not make a four-slot node look like a three-slot one.
+``speech_router.router.limits`` uses it as the endpoint's useful concurrency.
 """
 
 from __future__ import annotations
@@ -34,9 +38,18 @@ LEVEL_DOWN = 0.2
 #: a timed-out try took at least its timeout; it is counted as this much longer
 CENSORED_MARGIN = 1.25
 #: how much of its past each candidate's error keeps per informative answer
-ERROR_MEMORY = 0.9
+ERROR_MEMORY = 0.97
+#: how far one answer moves a candidate's (log) center, for judging its fit
+CENTER_STEP = 0.1
+#: another parallelism is chosen only when its error is below this share of the current one's, and lower by
+#: at least SWITCH_GAIN per (fading) informative answer: clear evidence, not the noise of a jittery node
+SWITCH_MARGIN = 0.5
+SWITCH_GAIN = 0.15
 #: informative answers (started with others in flight) before ``parallel`` counts as learned
-MIN_INFORMATIVE = 3
+MIN_INFORMATIVE = 20
+#: answers of its own, and of the pool (the shape), before fits are judged: early estimates are too rough
+SETTLE_ANSWERS = 3
+SETTLE_SHAPE = 20
 #: the largest ``parallel`` considered (larger limits are taken as configured)
 MAX_CANDIDATES = 64
 
@@ -47,21 +60,27 @@ def queueing(n: float, parallel: float) -> float:
 
 
 class EndpointModel:
-    """One endpoint's latency: shape x level x queueing beyond its parallelism."""
+    """One endpoint's latency: the pool's shape x its level x queueing beyond its parallelism."""
 
-    def __init__(self, half_life: float = 30.0, max_parallel: int = 4) -> None:
-        self.shape = LatencyModel(half_life)
+    def __init__(self, half_life: float = 30.0, max_parallel: int = 4, shape: LatencyModel | None = None) -> None:
+        self.shape = shape if shape is not None else LatencyModel(half_life)
+        self.half_life = half_life
         self.max_parallel = max(1, max_parallel)
         candidates = min(self.max_parallel, MAX_CANDIDATES)
-        self._levels = [1.0] * candidates
+        self._levels = [1.0] * candidates  # peak-sensitive: what predictions use
+        self._centers = [0.0] * candidates  # log of a plain average: what fits are judged against
         self._errors = [0.0] * candidates
         #: the parallelism assumed until learned: the configured bound (optimistic, as a fresh limit is)
         self._best = candidates - 1
         self.informative = 0
+        self._evidence = 0.0  # informative answers, fading as the errors do
+        #: this endpoint's own answers, and when the last one came (or it was last tried for news)
+        self.answers = 0
+        self.heard = -math.inf
 
     def __repr__(self) -> str:
         return (f"EndpointModel(fit={self.shape.fit()}, level={self.level:.3f}, parallel={self.parallel:g}, "
-                f"samples={self.shape.samples})")
+                f"answers={self.answers})")
 
     @property
     def level(self) -> float:
@@ -73,32 +92,35 @@ class EndpointModel:
 
     @property
     def known(self) -> bool:
-        return self.shape.known
+        """Whether this endpoint's own speed is known (the pool's shape too)."""
+        return self.answers > 0 and self.shape.known
 
     @property
     def parallel_known(self) -> bool:
         return self.informative >= MIN_INFORMATIVE
 
-    def unloaded(self, chars: int) -> float | None:
-        """Expected seconds for ``chars`` alone on the endpoint, at its current speed; None before any history."""
-        base = self.shape.predict(chars)
-        return None if base is None else base * self.level
+    @property
+    def _settled(self) -> bool:
+        return self.answers >= SETTLE_ANSWERS and self.shape.samples >= SETTLE_SHAPE
 
-    def predict(self, chars: int, n: float = 1.0, prior: float | None = None, now: float = 0.0) -> float | None:
+    def stale(self, now: float) -> bool:
+        """Nothing heard from it for a half-life: its estimate may be out of date."""
+        return now - self.heard > self.half_life
+
+    def unloaded(self, chars: int) -> float | None:
+        """Expected seconds for ``chars`` alone on the endpoint, at its current speed; None before it answered."""
+        base = self.shape.predict(chars)
+        return None if base is None or not self.answers else base * self.level
+
+    def predict(self, chars: int, n: float = 1.0, prior: float | None = None) -> float | None:
         """Expected seconds for a request that starts with ``n`` in flight, itself included.
 
-        ``prior`` (the rest of the pool's unloaded estimate) fills in for an endpoint with no history, and
-        takes over as its own estimate grows old (half of it after a half-life without an answer), so an
-        endpoint once slow is tried again when it has been left alone: a stale estimate cannot keep it out.
+        ``prior`` (the rest of the pool's unloaded estimate) stands in for an endpoint that has not answered
+        yet: a new endpoint is assumed to be like the others, so it is tried, not avoided.
         """
-        own = self.unloaded(chars)
-        if own is None:
+        unloaded = self.unloaded(chars)
+        if unloaded is None:
             unloaded = prior
-        elif prior is None:
-            unloaded = own
-        else:
-            fresh = self.shape.freshness(now)
-            unloaded = fresh * own + (1.0 - fresh) * prior
         return None if unloaded is None else unloaded * queueing(n, self.parallel)
 
     def observe(self, chars: int, seconds: float, n: int, now: float) -> None:
@@ -106,22 +128,39 @@ class EndpointModel:
         if seconds <= 0:  # no time at all says nothing (a clock that did not move)
             return
         base = self.shape.predict(chars)
-        if base is not None and base > 0 and seconds > 0:
+        if base is not None and base > 0:
+            first = self.answers == 0
             for i, level in enumerate(self._levels):
                 ratio = seconds / (base * queueing(n, i + 1))
-                if n > 1:
-                    miss = math.log(ratio / level)
+                if first:  # its first answer sets its speed
+                    self._levels[i], self._centers[i] = ratio, math.log(ratio)
+                    continue
+                miss = math.log(ratio) - self._centers[i]
+                if n > 1 and self._settled:
                     self._errors[i] = ERROR_MEMORY * self._errors[i] + miss * miss
+                self._centers[i] += CENTER_STEP * miss
                 self._levels[i] = level + (LEVEL_UP if ratio > level else LEVEL_DOWN) * (ratio - level)
-            if n > 1:
+            if n > 1 and self._settled:
                 self.informative += 1
-                best = min(self._errors)
-                # the largest parallelism among the (near) best: equal fits favour throughput
-                self._best = max(i for i, e in enumerate(self._errors) if e <= best * 1.05 + 1e-9)
+                self._evidence = ERROR_MEMORY * self._evidence + 1.0
+                self._choose()
+            self.answers += 1
+        self.heard = now
         self.shape.observe(chars, seconds / (self.level * queueing(n, self.parallel)), now)
 
-    def observe_timeout(self, chars: int, timeout: float, n: int) -> None:
+    def _choose(self) -> None:
+        """Move to the candidate that fits best, when it fits clearly better (the largest among equals)."""
+        best = min(self._errors)
+        choice = max(i for i, e in enumerate(self._errors) if e <= best * 1.05 + 1e-12)
+        current = self._errors[self._best]
+        if self.parallel_known and self._errors[choice] < SWITCH_MARGIN * current \
+                and current - self._errors[choice] > SWITCH_GAIN * self._evidence:
+            self._best = choice
+
+    def observe_timeout(self, chars: int, timeout: float, n: int, now: float | None = None) -> None:
         """A try that did not answer within ``timeout``: the endpoint is at least that slow now."""
+        if now is not None:
+            self.heard = now
         base = self.shape.predict(chars)
         if base is None or base <= 0:
             return
@@ -129,8 +168,10 @@ class EndpointModel:
             ratio = CENSORED_MARGIN * timeout / (base * queueing(n, i + 1))
             if ratio > level:
                 self._levels[i] = level + LEVEL_UP * (ratio - level)
+                self._centers[i] = max(self._centers[i], math.log(self._levels[i]))
+        self.answers = max(self.answers, 1)
 
     def fit(self) -> tuple[float, float] | None:
         """(base seconds, seconds per character) alone on the endpoint at its current speed, for views."""
         fit = self.shape.fit()
-        return None if fit is None else (fit[0] * self.level, fit[1] * self.level)
+        return None if fit is None or not self.answers else (fit[0] * self.level, fit[1] * self.level)

@@ -145,7 +145,7 @@ class Pool:
                 ep.model.observe(done.chars, done.seconds, done.n, now)
                 ep.served += 1
             elif outcome == Outcome.TIMEOUT and timeout is not None:
-                ep.model.observe_timeout(done.chars, timeout, done.n)
+                ep.model.observe_timeout(done.chars, timeout, done.n, now)
             elif outcome == Outcome.OVERLOADED:
                 ep.limit.overloaded(ep.inflight + 1, now)
         ep.window.record(outcome, now, now - done.seconds if done is not None else None)

@@ -106,6 +106,7 @@ class Scheduler:
         Raises ``NoHealthyEndpoint`` when nothing is selectable, ``QueueFull`` when admission refuses.
         """
         ticket.arrived = self.clock()
+        self.choice.note(ticket.chars)
         view = self.choice.view(ticket)
         if not view.candidates:
             raise NoHealthyEndpoint(f"pool {self.pool!r} has no healthy endpoint", retry_after=self.retry_after())

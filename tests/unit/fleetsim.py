@@ -22,6 +22,7 @@ from speech_router.backends.base import Backend, BackendContext
 from speech_router.config.models import EndpointConfig, PoolConfig
 from speech_router.router.clock import FakeClock
 from speech_router.router.endpoint import Endpoint
+from speech_router.router.latency import LatencyModel
 from speech_router.router.outlier import Outcome
 from speech_router.router.pool import Pool
 from speech_router.router.choice import Ticket
@@ -83,6 +84,7 @@ class Sim:
         self.nodes = {n.name: n for n in nodes}
         config = PoolConfig.model_validate({"type": "sim", "health_check": {"enabled": False}, **pool})
         self.config = config
+        self.shape = LatencyModel(config.balancer.latency_half_life)  # the pool's, as the fleet shares it
         self.pool = Pool("p", "sim", [self.endpoint(n.name) for n in nodes], config, self.clock, random.Random(seed))
         self.timeouts = timeouts
         self.attempts = attempts
@@ -95,7 +97,7 @@ class Sim:
         backend = Idle(EndpointConfig(name=name, **settings), Idle.Options(), BackendContext("p", config))
         ep = Endpoint(backend, "p", clock=self.clock, max_concurrency=settings.get("max_concurrency")
                       or config.max_concurrency, breaker=config.breaker, balancer=config.balancer,
-                      health_check=config.health_check)
+                      health_check=config.health_check, shape=self.shape)
         ep.record_check(True)
         return ep
 

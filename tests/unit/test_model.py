@@ -45,20 +45,28 @@ def test_one_slower_answer_moves_the_estimate_at_once_faster_ones_bring_it_back_
 def test_a_timeout_is_an_observation_the_next_estimate_is_longer_than_that_timeout():
     m = taught()
     timeout = 3 * m.predict(200)
-    m.observe_timeout(200, timeout, 1.0)
+    m.observe_timeout(200, timeout, 1)
     assert 3 * m.predict(200) > 1.5 * timeout  # the next per-try timeout is well above the one that expired
 
 
-def test_an_endpoint_without_history_is_the_pools_estimate_and_a_stale_one_drifts_towards_it():
-    fresh = EndpointModel(half_life=30)
-    assert fresh.predict(100, prior=0.3) == 0.3
+def test_an_endpoint_without_answers_is_the_pools_estimate_and_its_first_answer_sets_its_speed():
+    shape = LatencyModel(half_life=30)
+    quick = EndpointModel(half_life=30, shape=shape)
+    for chars in (20, 50, 200, 400):
+        quick.observe(chars, 0.05 + 0.002 * chars, 1, now=0.0)
+    fresh = EndpointModel(half_life=30, shape=shape)  # same pool, same shape
+    assert fresh.predict(200, prior=0.3) == 0.3
+    fresh.observe(200, 4 * 0.45, 1, now=1.0)  # four times as slow
+    assert fresh.predict(200, prior=0.3) == pytest.approx(1.8, rel=0.01)
+    assert fresh.predict(400) == pytest.approx(4 * 0.85, rel=0.05)  # the pool's shape, at its own speed
+
+
+def test_a_stale_estimate_is_known_as_such():
     m = taught()
-    assert m.predict(200, prior=2.0, now=0.0) == pytest.approx(0.45)  # fresh: its own
-    assert m.predict(200, prior=2.0, now=30.0) == pytest.approx((0.45 + 2.0) / 2)  # a half-life without news
-    assert m.predict(200, prior=2.0, now=300.0) == pytest.approx(2.0, rel=0.01)  # long forgotten: the pool's
+    assert not m.stale(now=20.0) and m.stale(now=31.0)
 
 
-def serial(model: EndpointModel, rounds: int = 2, service: float = 0.5) -> EndpointModel:
+def serial(model: EndpointModel, rounds: int, service: float = 0.5) -> EndpointModel:
     """Three sent at once to a node serving first come first served: the k-th takes k services."""
     for _ in range(rounds):
         for k in (1, 2, 3):
@@ -66,28 +74,41 @@ def serial(model: EndpointModel, rounds: int = 2, service: float = 0.5) -> Endpo
     return model
 
 
-def side_by_side(model: EndpointModel, rounds: int = 2, service: float = 0.5) -> EndpointModel:
-    """Up to four at once on a node with four slots: none is slowed."""
+def side_by_side(model: EndpointModel, rounds: int, service: float = 0.5, jitter: float = 0.0) -> EndpointModel:
+    """Up to four at once on a node with four slots: none is slowed (``jitter``: +/- that share, alternating)."""
+    sign = 1
     for _ in range(rounds):
         for k in (1, 2, 3, 4, 4, 4):
-            model.observe(100, service, k, now=1.0)
+            sign = -sign
+            model.observe(100, service * (1 + sign * jitter), k, now=1.0)
     return model
 
 
+def settled(per_char: float = 0.0045) -> EndpointModel:
+    """A model whose pool's shape has seen enough answers for fits to be judged."""
+    m = taught(per_char=per_char)
+    for _ in range(5):
+        for chars in (20, 50, 200, 400):
+            m.shape.observe(chars, 0.05 + per_char * chars, now=0.0)
+    return m
+
+
 def test_a_node_doing_one_at_a_time_has_parallelism_one_and_a_node_with_four_slots_four():
-    m = taught(per_char=0.0045, base=0.05)  # alone: 0.5 s for 100 characters
+    m = settled()  # alone: 0.5 s for 100 characters
     assert m.parallel == 4 and not m.parallel_known  # the configured bound until learned
-    serial(m)
-    assert m.parallel == 1 and m.parallel_known
-    assert m.predict(100, 3) == pytest.approx(1.5, rel=0.05)  # the third in line waits two services
-    slots = side_by_side(taught(per_char=0.0045, base=0.05))
-    assert slots.parallel == 4 and slots.parallel_known
-    assert slots.predict(100, 4) == pytest.approx(0.5, rel=0.05)
+    serial(m, rounds=5)
+    assert not m.parallel_known and m.parallel == 4  # ten answers in line: not yet enough to judge
+    serial(m, rounds=10)
+    assert m.parallel_known and m.parallel == 1
+    assert m.predict(100, 3) == pytest.approx(1.5, rel=0.1)  # the third in line waits two services
+    slots = side_by_side(settled(), rounds=10, jitter=0.3)
+    assert slots.parallel == 4 and slots.parallel_known  # jittery answers do not make it look like fewer
+    assert slots.predict(100, 4) == pytest.approx(0.5, rel=0.35)
 
 
 def test_a_node_that_changes_speed_keeps_its_parallelism():
-    m = side_by_side(taught(per_char=0.0045, base=0.05))
-    side_by_side(m, rounds=3, service=0.5 * 5.5)  # 5.5x slower, still four side by side
+    m = side_by_side(settled(), rounds=10)
+    side_by_side(m, rounds=10, service=0.5 * 5.5)  # 5.5x slower, still four side by side
     assert m.parallel == 4
     assert m.predict(100, 1) == pytest.approx(0.5 * 5.5, rel=0.1)
 
@@ -95,8 +116,8 @@ def test_a_node_that_changes_speed_keeps_its_parallelism():
 def test_the_limit_is_learned_ramped_after_joining_probed_and_held_down_by_overloads():
     limit = ConcurrencyLimit(4, slow_start=10)
     assert limit.learned(taught(per_char=0.0045), 0.0) == 4  # nothing learned of the curve yet: the bound
-    one = serial(taught(per_char=0.0045))
-    four = side_by_side(taught(per_char=0.0045))
+    one = serial(settled(), rounds=15)
+    four = side_by_side(settled(), rounds=10)
     assert limit.learned(one, 0.0) == 1 and limit.learned(four, 0.0) == 4
     limit.joined(100.0)
     assert [limit.cap(four, t) for t in (100.0, 102.6, 105.0, 110.0)] == [1, 2, 2, 4]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import random
+
 import pytest
 
 from speech_router.errors import NoHealthyEndpoint, QueueFull
@@ -104,7 +107,7 @@ def test_waiting_requests_go_to_an_undrained_endpoint_and_to_one_whose_breaker_h
 def test_one_slot_nodes_learn_a_limit_of_one_so_segments_do_not_stack_on_busy_nodes():
     nodes = [SimNode(f"n{i}", slots=1, base=0.3, per_char=0.01) for i in range(4)]
     sim = Sim(nodes, max_concurrency=4)
-    for _ in range(4):  # bursts teach the curve: the second of two requests on a node takes twice as long
+    for _ in range(25):  # bursts teach the curve: the second of two requests on a node takes twice as long
         for _ in range(8):
             sim.submit(60)
         sim.run()
@@ -117,14 +120,29 @@ def test_one_slot_nodes_learn_a_limit_of_one_so_segments_do_not_stack_on_busy_no
     assert makespan <= 5 * 0.9 * 1.1  # 20 segments of 0.9 s on 4 nodes: 5 rounds, within 10 %
 
 
-def test_nodes_that_run_requests_side_by_side_keep_their_configured_limit():
-    nodes = [SimNode(f"n{i}", slots=4) for i in range(2)]
+class JitteryNode(SimNode):
+    """A node whose service times vary by text, as GPU latencies do (lognormal, sigma 0.3, fixed per text)."""
+
+    def __init__(self, name: str, speed: float, jitter: dict[int, float]) -> None:
+        super().__init__(name, slots=4)
+        self.speed, self.jitter = speed, jitter
+
+    def service(self, chars: int) -> float:
+        return super().service(chars) / self.speed * self.jitter[chars]
+
+
+def test_nodes_that_run_requests_side_by_side_keep_their_configured_limit_through_jitter():
+    rng = random.Random(8)
+    jitter = {c: math.exp(rng.gauss(0, 0.3)) for c in range(20, 401)}
+    nodes = [JitteryNode(f"n{i}", speed, jitter) for i, speed in enumerate((1, 1, 0.5, 0.25))]
     sim = Sim(nodes, max_concurrency=4)
-    for _ in range(3):
-        for _ in range(8):
-            sim.submit(200)
-        sim.run()
-    assert all(sim.ep(n.name).limit.learned(sim.ep(n.name).model, sim.clock()) == 4 for n in nodes)
+    t = 0.0
+    while t < 60:  # 70 % of the fleet's capacity, Poisson arrivals, texts of 20-400 characters
+        t += rng.expovariate(15.7)
+        sim.submit_at(t, rng.randint(20, 400))
+    sim.run()
+    assert sim.statuses() == {"ok": len(sim.requests)}
+    assert [sim.ep(n.name).limit.learned(sim.ep(n.name).model, sim.clock()) for n in nodes] == [4, 4, 4, 4]
 
 
 def test_a_fleet_that_slows_down_is_followed_and_never_locked_out():
@@ -201,3 +219,42 @@ def test_a_voice_goes_back_to_the_endpoint_that_served_it_while_that_is_about_as
     assert third.endpoint.name == other  # half full: a popular voice does not pin one node
     sim.config.balancer.voice_affinity = False
     assert scheduler.submit(Ticket(100, affinity="alloy")).endpoint.name == other  # off: the least busy
+
+
+def test_a_busy_pool_sends_short_texts_to_slow_endpoints_and_keeps_quick_ones_for_long_texts():
+    sim = Sim([SimNode("quick", slots=4), SimNode("slow", slots=4)], max_concurrency=4)
+    quick, slow = sim.ep("quick"), sim.ep("slow")
+    teach(quick, 0.002)
+    teach(slow, 0.008)
+    scheduler = sim.pool.scheduler
+    for chars in [400] * 20 + [20] * 20:  # what the pool's requests are like: long ones are 400 characters
+        scheduler.choice.note(chars)
+    short_when_idle = scheduler.submit(Ticket(20))
+    assert short_when_idle.endpoint is quick  # an idle pool: the quickest
+    sim.pool.finish(short_when_idle, Outcome.CANCELLED)
+    for _ in range(3):
+        assert scheduler.submit(Ticket(400)).endpoint is quick
+    short = scheduler.submit(Ticket(20))  # quick is 3/4 busy: a short text takes the slow node, within the
+    assert short.endpoint is slow  # time a long text takes on the quick one (0.85 s > 0.21 s)
+    long = scheduler.submit(Ticket(400))
+    assert long.endpoint is quick  # the slot kept free for it
+
+
+def test_an_idle_endpoint_not_heard_from_for_a_half_life_is_tried_with_a_short_text():
+    sim = Sim([SimNode("a", slots=4), SimNode("b", slots=4)], max_concurrency=4)
+    a, b = sim.ep("a"), sim.ep("b")
+    teach(a, 0.002)
+    teach(b, 0.02)  # once very slow
+    for chars in (20, 100, 400) * 10:
+        sim.pool.scheduler.choice.note(chars)
+    first = sim.pool.scheduler.submit(Ticket(20))
+    assert first.endpoint is a
+    sim.clock.advance(0.09)
+    sim.pool.finish(first, Outcome.OK)
+    sim.clock.advance(31)  # nothing heard of b since (a is kept fresh: it just answered)
+    a.model.heard = sim.clock()
+    long = sim.pool.scheduler.submit(Ticket(400))
+    assert long.endpoint is a  # a long text is not a probe's
+    sim.pool.finish(long, Outcome.CANCELLED)
+    assert sim.pool.scheduler.submit(Ticket(20)).endpoint is b  # a short one goes to find out
+    assert sim.pool.scheduler.submit(Ticket(20)).endpoint is a  # once: b's answer is awaited
