@@ -84,7 +84,7 @@ def test_upload_mode_reaches_every_vllm_omni_node_also_one_that_joins_later_or_r
     monkeypatch.setenv("SPEECH_ROUTER_ADMIN_KEY", ADMIN_KEY)  # a router built from a file reads the environment
     store = tmp_path / "voices"
     its, a, late = nodes(name="its"), omni_nodes(name="a"), omni_nodes(name="late")
-    config = fleet(store, its.url, a.url, mode="upload")
+    config = {**fleet(store, its.url, a.url, mode="upload"), "server": {"watch_config": False}}  # reloads: by the API
     srv, path = file_router(config)
     r = upload(srv.url, "Narrator", tone(2.0, hz=220))
     assert r.status == 200, r.body

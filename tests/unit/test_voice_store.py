@@ -76,6 +76,8 @@ def test_the_store_is_read_by_name_in_any_case_and_seen_by_another_replica(tmp_p
     assert mine.put(record("narrator", "b" * 64), b"two") == record("Narrator")  # a re-upload replaces it
     assert theirs.get("Narrator").sha256 == "b" * 64
     (tmp_path / "names" / "broken.json").write_text("{not json")  # a damaged file is skipped, not fatal
+    (tmp_path / "names" / "typed.json").write_text('{"name": "typed", "sha256": "' + "b" * 64 + '", "seconds": "2", '
+                                                   '"sample_rate": 1, "consent": "x", "created_at": 1}')
     (tmp_path / "names" / "other.json").write_text('{"name": "Narrator", "sha256": "' + "b" * 64 + '"}')
     assert [r.name for r in theirs.all()] == ["narrator"]
     assert theirs.get("../names/x") is None
