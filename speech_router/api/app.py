@@ -28,7 +28,7 @@ from ..errors import SpeechRouterError
 from ..metrics import Metrics
 from ..plugins.manager import BackendRegistry, backend_registry, create_plugin_manager
 from ..router.dispatch import Router
-from ..voices.distribute import VoiceDistributor
+from ..router.voice_sync import VoiceDistributor
 from .auth import Authenticator
 from .cached import ResponseCache
 from .errors import error_response, openai_error

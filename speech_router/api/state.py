@@ -18,7 +18,7 @@ from ..config.models import Settings
 from ..metrics import Metrics
 from ..plugins.manager import BackendRegistry
 from ..router.dispatch import Router
-from ..voices.distribute import VoiceDistributor
+from ..router.voice_sync import VoiceDistributor
 from .auth import Authenticator
 from .cached import ResponseCache
 from .observe import RequestMetrics

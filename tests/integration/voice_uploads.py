@@ -5,15 +5,15 @@ from __future__ import annotations
 import hashlib
 import io
 import secrets
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import soundfile as sf
 
 from tests.client import Reply, call
+from tests.worker.conftest import wait_until
+
+__all__ = ["ADMIN_KEY", "ENV", "long_flac", "mounted", "pitch", "stored_wav", "tone", "upload", "wait_until"]
 
 ADMIN_KEY = "voices-admin-key"
 ENV = {"SPEECH_ROUTER_ADMIN_KEY": ADMIN_KEY}
@@ -68,18 +68,6 @@ def stored_wav(store: Path, sha256: str) -> bytes:
 def mounted(store: Path, mount: str) -> set[str]:
     """The reference files a node that mounts ``store`` at ``mount`` sees (the index-tts-vllm emulator's knob)."""
     return {f"{mount}/{p.relative_to(store).as_posix()}" for p in store.rglob("*.wav") if not p.name.startswith(".")}
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``check`` until it returns something truthy; a bounded wait for state, not a timing assertion."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def pitch(wav: bytes) -> float:

@@ -3,7 +3,7 @@
 vllm-omni keeps an uploaded voice in one server process: a node that joins later, or restarts on a
 fresh disk, does not have it. So the router uploads each stored voice to every node that takes
 uploads (``AcceptsVoices``: the vllm-omni backend), under a name made from its content hash
-(``params.node_voice_name``), and checks them again:
+(``voices.params.node_voice_name``), and checks them again:
 
 - when an upload arrives through the API (``push``: every node in rotation, before the API answers);
 - when a node turns healthy for the first time or after being down (a node that joins by a reload,
@@ -27,10 +27,10 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..config.models import Settings
 from ..metrics import Metrics
-from ..router.endpoint import Endpoint
-from ..router.events import RouterListener
-from .params import is_router_voice, node_voice_name
-from .store import VoiceRecord, store_for
+from ..voices.params import is_router_voice, node_voice_name
+from ..voices.store import VoiceRecord, store_for
+from .endpoint import Endpoint
+from .events import RouterListener
 
 log = logging.getLogger(__name__)
 
