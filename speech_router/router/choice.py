@@ -8,7 +8,8 @@ For a request of ``chars`` characters it compares, with the endpoints' learned m
 
 It takes the cheapest free endpoint unless waiting is expected to finish sooner; ties go to the least
 busy. Voice affinity: an endpoint that served the request's voice lately (its speaker conditioning is
-likely cached) is preferred while it is about as quick as the best and less than half full. Weights
+likely cached) is preferred while it has a free slot and is about as quick as the best (within 20 %): a
+popular voice fills its endpoint's slots, then spills to the next, which then shares it. Weights
 divide the expected time (weight 2 looks twice as fast). An endpoint with no history is given the rest
 of the pool's median estimate, so a new node is explored, not avoided. Before anything is learned it is
 weighted least-outstanding and never waits while a slot is free. ``Scheduler`` puts these decisions to
@@ -43,7 +44,7 @@ TIE_TOLERANCE = 0.05
 #: the least remaining time assumed for a request already past its estimate, as a share of that estimate
 OVERRUN_SHARE = 0.1
 #: voice affinity: the endpoint that served the voice lately is preferred while this close to the quickest
-#: (expected time within this factor) and less than half full, so one popular voice cannot pin a node
+#: (expected time within this factor) and free: a popular voice spills over once its endpoint is full
 AFFINITY_TOLERANCE = 1.2
 
 
@@ -213,8 +214,7 @@ class Choice:
         low = min(costs.values())
         near = [ep for ep in free if costs[ep.name] <= low * (1 + TIE_TOLERANCE) + 1e-9]
         if affinity is not None:  # endpoints that served the voice lately, if about as quick and not crowded
-            warm = [ep for ep in free if affinity in ep.recent_voices and costs[ep.name] <= low * AFFINITY_TOLERANCE
-                    and ep.busy < max(1, ep.cap() // 2)]
+            warm = [ep for ep in free if affinity in ep.recent_voices and costs[ep.name] <= low * AFFINITY_TOLERANCE]
             near = warm or near
         # near-ties go to the least busy, then the least picked for its weight: equal endpoints share light
         # traffic and keep their estimates fresh

@@ -204,7 +204,7 @@ def test_no_endpoint_outside_the_exclusions_is_no_healthy_endpoint():
         sim.pool.scheduler.submit(Ticket(10, exclude=frozenset({"a", "b"})))
 
 
-def test_a_voice_goes_back_to_the_endpoint_that_served_it_while_that_is_about_as_quick_and_not_crowded():
+def test_a_voice_goes_back_to_the_endpoint_that_served_it_while_it_has_room_and_is_about_as_quick():
     sim = Sim([SimNode("a", slots=4), SimNode("b", slots=4)], max_concurrency=4)
     for ep in sim.pool.endpoints:
         teach(ep, 0.002)
@@ -213,11 +213,12 @@ def test_a_voice_goes_back_to_the_endpoint_that_served_it_while_that_is_about_as
     other = "b" if first.endpoint.name == "a" else "a"
     sim.clock.advance(0.25)
     sim.pool.finish(first, Outcome.OK)
-    again = [scheduler.submit(Ticket(100, affinity="alloy")) for _ in range(2)]
-    assert [lease.endpoint.name for lease in again] == [first.endpoint.name] * 2  # warm, and not yet half full
-    third = scheduler.submit(Ticket(100, affinity="alloy"))
-    assert third.endpoint.name == other  # half full: a popular voice does not pin one node
+    again = [scheduler.submit(Ticket(100, affinity="alloy")) for _ in range(4)]
+    assert [lease.endpoint.name for lease in again] == [first.endpoint.name] * 4  # warm, while it has room
+    spilled = scheduler.submit(Ticket(100, affinity="alloy"))
+    assert spilled.endpoint.name == other  # full: a popular voice spills to the next endpoint
     sim.config.balancer.voice_affinity = False
+    sim.pool.finish(again[0], Outcome.CANCELLED)
     assert scheduler.submit(Ticket(100, affinity="alloy")).endpoint.name == other  # off: the least busy
 
 
