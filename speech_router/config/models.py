@@ -168,7 +168,7 @@ class BalancerConfig(_Strict):
     adaptive_concurrency: bool = Field(True, description="learn each endpoint's useful concurrency from how its "
                                                          "latency grows with it (max_concurrency stays the bound)")
     voice_affinity: bool = Field(True, description="prefer the endpoint that served the voice lately when it is "
-                                                   "about as quick and less than half full (nodes cache speakers)")
+                                                   "about as quick and has a free slot (nodes cache speakers)")
 
 
 class QueueConfig(_Strict):
