@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import RequestInvalid
 
+ModelT = TypeVar("ModelT", bound=BaseModel)
 AudioFormatName = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 EMOTIONS = ("happy", "angry", "sad", "afraid", "disgusted", "melancholic", "surprised", "calm")
 MAX_EMOTION_SUM = 1.5  # index-tts-vllm answers 500 above this; we answer 400 first
@@ -160,7 +161,7 @@ def _bad_char(text: str) -> int | None:
     return None
 
 
-def parse(model: type[BaseModel], data: Any) -> Any:
+def parse(model: type[ModelT], data: Any) -> ModelT:
     """Validate ``data``; the first problem becomes a ``RequestInvalid`` naming its field."""
     if not isinstance(data, dict):
         raise RequestInvalid("The request body must be a JSON object.", param=None, code="invalid_type")
