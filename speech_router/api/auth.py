@@ -9,9 +9,8 @@ Who may call a route is the route table's ``Access`` (``speech_router.api.spec``
 asks ``Authenticator.check`` with it. It reads ``app.state.auth`` on every request, so a config reload swaps
 in a new ``Authenticator``; ``inherit_rate_limits`` carries each client's window over by key name.
 
-Writing voices (``Access.VOICES``: ``POST /v1/audio/voices``, ``DELETE /v1/audio/voices/{name}``) needs
-more than a client key: the admin key, or a client key with the ``voices`` scope (``scopes: [voices]``).
-With neither configured, voice uploads are off (403), even when client authentication is off.
+Writing voices (``Access.VOICES``) needs the admin key or a client key with the ``voices`` scope
+(``scopes: [voices]``); with neither configured, voice uploads are off (403), even with client auth off.
 """
 
 from __future__ import annotations
