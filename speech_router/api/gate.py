@@ -23,6 +23,7 @@ import logging
 import math
 import re
 import uuid
+from typing import cast
 
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -122,7 +123,7 @@ class Gate:
                 await _refuse(decision, shape, state.metrics, scope, receive, send_observed)
                 return
             if route is not None and route.serves_itself and method in route.methods:
-                await route.handler(scope, receive_observed, send_observed)  # type: ignore[call-arg]
+                await cast(ASGIApp, route.handler)(scope, receive_observed, send_observed)
             else:
                 await self.app(scope, receive_observed, send_observed)
         except StreamAborted:

@@ -74,7 +74,7 @@ async def respond(dispatched: Dispatched, plan: Plan, ex: Exchange, cache: Respo
     if dispatched.fallback_reason:
         headers["x-speech-router-fallback"] = dispatched.fallback_reason
     fanned = isinstance(dispatched, fanout.FannedOut)
-    if fanned:  # endpoint and pool headers are segment 1's
+    if isinstance(dispatched, fanout.FannedOut):  # endpoint and pool headers are segment 1's
         headers["x-speech-router-segments"] = str(dispatched.segments)
     media_type = "text/event-stream" if plan.sse else FORMATS[fmt].content_type
 

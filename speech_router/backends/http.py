@@ -6,7 +6,6 @@ This is the only place (with the backends) that imports aiohttp: every client er
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -15,12 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from ..errors import (BackendError, BackendFailed, BackendOverloaded, BackendRejected, BackendTimeout,
-                      BackendUnavailable)
+from ..errors import BackendError, BackendFailed, BackendOverloaded, BackendRejected, BackendTimeout, BackendUnavailable
 
 if TYPE_CHECKING:
     from ..config.models import EndpointConfig, PoolConfig
 
+#: a backend type's reading of an error answer (status, body) as the client's mistake, or None
+ClientMistake = Callable[[int, str], "BackendRejected | None"]
+
+#: the most of an error answer read (its message and traceback, for the log)
 CHUNK_SIZE = 64 * 1024
 KEEPALIVE_S = 30.0
 #: how much of a node's answer a connection buffers before it stops reading from the socket (aiohttp's default,
@@ -88,7 +90,7 @@ def mapped_errors(endpoint: str) -> Iterator[None]:
         yield
     except BackendError:
         raise
-    except (aiohttp.ServerTimeoutError, asyncio.TimeoutError, TimeoutError) as exc:
+    except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
         raise BackendTimeout(f"endpoint {endpoint} timed out", endpoint=endpoint, detail=what_failed(exc)) from None
     except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, ConnectionError) as exc:
         raise BackendUnavailable(f"endpoint {endpoint} is unreachable", endpoint=endpoint,
@@ -129,7 +131,7 @@ async def raise_for_status(resp: aiohttp.ClientResponse, endpoint: str, client_m
         raise BackendFailed(f"endpoint {endpoint} answered a redirect (HTTP {resp.status}), which is not followed",
                             endpoint=endpoint, detail=f"HTTP {resp.status} redirect not followed", status=resp.status)
     with mapped_errors(endpoint):
-        body = await resp.content.read(64 * 1024)
+        body = await resp.content.read(CHUNK_SIZE)
     resp.release()
     text = body.decode("utf-8", "replace")
     if client_mistake is not None and (rejected := client_mistake(resp.status, text)) is not None:
