@@ -4,7 +4,8 @@ Issue #12 item 6's targets, measured in one run: at concurrency 1 the router add
 a direct connection, and at concurrency 16 it serves at least 0.5x nginx's requests/s. One node answers at once
 with a 240 KB WAV (bench.fleet); wrk keeps 1 or 16 requests in flight against the node, nginx (one worker, a
 keep-alive upstream) and the router (`/tts_url`, the like-for-like of nginx, and `/v1/audio/speech` as wav).
-With `--previous-rev`, an older commit's router runs the same rows, for a before/after in the same run.
+The router is a snapshot of `--current-rev` (HEAD by default: one version for the whole run, whatever others
+edit meanwhile); with `--previous-rev`, an older commit's router runs the same rows, for a before/after.
 
 The machine is shared (2 cores, other developers' benchmarks): rows run in rounds, each round every target at
 every concurrency, in an order that rotates each round; the report gives each round's rows and the medians over
@@ -33,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench._previous import RouterImpl, current, export
+from bench._previous import RouterImpl, export, router_at
 from bench._procs import START_TIMEOUT_S, Child, cpu_model, free_port, http_status, stopped_on_exit
 from bench._routing_env import CpuMeter, children_of, fleet_argv, router_yaml, start_fleet, start_router, wait_quiet
 from bench._routing_overhead import (
@@ -182,7 +183,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, info: dict[str,
     out = [f"Machine: {info['when']}; nproc {os.cpu_count()}; CPU {cpu_model()}; Python {platform.python_version()}; "
            f"{info['wrk']}; {info['nginx']}. Load average (1 min) at the start {info['load_start']:.2f}, at the end "
            f"{info['load_end']:.2f}; wall time {info['wall'] / 60:.1f} min.", "",
-           f"Command: `{info['command']}`", "",
+           f"Command: `{info['command']}`; {info['routers']}.", "",
            f"{rounds} rounds of {args.duration:g} s per row (wrk, 1 thread). Medians over rounds; others' CPU is the "
            "share of a core used during the row by processes outside the measured ones (other developers' work), "
            "load the 1-minute load average when the row started.", "",
@@ -229,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=5.0, help="seconds per row (default 5)")
     p.add_argument("--concurrency", default="1,16", type=lambda s: [int(x) for x in s.split(",") if x])
     p.add_argument("--quiet-wait", type=float, default=10.0, help="seconds to wait for a quiet machine before a row")
+    p.add_argument("--current-rev", default="HEAD", help="the router measured: a snapshot of this commit (default "
+                                                         "HEAD), or 'worktree' for the working tree as it is")
     p.add_argument("--previous-rev", default="none", help="also measure the router of this commit ('none': don't)")
     p.add_argument("--openai", action=argparse.BooleanOptionalAction, default=True,
                    help="also measure /v1/audio/speech (default on)")
@@ -252,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                               [nginx.proc.pid])]
         if args.floor:
             targets.append(start_floor(children, log_dir, node_url))
-        impls: list[tuple[str, RouterImpl]] = [("router", current())]
+        impls: list[tuple[str, RouterImpl]] = [("router", router_at(args.current_rev, log_dir / "current"))]
         if args.previous_rev != "none":
             impls.append((f"router {args.previous_rev}", export(args.previous_rev, log_dir / "previous")))
         for label, impl in impls:
@@ -281,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         info = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_start": load_start,
                 "load_end": load_average(), "wall": time.monotonic() - started, "router_config": config,
                 "command": "python -m bench.overhead " + " ".join(argv if argv is not None else sys.argv[1:]),
+                "routers": ", ".join(f"{label} = {impl.label}" for label, impl in impls),
                 "wrk": (versions[0].stdout or versions[0].stderr).splitlines()[0],
                 "nginx": (versions[1].stderr or versions[1].stdout).strip().splitlines()[0], "profile": summary}
     text = report(rows, args, info)
