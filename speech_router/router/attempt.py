@@ -108,8 +108,11 @@ class AttemptLoop:
         return f"AttemptLoop(validate={self.validate!r})"
 
     async def run(self, request: SynthesisRequest, *, deadline: float, priority: str = "interactive",
-                  whole: bool = False) -> Dispatched:
-        """Along the model's route until an endpoint answers; raises the last pool's error otherwise."""
+                  whole: bool = False, spread: bool = False) -> Dispatched:
+        """Along the model's route until an endpoint answers; raises the last pool's error otherwise.
+
+        ``spread``: one of several parts of a request meant to run side by side (fan-out segments): no voice
+        affinity, which would gather them on the endpoint that served the voice."""
         route = list(self.route_of(request.model))
         reason: str | None = None
         errors: list[str] = []
@@ -122,7 +125,7 @@ class AttemptLoop:
                 continue
             try:
                 result = await self.in_pool(pool, request, deadline=deadline, priority=priority, errors=errors,
-                                            last_pool=i == len(route) - 1, whole=whole)
+                                            last_pool=i == len(route) - 1, whole=whole, spread=spread)
             except (Unavailable, BackendError) as exc:
                 if isinstance(exc, DeadlineExceeded) or (isinstance(exc, BackendError) and retry_reason(exc) is None):
                     raise  # a client mistake, or no time left: no other pool can do better
@@ -140,7 +143,8 @@ class AttemptLoop:
         raise last
 
     async def in_pool(self, pool: Pool, request: SynthesisRequest, *, deadline: float, priority: str,
-                      errors: list[str], last_pool: bool = True, whole: bool = False) -> Dispatched:
+                      errors: list[str], last_pool: bool = True, whole: bool = False,
+                      spread: bool = False) -> Dispatched:
         """Tries on the pool's endpoints (each at most once) until one answers."""
         retry = pool.config.retry
         pool.budget.request()
@@ -154,7 +158,8 @@ class AttemptLoop:
             remaining = deadline - self.clock()
             if remaining <= 0:
                 raise DeadlineExceeded(f"model {request.model!r}: no answer within the request deadline")
-            ticket = Ticket(chars, priority, frozenset(tried), last_pool, remaining, affinity=affinity_key(request))
+            ticket = Ticket(chars, priority, frozenset(tried), last_pool, remaining,
+                            affinity=None if spread else affinity_key(request))
             try:
                 lease = await pool.acquire(ticket)
             except Unavailable as exc:

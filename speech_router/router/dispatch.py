@@ -104,11 +104,12 @@ class Router:
         return self.clock() + limit
 
     async def synthesize(self, request: SynthesisRequest, *, priority: str = "interactive",
-                         deadline: float | None = None, whole: bool = False) -> Dispatched:
+                         deadline: float | None = None, whole: bool = False, spread: bool = False) -> Dispatched:
         """Start the synthesis on an endpoint along the model's route; returns once its first byte is in
-        (``whole``: the whole answer, as fan-out segments need). Retries and fallback happen until then."""
+        (``whole``: the whole answer, as fan-out segments need; ``spread``: a segment, spread over the fleet
+        rather than gathered by voice affinity). Retries and fallback happen until then."""
         return await self.attempts.run(request, deadline=self.deadline(request) if deadline is None else deadline,
-                                       priority=priority, whole=whole)
+                                       priority=priority, whole=whole, spread=spread)
 
 
 __all__ = ["Dispatched", "Router"]

@@ -99,7 +99,7 @@ def segment_synthesizer(router: Router, sreq: SynthesisRequest, *, priority: str
     async def synthesize_segment(index: int, text: str) -> SegmentAudio:
         rid = f"{sreq.request_id}-{index + 1}" if sreq.request_id else ""
         sub = dataclasses.replace(sreq, text=text, response_format=fmt, request_id=rid)
-        dispatched = await router.synthesize(sub, priority=priority, deadline=deadline, whole=True)
+        dispatched = await router.synthesize(sub, priority=priority, deadline=deadline, whole=True, spread=True)
         assert dispatched.endpoint is not None
         pcm, rate = await _read_pcm(dispatched.response, dispatched.endpoint.name)
         return SegmentAudio(pcm, rate, dispatched.endpoint, dispatched.pool, dispatched.attempts)

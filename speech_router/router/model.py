@@ -46,7 +46,7 @@ CENTER_STEP = 0.1
 SWITCH_MARGIN = 0.5
 SWITCH_GAIN = 0.15
 #: informative answers (started with others in flight) before ``parallel`` counts as learned
-MIN_INFORMATIVE = 20
+MIN_INFORMATIVE = 10
 #: answers of its own, and of the pool (the shape), before fits are judged: early estimates are too rough
 SETTLE_ANSWERS = 3
 SETTLE_SHAPE = 20

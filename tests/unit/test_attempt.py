@@ -175,3 +175,18 @@ async def test_an_answer_that_is_not_valid_audio_is_retried_elsewhere_before_any
     result = await loop_for(p, validate=check_audio).run(request(), deadline=await deadline())
     assert result.endpoint is p.endpoints[1] and result.attempts == 2
     assert p.endpoints[0].window.failures == 1  # the node's fault
+
+
+async def test_segments_of_one_text_are_spread_over_the_fleet_not_gathered_by_voice_affinity():
+    p = pool("ok")
+    asked: list[str | None] = []
+    acquire = p.acquire
+
+    async def spy(ticket):
+        asked.append(ticket.affinity)
+        return await acquire(ticket)
+
+    p.acquire = spy  # type: ignore[method-assign]
+    await loop_for(p).run(request(), deadline=await deadline(), whole=True)
+    await loop_for(p).run(request(), deadline=await deadline(), whole=True, spread=True)
+    assert asked == ["alloy", None]  # a plain request asks for its voice's endpoint; a segment does not

@@ -96,8 +96,8 @@ def settled(per_char: float = 0.0045) -> EndpointModel:
 def test_a_node_doing_one_at_a_time_has_parallelism_one_and_a_node_with_four_slots_four():
     m = settled()  # alone: 0.5 s for 100 characters
     assert m.parallel == 4 and not m.parallel_known  # the configured bound until learned
-    serial(m, rounds=5)
-    assert not m.parallel_known and m.parallel == 4  # ten answers in line: not yet enough to judge
+    serial(m, rounds=3)
+    assert not m.parallel_known and m.parallel == 4  # six answers in line: not yet enough to judge
     serial(m, rounds=10)
     assert m.parallel_known and m.parallel == 1
     assert m.predict(100, 3) == pytest.approx(1.5, rel=0.1)  # the third in line waits two services
