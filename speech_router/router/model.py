@@ -130,10 +130,14 @@ class EndpointModel:
         base = self.shape.predict(chars)
         if base is not None and base > 0:
             first = self.answers == 0
+            # its first answer sets its speed; one that waited in line (n > 1, before its parallelism is known)
+            # is read the most hopeful way (all waiting), so a queue inside the node is not taken for a slow node
+            # that would then be avoided and never answer again to show otherwise
+            hopeful = seconds / (base * n)
             for i, level in enumerate(self._levels):
                 ratio = seconds / (base * queueing(n, i + 1))
-                if first:  # its first answer sets its speed
-                    self._levels[i], self._centers[i] = ratio, math.log(ratio)
+                if first:
+                    self._levels[i], self._centers[i] = hopeful, math.log(ratio)
                     continue
                 miss = math.log(ratio) - self._centers[i]
                 if n > 1 and self._settled:
