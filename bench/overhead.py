@@ -218,7 +218,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, info: dict[str,
     out += ["", "Medians over rounds:", "", *verdicts, "", "Router config:", "", "```yaml", info["router_config"].strip(),
             "```", ""]
     if info.get("profile"):
-        out += ["Profile of the working tree's router, c=16 `/tts_url` (py-spy, 250 Hz):", "", "```",
+        out += ["Profile of the router measured (`router`), c=16 `/tts_url` (py-spy, 250 Hz):", "", "```",
                 info["profile"].strip(), "```", ""]
     return "\n".join(out)
 
@@ -235,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--previous-rev", default="none", help="also measure the router of this commit ('none': don't)")
     p.add_argument("--openai", action=argparse.BooleanOptionalAction, default=True,
                    help="also measure /v1/audio/speech (default on)")
+    p.add_argument("--adaptive", action=argparse.BooleanOptionalAction, default=False,
+                   help="let the router learn the node's useful concurrency (default off: a fixed limit of 256, so "
+                        "the router's queue caps it no more than nginx is capped; see bench/README.md)")
     p.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
                    help="also measure a bare uvicorn + aiohttp proxy (bench._proxy_floor; default on)")
     p.add_argument("--profile", type=Path, default=None, help="py-spy the router at c=16 into this directory")
@@ -249,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         fleet = start_fleet(children, log_dir, "fleet", fleet_argv(nodes=1, slots=0, speeds=[1], base_ms=0,
                                                                    per_char_ms=0, sigma=0, wav_bytes=WAV_BYTES))
         node_url = fleet.nodes["node0"]
-        config = router_yaml(fleet.nodes, {"max_concurrency": ROUTER_MAX_CONCURRENCY})
+        config = router_yaml(fleet.nodes, {"max_concurrency": ROUTER_MAX_CONCURRENCY,
+                                           "balancer": {"adaptive_concurrency": args.adaptive}})
         nginx, nginx_url, _ = start_nginx(children, log_dir, int(node_url.rsplit(":", 1)[1]), 1)
         targets = [Target("direct to node", node_url, "tts_url", []), Target("nginx", nginx_url, "tts_url",
                                                                               [nginx.proc.pid])]
