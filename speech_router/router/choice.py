@@ -112,7 +112,13 @@ class Choice:
         """Expected seconds for ``chars`` on ``ep`` starting with ``n`` in flight (itself included)."""
         now = view.now if view else self.clock()
         prior = (view.prior if view else self.prior(now))(chars, ep)
-        return ep.model.predict(chars, n, prior)
+        return ep.model.predict(chars, n, prior, self._peers_parallel(ep))
+
+    def _peers_parallel(self, ep: Endpoint) -> float | None:
+        """What the pool's other endpoints are known to run at once (their median): the best guess for one
+        whose own is not known yet, as the endpoints of a pool are usually alike."""
+        known = sorted(e.model.parallel for e in self.endpoints if e is not ep and e.model.parallel_known)
+        return known[len(known) // 2] if known else None
 
     def remaining(self, ep: Endpoint, view: View) -> list[float]:
         """Expected seconds until each request running on ``ep`` finishes, soonest first."""
@@ -204,7 +210,12 @@ class Choice:
             return best  # the quick endpoints have room: no need to spare them
         budget = max(quickest, best_cost * (1 + TIE_TOLERANCE))
         fits = [ep for ep in free if self._cost(ep, chars, ep.busy + 1, view) <= budget]
-        return max(fits, key=lambda ep: self._cost(ep, chars, ep.busy + 1, view)) if fits else None
+        if not fits:
+            return None
+        slowest = max(fits, key=lambda ep: self._cost(ep, chars, ep.busy + 1, view))
+        if self._cost(slowest, chars, slowest.busy + 1, view) <= best_cost * (1 + TIE_TOLERANCE):
+            return best  # nothing clearly slower to spare the quick ones with: the usual near-tie rules
+        return slowest
 
     def best_free(self, free: list[Endpoint], chars: int, view: View,
                    affinity: str | None = None) -> tuple[Endpoint | None, float]:

@@ -59,7 +59,8 @@ class Endpoint:
         self.breaker = Breaker(breaker, clock)
         self.window = OutcomeWindow(breaker.window)
         #: ``shape``: the latency shape its pool shares (one of its own when alone)
-        self.model = EndpointModel(balancer.latency_half_life, max_concurrency, shape)
+        self.model = EndpointModel(balancer.latency_half_life, max_concurrency, shape,
+                                   learn_parallel=balancer.adaptive_concurrency)
         self.limit = ConcurrencyLimit(max_concurrency, adaptive=balancer.adaptive_concurrency,
                                       slow_start=balancer.slow_start)
         self.running: dict[int, Running] = {}

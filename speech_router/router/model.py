@@ -28,6 +28,7 @@ apart; the choice moves only when another candidate fits clearly better
 
 from __future__ import annotations
 
+import functools
 import math
 
 from .latency import LatencyModel
@@ -50,6 +51,11 @@ MIN_INFORMATIVE = 10
 #: answers of its own, and of the pool (the shape), before fits are judged: early estimates are too rough
 SETTLE_ANSWERS = 3
 SETTLE_SHAPE = 20
+#: an idle endpoint not heard from for this many of its last answer's time counts as stale (at most a half-life)
+STALE_SERVICES = 10.0
+#: answers quicker than this are mostly transport, not synthesis: they teach no parallelism (a router whose own
+#: event loop is the bottleneck would otherwise read its own queueing as the node's)
+MIN_JUDGED_SECONDS = 0.02
 #: the largest ``parallel`` considered (larger limits are taken as configured)
 MAX_CANDIDATES = 64
 
@@ -59,10 +65,16 @@ def queueing(n: float, parallel: float) -> float:
     return 1.0 + max(0.0, n - parallel) / parallel
 
 
+@functools.lru_cache(maxsize=4096)
+def _mean_queueing(n: float, candidates: int) -> float:
+    return sum(queueing(n, s + 1) for s in range(candidates)) / candidates
+
+
 class EndpointModel:
     """One endpoint's latency: the pool's shape x its level x queueing beyond its parallelism."""
 
-    def __init__(self, half_life: float = 30.0, max_parallel: int = 4, shape: LatencyModel | None = None) -> None:
+    def __init__(self, half_life: float = 30.0, max_parallel: int = 4, shape: LatencyModel | None = None,
+                 learn_parallel: bool = True) -> None:
         self.shape = shape if shape is not None else LatencyModel(half_life)
         self.half_life = half_life
         self.max_parallel = max(1, max_parallel)
@@ -72,11 +84,14 @@ class EndpointModel:
         self._errors = [0.0] * candidates
         #: the parallelism assumed until learned: the configured bound (optimistic, as a fresh limit is)
         self._best = candidates - 1
+        #: False: the configured bound is the parallelism (``adaptive_concurrency: false``), nothing to learn
+        self.learn_parallel = learn_parallel
         self.informative = 0
         self._evidence = 0.0  # informative answers, fading as the errors do
         #: this endpoint's own answers, and when the last one came (or it was last tried for news)
         self.answers = 0
         self.heard = -math.inf
+        self.last_seconds = math.inf
 
     def __repr__(self) -> str:
         return (f"EndpointModel(fit={self.shape.fit()}, level={self.level:.3f}, parallel={self.parallel:g}, "
@@ -97,31 +112,48 @@ class EndpointModel:
 
     @property
     def parallel_known(self) -> bool:
-        return self.informative >= MIN_INFORMATIVE
+        return not self.learn_parallel or self.informative >= MIN_INFORMATIVE
 
     @property
     def _settled(self) -> bool:
         return self.answers >= SETTLE_ANSWERS and self.shape.samples >= SETTLE_SHAPE
 
     def stale(self, now: float) -> bool:
-        """Nothing heard from it for a half-life: its estimate may be out of date."""
-        return now - self.heard > self.half_life
+        """Nothing heard from it for a half-life, or for STALE_SERVICES of its own last answers' time (a node left
+        alone because of a few slow answers is asked again soon): its estimate may be out of date."""
+        return now - self.heard > min(self.half_life, STALE_SERVICES * self.last_seconds)
 
     def unloaded(self, chars: int) -> float | None:
         """Expected seconds for ``chars`` alone on the endpoint, at its current speed; None before it answered."""
         base = self.shape.predict(chars)
         return None if base is None or not self.answers else base * self.level
 
-    def predict(self, chars: int, n: float = 1.0, prior: float | None = None) -> float | None:
+    def predict(self, chars: int, n: float = 1.0, prior: float | None = None,
+                peers_parallel: float | None = None) -> float | None:
         """Expected seconds for a request that starts with ``n`` in flight, itself included.
 
         ``prior`` (the rest of the pool's unloaded estimate) stands in for an endpoint that has not answered
-        yet: a new endpoint is assumed to be like the others, so it is tried, not avoided.
+        yet: a new endpoint is assumed to be like the others, so it is tried, not avoided; ``peers_parallel``
+        (what the others are known to run at once) stands in for its parallelism until its own is known.
         """
         unloaded = self.unloaded(chars)
         if unloaded is None:
             unloaded = prior
-        return None if unloaded is None else unloaded * queueing(n, self.parallel)
+        return None if unloaded is None else unloaded * self.queueing(n, peers_parallel)
+
+    def queueing(self, n: float, peers_parallel: float | None = None) -> float:
+        """The services a request starting with ``n`` in flight is expected to take. Until the parallelism is
+        known, its peers' when they know theirs, else the average over every candidate: a busy endpoint is not
+        assumed free of a line inside it, so an idle one is preferred unless the busy one is clearly quicker
+        (stacking requests on a node that does one at a time is what the router must not do while it finds
+        out)."""
+        if n <= 1:
+            return 1.0
+        if self.parallel_known:
+            return queueing(n, self.parallel)
+        if peers_parallel is not None:
+            return queueing(n, min(peers_parallel, self.max_parallel))
+        return _mean_queueing(n, len(self._levels))
 
     def observe(self, chars: int, seconds: float, n: int, now: float) -> None:
         """A completed try: ``seconds`` from start to the last byte; ``n`` in flight when it started."""
@@ -130,6 +162,7 @@ class EndpointModel:
         base = self.shape.predict(chars)
         if base is not None and base > 0:
             first = self.answers == 0
+            judged = n > 1 and self.learn_parallel and self._settled and seconds >= MIN_JUDGED_SECONDS
             # its first answer sets its speed; one that waited in line (n > 1, before its parallelism is known)
             # is read the most hopeful way (all waiting), so a queue inside the node is not taken for a slow node
             # that would then be avoided and never answer again to show otherwise
@@ -140,16 +173,17 @@ class EndpointModel:
                     self._levels[i], self._centers[i] = hopeful, math.log(ratio)
                     continue
                 miss = math.log(ratio) - self._centers[i]
-                if n > 1 and self._settled:
+                if judged:
                     self._errors[i] = ERROR_MEMORY * self._errors[i] + miss * miss
                 self._centers[i] += CENTER_STEP * miss
                 self._levels[i] = level + (LEVEL_UP if ratio > level else LEVEL_DOWN) * (ratio - level)
-            if n > 1 and self._settled:
+            if judged:
                 self.informative += 1
                 self._evidence = ERROR_MEMORY * self._evidence + 1.0
                 self._choose()
             self.answers += 1
         self.heard = now
+        self.last_seconds = seconds
         self.shape.observe(chars, seconds / (self.level * queueing(n, self.parallel)), now)
 
     def _choose(self) -> None:

@@ -62,8 +62,10 @@ def test_an_endpoint_without_answers_is_the_pools_estimate_and_its_first_answer_
 
 
 def test_a_stale_estimate_is_known_as_such():
-    m = taught()
-    assert not m.stale(now=20.0) and m.stale(now=31.0)
+    m = taught()  # its last answer took 0.85 s
+    assert not m.stale(now=8.0) and m.stale(now=9.0)  # ten of those without news
+    m.observe(200, 10.0, 1, now=100.0)  # a slow node
+    assert not m.stale(now=120.0) and m.stale(now=131.0)  # at most a half-life
 
 
 def serial(model: EndpointModel, rounds: int, service: float = 0.5) -> EndpointModel:
