@@ -20,7 +20,7 @@ import struct
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from .wav import MAX_CHANNELS, MAX_RATE, MIN_RATE, InvalidAudio
+from .wav import InvalidAudio, parse_fmt
 
 __all__ = ["MAX_SECONDS_PER_CHAR", "MIN_SECONDS_CAP", "AudioValidator", "InvalidAudio", "WavInfo", "check_audio", "check_wav_header",
            "max_audio_seconds", "max_audio_bytes", "validated_stream"]
@@ -29,8 +29,6 @@ __all__ = ["MAX_SECONDS_PER_CHAR", "MIN_SECONDS_CAP", "AudioValidator", "Invalid
 MAX_SECONDS_PER_CHAR = 2.0
 #: the cap never goes below this, for short texts (a name, "OK") said slowly with pauses
 MIN_SECONDS_CAP = 30.0
-#: (format tag, bits per sample) a WAV may carry: integer PCM 16/24/32-bit, IEEE float 32/64-bit
-WAV_ENCODINGS = {(0x0001, 16), (0x0001, 24), (0x0001, 32), (0x0003, 32), (0x0003, 64)}
 #: bytes per second a compressed format (mp3, opus, aac, flac) cannot exceed: flac of 48 kHz 24-bit stereo
 COMPRESSED_BYTES_PER_S = 48_000 * 2 * 3
 #: raw pcm (OpenAI's): 24 kHz 16-bit mono
@@ -38,7 +36,6 @@ PCM_BYTES_PER_S = 24_000 * 2
 #: the header of a WAV must be complete within this many bytes (a real one is 44 to a few hundred)
 MAX_HEADER_BYTES = 64 * 1024
 _UNKNOWN_SIZES = (0, 0xFFFFFFFF)
-_EXTENSIBLE = 0xFFFE
 
 
 def max_audio_seconds(chars: int) -> float:
@@ -73,25 +70,13 @@ class WavInfo:
 
 
 def _check_fmt(body: bytes) -> tuple[int, int, int, bool]:
-    if len(body) < 16:
-        raise InvalidAudio(f"WAV fmt chunk too short ({len(body)} bytes)")
-    tag, channels, rate, byte_rate, block_align, bits = struct.unpack_from("<HHIIHH", body)
-    if tag == _EXTENSIBLE:
-        if len(body) < 40:
-            raise InvalidAudio("WAVE_FORMAT_EXTENSIBLE fmt chunk shorter than 40 bytes")
-        (tag,) = struct.unpack_from("<H", body, 24)
-    if (tag, bits) not in WAV_ENCODINGS:
-        kind = {1: "integer PCM", 3: "float"}.get(tag, f"format tag 0x{tag:04x}")
-        raise InvalidAudio(f"unsupported WAV encoding: {bits}-bit {kind}; expected 16/24/32-bit PCM or float")
-    if not 1 <= channels <= MAX_CHANNELS:
-        raise InvalidAudio(f"WAV with {channels} channels; expected 1 or 2")
-    if not MIN_RATE <= rate <= MAX_RATE:
-        raise InvalidAudio(f"WAV sample rate {rate} Hz; expected {MIN_RATE}-{MAX_RATE} Hz")
-    if block_align != channels * bits // 8:
-        raise InvalidAudio(f"WAV block align {block_align} does not match {channels} x {bits}-bit")
-    if byte_rate != rate * block_align:
-        raise InvalidAudio(f"WAV byte rate {byte_rate} does not match {rate} Hz x {block_align} bytes")
-    return rate, channels, bits, tag == 3
+    """(rate, channels, bits, float) of a `fmt ` chunk the stream parser accepts, whose byte rate agrees too."""
+    fmt, is_float = parse_fmt(body)  # encoding, channels, rate and block align, as the transcoder reads them
+    (byte_rate,) = struct.unpack_from("<I", body, 8)
+    block_align = fmt.channels * fmt.sample_width
+    if byte_rate != fmt.sample_rate * block_align:
+        raise InvalidAudio(f"WAV byte rate {byte_rate} does not match {fmt.sample_rate} Hz x {block_align} bytes")
+    return fmt.sample_rate, fmt.channels, fmt.sample_width * 8, is_float
 
 
 def check_wav_header(data: bytes) -> WavInfo | None:

@@ -52,7 +52,7 @@ def wav_header(sample_rate: int, channels: int = 1, data_bytes: int | None = Non
     )  # fmt: skip
 
 
-def _parse_fmt(body: bytes) -> tuple[PcmFormat, bool]:
+def parse_fmt(body: bytes) -> tuple[PcmFormat, bool]:
     """Decode a `fmt ` chunk into the format and whether samples are float32."""
     if len(body) < 16:
         raise InvalidAudio(f"fmt chunk too short ({len(body)} bytes)")
@@ -147,7 +147,7 @@ class WavStreamParser:
             else:  # LIST, fact, PEAK, ...: not needed to play the audio
                 self._state, self._need = "skip", size + (size & 1)
         elif self._state == "fmt":
-            self._format, self._float = _parse_fmt(bytes(buf[: self._need]))
+            self._format, self._float = parse_fmt(bytes(buf[: self._need]))
             del buf[: self._need]
             self._state, self._need = "chunk", 8
         return True
