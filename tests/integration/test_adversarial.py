@@ -25,6 +25,7 @@ import pytest
 
 from speech_router.emulator.misbehaving import create_app as misbehaving_node
 from speech_router.emulator.serve import ServerHandle
+from tests.processes import free_port, stop
 
 NODE_KEY = "sk-node-bearer-4f1d2a9c7e"
 POOL_HEADER = "pool-header-secret-b83e61"
@@ -54,12 +55,6 @@ class Router:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
         raise AssertionError("no VmRSS")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -99,12 +94,7 @@ def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Router]:
             time.sleep(0.1)
         yield handle
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop(proc)
         node.stop()
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -16,13 +15,9 @@ from contextlib import contextmanager
 
 import av
 
+from tests.processes import free_port, stop
+
 CLI = [sys.executable, "-m", "speech_router.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
@@ -49,12 +44,7 @@ def serving(env: dict[str, str], *args: str, procs: list[subprocess.Popen] | Non
                 time.sleep(0.1)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         if proc.stdout:
             proc.stdout.close()
 
