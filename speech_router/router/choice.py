@@ -76,6 +76,7 @@ class View:
     prior: Callable[[int, Endpoint | None], float | None]
     candidates: list[Endpoint]
     panic: bool
+    peers_parallel: float | None = None
 
 
 class Choice:
@@ -112,12 +113,13 @@ class Choice:
         """Expected seconds for ``chars`` on ``ep`` starting with ``n`` in flight (itself included)."""
         now = view.now if view else self.clock()
         prior = (view.prior if view else self.prior(now))(chars, ep)
-        return ep.model.predict(chars, n, prior, self._peers_parallel(ep))
+        peers = view.peers_parallel if view else self.peers_parallel()
+        return ep.model.predict(chars, n, prior, peers)
 
-    def _peers_parallel(self, ep: Endpoint) -> float | None:
-        """What the pool's other endpoints are known to run at once (their median): the best guess for one
-        whose own is not known yet, as the endpoints of a pool are usually alike."""
-        known = sorted(e.model.parallel for e in self.endpoints if e is not ep and e.model.parallel_known)
+    def peers_parallel(self) -> float | None:
+        """What the pool's endpoints that know it run at once (their median): the best guess for one whose own
+        is not known yet, as the endpoints of a pool are usually alike."""
+        known = sorted(e.model.parallel for e in self.endpoints if e.model.parallel_known)
         return known[len(known) // 2] if known else None
 
     def remaining(self, ep: Endpoint, view: View) -> list[float]:
@@ -147,7 +149,7 @@ class Choice:
         if not candidates and ticket.allow_panic and not any(ep.in_rotation for ep in self.endpoints):
             candidates = [ep for ep in self.endpoints if ep.name not in ticket.exclude and not ep.draining]
             panic = bool(candidates)
-        return View(now, self.prior(now), candidates, panic)
+        return View(now, self.prior(now), candidates, panic, self.peers_parallel())
 
     def _cost(self, ep: Endpoint, chars: int, n: int, view: View) -> float:
         predicted = self.predict(ep, chars, n, view)
