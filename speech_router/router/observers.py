@@ -7,6 +7,9 @@ through ``RouterListener`` (``speech_router.router.events``).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+
+from prometheus_client import Counter, Gauge
 
 from ..metrics import Metrics
 from .breaker import STATE_VALUE, BreakerState
@@ -18,26 +21,49 @@ from .scheduler import Lease
 log = logging.getLogger("speech_router.router")
 
 
+@dataclass
+class _EndpointChildren:
+    """One endpoint's metric children, so the hot path does not look labels up again."""
+
+    inflight: Gauge
+    limit: Gauge
+    picks: Counter
+    attempts: dict[Outcome, Counter]
+
+
 class MetricsListener(RouterListener):
     """Keeps the ``speech_router_*`` routing metrics in step with events."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
+        #: label children resolved once per endpoint (every pick and answer touches them)
+        self._children: dict[tuple[str, str], _EndpointChildren] = {}
 
     def __repr__(self) -> str:
         return "MetricsListener()"
 
+    def _of(self, ep: Endpoint) -> _EndpointChildren:
+        key = (ep.pool, ep.name)
+        children = self._children.get(key)
+        if children is None:
+            m = self.metrics
+            children = _EndpointChildren(m.inflight.labels(*key), m.concurrency_limit.labels(*key),
+                                         m.picks.labels(*key), {})
+            self._children[key] = children
+        return children
+
     def _gauges(self, ep: Endpoint) -> None:
-        m = self.metrics
-        m.inflight.labels(ep.pool, ep.name).set(ep.inflight)
-        m.concurrency_limit.labels(ep.pool, ep.name).set(ep.limit.learned(ep.model, ep.clock()))
+        children = self._of(ep)
+        children.inflight.set(ep.inflight)
+        children.limit.set(ep.limit.learned(ep.model, ep.clock()))
 
     def picked(self, pool: str, endpoint: Endpoint, lease: Lease) -> None:
-        self.metrics.picks.labels(pool, endpoint.name).inc()
+        children = self._of(endpoint)
+        children.picks.inc()
         self.metrics.queue_wait.labels(pool, lease.priority).observe(lease.queued)
         if lease.panic:
             self.metrics.panics.labels(pool).inc()
-        self.metrics.inflight.labels(endpoint.pool, endpoint.name).set(endpoint.inflight)
+        children.inflight.set(endpoint.inflight)
 
     def queue_changed(self, pool: str, priority: str, depth: int) -> None:
         self.metrics.queue_depth.labels(pool, priority).set(depth)
@@ -54,6 +80,7 @@ class MetricsListener(RouterListener):
 
     def endpoint_closed(self, endpoint: Endpoint, *, gone: bool) -> None:
         if gone:  # its label children go too (bounded cardinality)
+            self._children.pop((endpoint.pool, endpoint.name), None)
             self.metrics.forget_endpoint(endpoint.pool, endpoint.name, endpoint.backend.type)
 
     def health_changed(self, endpoint: Endpoint) -> None:
@@ -70,7 +97,11 @@ class MetricsListener(RouterListener):
         self.metrics.endpoint_draining.labels(endpoint.pool, endpoint.name).set(1 if endpoint.draining else 0)
 
     def attempt_finished(self, endpoint: Endpoint, outcome: Outcome, finished: Finished | None) -> None:
-        self.metrics.attempts.labels(endpoint.pool, endpoint.name, outcome.value).inc()
+        attempts = self._of(endpoint).attempts
+        counter = attempts.get(outcome)
+        if counter is None:
+            counter = attempts[outcome] = self.metrics.attempts.labels(endpoint.pool, endpoint.name, outcome.value)
+        counter.inc()
         self._gauges(endpoint)
 
     def retried(self, pool: str, reason: str) -> None:
