@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ..config.models import Settings
 from ..errors import RequestInvalid
-from ..router.pool import PRIORITIES
+from ..router.ticket import PRIORITIES
 from ..types import SynthesisRequest
 from .audio_out import check_format
 from .facts import ModelFacts, check_capabilities

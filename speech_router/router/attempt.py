@@ -37,7 +37,8 @@ from .clock import Clock
 from .endpoint import Endpoint
 from .events import RouterListener
 from .outlier import Outcome
-from .pool import Lease, Pool, Ticket
+from .pool import Pool
+from .ticket import Lease, Ticket
 
 log = logging.getLogger(__name__)
 

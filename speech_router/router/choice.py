@@ -1,38 +1,44 @@
-"""Which endpoint a request would take now, or how long it would wait: the decision, kept apart from the queue.
+"""Which endpoint a request takes now, or how long it would wait: the decision, kept apart from the queue.
 
 For a request of ``chars`` characters it compares, with the endpoints' learned models (``EndpointModel``):
 
-- an endpoint with a free slot (``Endpoint.cap``): its expected time with the requests it already has;
-- waiting: the expected time until a slot frees (for a request with others queued ahead, the slot its
-  turn gets), plus the time on that endpoint.
+- an endpoint with a free slot: its expected time with the requests it already has;
+- waiting: when a slot is expected to free (``SlotPlan``: the requests queued ahead take the slots that
+  free first, each for its own expected time, so a short text behind twenty long ones knows it would
+  wait long) plus its time on that endpoint.
 
-It takes the cheapest free endpoint unless waiting is expected to finish sooner; ties go to the least
-busy. Voice affinity: an endpoint that served the request's voice lately (its speaker conditioning is
-likely cached) is preferred while it has a free slot and is about as quick as the best (within 20 %): a
-popular voice fills its endpoint's slots, then spills to the next, which then shares it. Weights
-divide the expected time (weight 2 looks twice as fast). An endpoint with no history is given the rest
-of the pool's median estimate, so a new node is explored, not avoided. Before anything is learned it is
-weighted least-outstanding and never waits while a slot is free. ``Scheduler`` puts these decisions to
-work on its queue.
+It takes the cheapest free endpoint unless waiting is expected to finish sooner, so an idle slow
+endpoint gets exactly the queued requests it finishes before their turn elsewhere would come. Ties and
+near ties (within 5 %) go to the endpoint with fewer requests in flight for its size, then the one picked
+least: equal endpoints share light traffic, and a new one is tried at once. Voice affinity: an endpoint
+that served the request's voice lately (its speaker conditioning is likely cached) is preferred while it
+has a free slot and is about as quick as the best (within 20 %). Weights divide the expected time.
+
+Slow start: an endpoint in its window takes new work only within its ramped *share* while another
+endpoint could take it, and up to its limit when the request would otherwise wait (``OVERFLOW``); when
+endpoints in slow start hold half the pool's capacity or more (the fleet joined together), no ramp
+applies. An endpoint with no history is given the rest of the pool's median estimate, so a new node is
+explored, not avoided; an idle endpoint with an old estimate gets a short text (``EXPLORE``). Before
+anything is learned it is weighted least-outstanding and never waits while a slot is free.
+
+Pure: it reads endpoints and returns a ``Decision``; ``Scheduler`` carries it out.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 import statistics
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
 from ..config.models import PoolConfig
 from .breaker import BreakerState
 from .clock import Clock
 from .endpoint import Endpoint
-
-if TYPE_CHECKING:
-    from .scheduler import Lease
+from .ticket import Placement, Ticket
 
 #: texts this long (this quantile of recent lengths) set the time budget a short text may take elsewhere
 LONG_QUANTILE = 0.9
@@ -46,37 +52,78 @@ OVERRUN_SHARE = 0.1
 #: voice affinity: the endpoint that served the voice lately is preferred while this close to the quickest
 #: (expected time within this factor) and free: a popular voice spills over once its endpoint is full
 AFFINITY_TOLERANCE = 1.2
+#: slow start applies only while endpoints out of their window hold at least this share of the pool's slots
+SETTLED_SHARE = 0.5
+
+#: ``(chars, leave_out)`` -> the rest of the pool's median unloaded estimate for ``chars``
+Prior = Callable[[int, "Endpoint | None"], "float | None"]
 
 
-@dataclass(eq=False)
-class Ticket:
-    """One request asking a pool for a slot."""
+class SlotPlan:
+    """When each slot of the pool's endpoints is expected to free: 0 for a free slot, else the expected
+    remaining time of the request in it; requests that wait take the slot they wait for (``take``), so
+    the next one's expected wait counts them."""
 
-    chars: int
-    priority: str = "interactive"
-    #: endpoints this request already tried
-    exclude: frozenset[str] = frozenset()
-    #: may use unhealthy endpoints when none is in rotation (a route's last pool)
-    allow_panic: bool = True
-    #: the longest it may wait, in seconds (queue timeout or what is left of its deadline)
-    limit: float = math.inf
-    arrived: float = 0.0
-    #: the voice (a key of its reference): endpoints that served it lately may have it cached
-    affinity: str | None = None
-    lease: Lease | None = None
-    #: called once the ticket gets a slot (None: its pool was retired and it must go elsewhere)
-    on_placed: Callable[[Lease | None], None] | None = None
+    def __init__(self) -> None:
+        self._slots: dict[Endpoint, list[float]] = {}
+
+    def __repr__(self) -> str:
+        return f"SlotPlan({ {ep.name: [round(t, 3) for t in ts] for ep, ts in self._slots.items()} })"
+
+    def add(self, ep: Endpoint, times: list[float]) -> None:
+        self._slots[ep] = sorted(times)
+
+    def earliest(self, ep: Endpoint) -> float:
+        slots = self._slots.get(ep)
+        return slots[0] if slots else math.inf
+
+    def free(self, ep: Endpoint) -> bool:
+        return self.earliest(ep) <= 0.0
+
+    def take(self, ep: Endpoint, until: float) -> None:
+        """The slot that frees first is taken until ``until`` (seconds from now)."""
+        slots = self._slots.get(ep)
+        if slots:
+            slots.pop(0)
+            bisect.insort(slots, until)
+
+    def first_free(self) -> float:
+        """Seconds until any slot frees (0: one is free now)."""
+        return min((ts[0] for ts in self._slots.values() if ts), default=math.inf)
 
 
 @dataclass
 class View:
-    """One moment's view of a ticket's options, shared by the decisions of one pass."""
+    """One moment's view of the pool, shared by the decisions of one pass over the queue."""
 
     now: float
-    prior: Callable[[int, Endpoint | None], float | None]
-    candidates: list[Endpoint]
+    prior: Prior
+    #: endpoints in rotation, or (no endpoint in rotation) every endpoint not draining: panic mode
+    endpoints: list[Endpoint]
     panic: bool
     peers_parallel: float | None = None
+    #: whether slow start ramps shares (most of the pool's capacity is out of its window)
+    ramp: bool = True
+    plan: SlotPlan = field(default_factory=SlotPlan)
+    _costs: dict[tuple[Endpoint, int, int], float] = field(default_factory=dict)
+
+    def candidates(self, ticket: Ticket) -> list[Endpoint]:
+        """The endpoints ``ticket`` may use: outside its exclusions, panic mode only where it allows it."""
+        if self.panic and not ticket.allow_panic:
+            return []
+        return [ep for ep in self.endpoints if ep.name not in ticket.exclude]
+
+
+@dataclass
+class Decision:
+    """What a ticket does now: take ``endpoint`` (for ``placement``), or wait; ``wait``: the expected wait
+    (None: unknown), ``until``: when the slot it waits for is expected to be done with it."""
+
+    endpoint: Endpoint | None = None
+    placement: Placement | None = None
+    wait: float | None = None
+    waits_for: Endpoint | None = None
+    until: float = math.inf
 
 
 class Choice:
@@ -95,7 +142,9 @@ class Choice:
     def __repr__(self) -> str:
         return f"Choice(endpoints={[e.name for e in self.endpoints]}, policy={self.config.balancer.policy!r})"
 
-    def prior(self, now: float) -> Callable[[int, Endpoint | None], float | None]:
+    # -- what is expected -----------------------------------------------------------------------------------
+
+    def prior(self) -> Prior:
         """The pool's median unloaded estimate for a text length, leaving one endpoint out: what an endpoint
         with no (or old) history of its own is assumed to take, judged by the others."""
         known = [ep for ep in self.endpoints if ep.model.known]
@@ -109,76 +158,101 @@ class Choice:
 
         return median
 
-    def predict(self, ep: Endpoint, chars: int, n: int, view: View | None = None) -> float | None:
-        """Expected seconds for ``chars`` on ``ep`` starting with ``n`` in flight (itself included)."""
-        now = view.now if view else self.clock()
-        prior = (view.prior if view else self.prior(now))(chars, ep)
-        peers = view.peers_parallel if view else self.peers_parallel()
-        return ep.model.predict(chars, n, prior, peers)
-
     def peers_parallel(self) -> float | None:
         """What the pool's endpoints that know it run at once (their median): the best guess for one whose own
         is not known yet, as the endpoints of a pool are usually alike."""
         known = sorted(e.model.parallel for e in self.endpoints if e.model.parallel_known)
         return known[len(known) // 2] if known else None
 
+    def predict(self, ep: Endpoint, chars: int, n: int, view: View | None = None) -> float | None:
+        """Expected seconds for ``chars`` on ``ep`` starting with ``n`` in flight (itself included)."""
+        view = view or self.view()
+        return ep.model.predict(chars, n, view.prior(chars, ep), view.peers_parallel, view.now)
+
+    def _cost(self, ep: Endpoint, chars: int, n: int, view: View) -> float:
+        """Expected seconds divided by the endpoint's weight (inf when nothing is known)."""
+        key = (ep, chars, n)
+        cost = view._costs.get(key)
+        if cost is None:
+            predicted = self.predict(ep, chars, n, view)
+            cost = view._costs[key] = math.inf if predicted is None else predicted / ep.weight
+        return cost
+
     def remaining(self, ep: Endpoint, view: View) -> list[float]:
-        """Expected seconds until each request running on ``ep`` finishes, soonest first."""
+        """Expected seconds until each request running on ``ep`` finishes, soonest first; requests of other
+        routers on the node (its reported load) are assumed half done with a typical text."""
         times = []
         for run in ep.running.values():
             expected = self.predict(ep, run.chars, run.n, view) or 0.0
             left = run.started + expected - view.now
             times.append(left if left >= 0 else OVERRUN_SHARE * expected - left)  # late: expect it to be later
+        if ep.external:
+            typical = self.predict(ep, self._median or 100, 1, view) or 0.0
+            times += [typical / 2] * ep.external
         return sorted(times)
 
-    def slot_times(self, view: View) -> list[tuple[float, Endpoint]]:
-        """When slots of full candidates are expected to free, soonest first."""
-        slots = []
-        for ep in view.candidates:
-            cap = ep.cap()
-            if ep.busy < cap:
-                continue
-            remaining = self.remaining(ep, view)
-            slots += [(t, ep) for t in remaining[max(0, min(len(remaining) - 1, ep.busy - cap)):]]
-        return sorted(slots, key=lambda s: s[0])
+    # -- a moment's view ------------------------------------------------------------------------------------
 
-    def view(self, ticket: Ticket) -> View:
+    def view(self) -> View:
+        """The pool now: who may be used, whether slow start applies, and when each slot frees."""
         now = self.clock()
-        candidates = [ep for ep in self.endpoints if ep.name not in ticket.exclude and ep.in_rotation]
-        panic = False
-        if not candidates and ticket.allow_panic and not any(ep.in_rotation for ep in self.endpoints):
-            candidates = [ep for ep in self.endpoints if ep.name not in ticket.exclude and not ep.draining]
-            panic = bool(candidates)
-        return View(now, self.prior(now), candidates, panic, self.peers_parallel())
+        rotation = [ep for ep in self.endpoints if ep.in_rotation]
+        panic = not rotation
+        endpoints = rotation or [ep for ep in self.endpoints if not ep.draining]
+        view = View(now, self.prior(), endpoints, panic, self.peers_parallel(), self._ramps(endpoints))
+        for ep in endpoints:
+            cap = ep.cap()
+            remaining = self.remaining(ep, view)
+            view.plan.add(ep, [0.0] * max(0, cap - ep.busy) + remaining[max(0, len(remaining) - cap):])
+        return view
 
-    def _cost(self, ep: Endpoint, chars: int, n: int, view: View) -> float:
-        predicted = self.predict(ep, chars, n, view)
-        return math.inf if predicted is None else predicted / ep.weight
+    @staticmethod
+    def _ramps(endpoints: list[Endpoint]) -> bool:
+        """Slow start protects a few endpoints joining a pool that serves; it has nothing to protect them with
+        when most of the pool's slots are joining too."""
+        total = sum(ep.cap() for ep in endpoints)
+        settled = sum(ep.cap() for ep in endpoints if not ep.ramping())
+        return total > 0 and settled >= SETTLED_SHARE * total
 
-    def decide(self, ticket: Ticket, ahead: int, view: View) -> tuple[Endpoint | None, bool, float | None]:
-        """(endpoint to take now or None, whether it is a probe above its limit, expected wait when waiting)."""
-        free = [ep for ep in view.candidates if ep.busy < ep.cap()]
+    # -- deciding -------------------------------------------------------------------------------------------
+
+    def decide(self, ticket: Ticket, view: View) -> Decision:
+        """Take an endpoint now, or wait (the plan's slot that would finish it first)."""
+        candidates = view.candidates(ticket)
+        if not candidates:
+            return Decision()
+        free = [ep for ep in candidates if view.plan.free(ep) and ep.busy < ep.share(view.ramp)]
+        overflow = [ep for ep in candidates if view.plan.free(ep) and ep.busy < ep.cap() and ep not in free]
         policy = self.config.balancer.policy
         if policy != "latency":
-            return self._baseline(policy, free), False, None
+            ep = self._baseline(policy, free or overflow)
+            return Decision(ep, Placement.FREE if ep in free else Placement.OVERFLOW) if ep else Decision()
         if view.prior(ticket.chars, None) is None:
             # nothing learned yet: weighted least-outstanding, never waiting while a slot is free
-            return (min(free, key=lambda ep: ((ep.busy + 1) / ep.weight, ep.picks / ep.weight)) if free
-                    else None), False, None
+            for group, placement in ((free, Placement.FREE), (overflow, Placement.OVERFLOW)):
+                if group:
+                    return Decision(min(group, key=lambda ep: ((ep.busy + 1) / ep.weight, ep.picks / ep.weight)),
+                                    placement)
+            return Decision()
         stale = self._explore(free, ticket.chars, view)
         if stale is not None:
-            return stale, False, None
+            return Decision(stale, Placement.EXPLORE)
+        wait = self._waiting(candidates, ticket.chars, view)
+        limit = wait.until * (1 + TIE_TOLERANCE) if math.isfinite(wait.until) else math.inf
         best, best_cost = self.best_free(free, ticket.chars, view, self.affinity(ticket))
-        wait_cost, wait = self._waiting(ticket.chars, ahead, view)
-        spare = self._spare(free, best, best_cost, ticket.chars, view) if best is not None else None
-        if spare is not None and spare is not best:  # busy pool: a free endpoint within budget beats waiting
-            return spare, False, None
-        if best is not None and best_cost <= wait_cost * (1 + TIE_TOLERANCE):
-            return best, False, None
-        probe = self._probe(view, ticket.chars, wait_cost)
-        if probe is not None:
-            return probe, True, None
-        return None, False, wait
+        if best is not None:
+            spare = self._spare(candidates, free, best, best_cost, ticket.chars, view)
+            if spare is not None and spare is not best:  # busy pool: a free endpoint within budget beats waiting
+                return Decision(spare, Placement.FREE)
+            if best_cost <= limit:
+                return Decision(best, Placement.FREE)
+        over, over_cost = self.best_free(overflow, ticket.chars, view)
+        if over is not None and over_cost <= limit:
+            return Decision(over, Placement.OVERFLOW)
+        stretch = self._stretch(candidates, ticket.chars, view, limit)
+        if stretch is not None:
+            return Decision(stretch, Placement.STRETCH)
+        return wait
 
     def note(self, chars: int) -> None:
         """A request arrived with ``chars`` characters (for the pool's typical and long text lengths)."""
@@ -189,80 +263,77 @@ class Choice:
             self._median = ordered[len(ordered) // 2]
 
     def _explore(self, free: list[Endpoint], chars: int, view: View) -> Endpoint | None:
-        """An idle endpoint nothing was heard from for a half-life gets a short text (at most one per half-life):
-        its estimate may be stale (a node once slow may be quick again), and a short text costs least to learn."""
+        """An idle endpoint whose estimate is old, or whose breaker lets a probe through, gets a short text: a
+        node once slow may be quick again, and a short text costs least to learn (and to hedge)."""
         if self._median is None or chars > self._median:
             return None
         for ep in free:
-            if ep.busy == 0 and ep.model.known and ep.model.stale(view.now):
-                ep.model.heard = view.now  # tried: the next look waits for its answer or another half-life
+            if ep.busy == 0 and ep.model.known and (ep.model.stale(view.now)
+                                                     or ep.breaker.state == BreakerState.HALF_OPEN):
                 return ep
         return None
 
-    def _spare(self, free: list[Endpoint], best: Endpoint, best_cost: float, chars: int,
-               view: View) -> Endpoint | None:
+    def _waiting(self, candidates: list[Endpoint], chars: int, view: View) -> Decision:
+        """The best slot to wait for: the earliest expected finish over the candidates' full endpoints."""
+        best = Decision()
+        for ep in candidates:
+            start = view.plan.earliest(ep)
+            if start <= 0.0 or not math.isfinite(start):
+                continue  # a free slot is weighed as such, not as a wait
+            cost = self._cost(ep, chars, max(1, ep.cap()), view)
+            if math.isfinite(cost) and start + cost < best.until:
+                best = Decision(wait=start, waits_for=ep, until=start + cost)
+        return best
+
+    def _spare(self, candidates: list[Endpoint], free: list[Endpoint], best: Endpoint, best_cost: float,
+               chars: int, view: View) -> Endpoint | None:
         """When the pool is busy, the slowest free endpoint that still finishes within what a long text takes
         on the quickest one: quick endpoints stay free for the long texts, which only they finish in time."""
         if self._long is None:
             return best
-        long_costs = {ep.name: self._cost(ep, self._long, 1, view) for ep in view.candidates}
+        long_costs = {ep: self._cost(ep, self._long, 1, view) for ep in candidates}
         quickest = min(long_costs.values())
-        quick = [ep for ep in view.candidates if long_costs[ep.name] <= quickest * (1 + TIE_TOLERANCE)]
+        quick = [ep for ep in candidates if long_costs[ep] <= quickest * (1 + TIE_TOLERANCE)]
         if sum(ep.busy for ep in quick) < SPARE_FROM * sum(ep.cap() for ep in quick):
             return best  # the quick endpoints have room: no need to spare them
         budget = max(quickest, best_cost * (1 + TIE_TOLERANCE))
-        fits = [ep for ep in free if self._cost(ep, chars, ep.busy + 1, view) <= budget]
+        costs = {ep: self._cost(ep, chars, ep.busy + 1, view) for ep in free}
+        fits = [ep for ep in free if costs[ep] <= budget]
         if not fits:
             return None
-        slowest = max(fits, key=lambda ep: self._cost(ep, chars, ep.busy + 1, view))
-        if self._cost(slowest, chars, slowest.busy + 1, view) <= best_cost * (1 + TIE_TOLERANCE):
+        slowest = max(fits, key=lambda ep: costs[ep])
+        if costs[slowest] <= best_cost * (1 + TIE_TOLERANCE):
             return best  # nothing clearly slower to spare the quick ones with: the usual near-tie rules
         return slowest
 
     def best_free(self, free: list[Endpoint], chars: int, view: View,
-                   affinity: str | None = None) -> tuple[Endpoint | None, float]:
+                  affinity: str | None = None) -> tuple[Endpoint | None, float]:
         if not free:
             return None, math.inf
-        costs = {ep.name: self._cost(ep, chars, ep.busy + 1, view) for ep in free}
+        costs = {ep: self._cost(ep, chars, ep.busy + 1, view) for ep in free}
         low = min(costs.values())
-        near = [ep for ep in free if costs[ep.name] <= low * (1 + TIE_TOLERANCE) + 1e-9]
+        near = [ep for ep in free if costs[ep] <= low * (1 + TIE_TOLERANCE) + 1e-9]
         if affinity is not None:  # endpoints that served the voice lately, if about as quick and not crowded
-            warm = [ep for ep in free if affinity in ep.recent_voices and costs[ep.name] <= low * AFFINITY_TOLERANCE]
+            warm = [ep for ep in free if affinity in ep.recent_voices and costs[ep] <= low * AFFINITY_TOLERANCE]
             near = warm or near
-        # near-ties go to the least busy, then the least picked for its weight: equal endpoints share light
-        # traffic and keep their estimates fresh
+        # near-ties go to the one with fewer requests in flight for its size, then the least picked for its
+        # weight: equal endpoints share light traffic and keep their estimates fresh, a new one is tried at once
         least = min((ep.busy / ep.cap(), ep.picks / ep.weight) for ep in near)
         tied = [ep for ep in near if (ep.busy / ep.cap(), ep.picks / ep.weight) == least]
         best = tied[0] if len(tied) == 1 else self.rng.choice(tied)
-        return best, costs[best.name]
+        return best, costs[best]
 
     def affinity(self, ticket: Ticket) -> str | None:
         return ticket.affinity if self.config.balancer.voice_affinity else None
 
-    def _waiting(self, chars: int, ahead: int, view: View) -> tuple[float, float | None]:
-        """(expected cost of waiting for a slot with ``ahead`` requests queued in front, expected wait)."""
-        slots = self.slot_times(view)
-        if not slots:
-            return math.inf, None
-        rounds, turn = divmod(ahead, len(slots))
-        best_cost, best_wait = math.inf, math.inf
-        for i, (t, ep) in enumerate(slots):
-            service = self._cost(ep, chars, ep.cap(), view)
-            if not math.isfinite(service):
-                continue
-            start = t + (rounds + (i < turn)) * service * ep.weight  # later rounds wait one service per round
-            if start + service < best_cost:
-                best_cost, best_wait = start + service, start
-        return best_cost, (best_wait if math.isfinite(best_wait) else None)
-
-    def _probe(self, view: View, chars: int, wait_cost: float) -> Endpoint | None:
-        """An endpoint at its learned limit that may take one more now to re-measure its curve."""
-        options = [ep for ep in view.candidates if ep.busy == ep.cap() and ep.breaker.state == BreakerState.CLOSED
-                   and ep.limit.may_probe(ep.model, view.now)]
+    def _stretch(self, candidates: list[Endpoint], chars: int, view: View, limit: float) -> Endpoint | None:
+        """An endpoint at its learned limit that may take one more now, to re-measure its curve there."""
+        options = [ep for ep in candidates if ep.busy == ep.cap() and ep.breaker.state == BreakerState.CLOSED
+                   and not ep.suspect and ep.limit.may_stretch(ep.model, view.now)]
         if not options:
             return None
         ep = min(options, key=lambda e: self._cost(e, chars, e.busy + 1, view))
-        return ep if self._cost(ep, chars, ep.busy + 1, view) <= wait_cost * (1 + TIE_TOLERANCE) else None
+        return ep if self._cost(ep, chars, ep.busy + 1, view) <= limit else None
 
     def _baseline(self, policy: str, free: list[Endpoint]) -> Endpoint | None:
         """The plain policies other proxies use: kept for comparison in bench/."""
@@ -273,4 +344,3 @@ class Choice:
             order = self.endpoints[self._rr:] + self.endpoints[:self._rr]
             return next(ep for ep in order if ep in free)
         return min(free, key=lambda ep: ((ep.busy + 1) / ep.weight, ep.picks / ep.weight))
-

@@ -1,4 +1,10 @@
-"""An endpoint as the router tracks it: backend, slots in use, health, breaker, learned model and limit."""
+"""An endpoint as the router tracks it: backend, slots in use, health, breaker, learned model and limit.
+
+Everything an endpoint knows changes through its own methods, each in one place: slots (``start``,
+``finish``), what is learned from a try (``learn``), health (``record_check``, ``mark_down``,
+``passed``), rotation (``joined``), exploring (``explored``). The breaker is changed by the pool's
+outlier detection (it compares the endpoint with its peers) and its load by the load signals.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ from .clock import Clock
 from .latency import LatencyModel
 from .limits import ConcurrencyLimit
 from .model import EndpointModel
-from .outlier import OutcomeWindow
+from .outlier import Outcome, OutcomeWindow
 
 _tokens = itertools.count()
 #: how many of its latest voices an endpoint remembers for voice affinity
@@ -110,15 +116,26 @@ class Endpoint:
     def in_rotation(self) -> bool:
         return self.available and not self.draining and self.breaker.can_allow()
 
+    @property
+    def suspect(self) -> bool:
+        """Under suspicion: a try timed out since its last answer, or its breaker is letting a probe through."""
+        return self.model.suspect or self.breaker.state.value == "half_open"
+
     def cap(self) -> int:
-        """Requests it may have in flight now: learned limit, slow start; one probe at a time while half-open."""
+        """Requests it may have in flight now: its learned limit; one probe at a time while half-open."""
         if self.breaker.state.value == "half_open":
             return 1
-        return self.limit.cap(self.model, self.clock())
+        return self.limit.learned(self.model, self.clock())
 
-    @property
-    def has_capacity(self) -> bool:
-        return self.busy < self.cap()
+    def share(self, ramp: bool = True) -> int:
+        """Requests it takes while other endpoints have room: its cap, ramped in slow start (``ramp``)."""
+        if not ramp or self.breaker.state.value == "half_open":
+            return self.cap()
+        return self.limit.share(self.model, self.clock())
+
+    def ramping(self) -> bool:
+        """In its slow start window (its share is ramping up)."""
+        return self.limit.ramping(self.clock())
 
     # -- health ---------------------------------------------------------------------------------------------
 
@@ -148,15 +165,30 @@ class Endpoint:
         self._passes = 0
         return changed
 
+    def passed(self, detail: str) -> bool:
+        """Passive: it answered a request while marked down (panic mode tried it): it is serving again."""
+        if self.healthy is not False:
+            return False
+        return self.record_check(True, detail)
+
     def joined(self) -> None:
-        """(Re)joined the rotation: slow start ramps its cap from here."""
+        """(Re)joined the rotation: slow start ramps its share from here."""
         self.limit.joined(self.clock())
+
+    def explored(self, now: float) -> None:
+        """Sent a short text to measure it again: the next look waits for its answer (or another while)."""
+        self.model.heard = now
+
+    def stretched(self, now: float) -> None:
+        """Given one request above its learned limit."""
+        self.limit.stretched(now)
 
     # -- slots ----------------------------------------------------------------------------------------------
 
     def start(self, chars: int, voice: str | None = None) -> int:
         """Take a slot for a text of ``chars`` characters; returns the token to give back."""
         token = next(_tokens)
+        self.picks += 1
         self.running[token] = Running(self.clock(), chars, self.busy + 1)
         if voice is not None:
             if voice in self.recent_voices:
@@ -170,6 +202,18 @@ class Endpoint:
         if run is None:
             return None
         return Finished(self.clock() - run.started, run.n, run.chars)
+
+    def learn(self, outcome: Outcome, done: Finished | None, now: float, timeout: float | None = None) -> None:
+        """What a finished try says: its time (an answer, or at least its timeout), an overload, its outcome."""
+        if done is not None:
+            if outcome == Outcome.OK:
+                self.model.observe(done.chars, done.seconds, done.n, now)
+                self.served += 1
+            elif outcome == Outcome.TIMEOUT and timeout is not None:
+                self.model.observe_timeout(done.chars, timeout, done.n, now)
+            elif outcome == Outcome.OVERLOADED:
+                self.limit.overloaded(self.inflight + 1, now)
+        self.window.record(outcome, now, now - done.seconds if done is not None else None)
 
     # -- views ----------------------------------------------------------------------------------------------
 
@@ -198,7 +242,8 @@ class Endpoint:
             "healthy": self.available, "draining": self.draining, "detail": self.detail, "inflight": self.inflight,
             **({"external": self.external} if self.external else {}),
             "max_concurrency": self.max_concurrency, "concurrency_limit": self.limit.learned(self.model, now),
-            "cap": self.cap(), "weight": self.weight, "served": self.served,
+            "cap": self.cap(), **({"share": self.share()} if self.ramping() else {}),
+            **({"suspect": True} if self.model.suspect else {}), "weight": self.weight, "served": self.served,
             "breaker": {"state": breaker.state.value, "trips": breaker.trips, "reason": breaker.reason or None,
                         "failure_ratio": round(self.window.failure_ratio(now), 3),
                         "retry_after": round(breaker.retry_after(), 1) if ejected else None},

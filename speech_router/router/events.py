@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from .breaker import BreakerState
 from .endpoint import Endpoint, Finished
 from .outlier import Outcome
-from .scheduler import Lease, SchedulerListener
+from .scheduler import SchedulerListener
+from .ticket import Lease
 
 
 class RouterListener(SchedulerListener):

@@ -8,12 +8,17 @@ endpoint that frees first can take them. In the spirit of Envoy's adaptive concu
 concurrency limits, read off a model of the throughput curve rather than a gradient on one latency,
 because texts differ in length.
 
-The limit is re-checked now and then (a *probe*: one request above it while requests wait), so an
+The limit is re-checked now and then (a *stretch*: one request above it while requests wait), so an
 endpoint that gets more capacity is noticed. A node that says it is overloaded (429/503) caps the limit
 below what it had in flight for ``OVERLOAD_HOLD`` seconds (AIMD's decrease).
 
-Slow start limits a joining or recovering endpoint's share of new work by ramping its cap from 1 to the
-limit over the window (Envoy's slow start changes share, not eligibility): it always may take one.
+Slow start limits a joining or recovering endpoint's *share* of new work (Envoy's slow start scales a
+host's weight; it never makes it ineligible): its ``share`` ramps from 1 to the limit over the window, and
+the scheduler prefers endpoints within their share. It is never a reason to wait: a request that would
+otherwise wait takes an endpoint in slow start up to its limit, and a pool whose endpoints mostly joined
+together (a fleet restarted, a router started before its fleet) has nobody to protect them from, so their
+ramp does not apply (``speech_router.router.choice``). Finagle goes further: a node with no history is
+priced by its outstanding requests alone, with no ramp at all.
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ import math
 
 from .model import EndpointModel
 
-#: seconds between probes above the learned limit, per endpoint
-PROBE_INTERVAL = 5.0
+#: seconds between stretches above the learned limit, per endpoint
+STRETCH_INTERVAL = 5.0
 #: seconds an overload signal holds the cap down
 OVERLOAD_HOLD = 10.0
 
@@ -36,7 +41,7 @@ class ConcurrencyLimit:
         self.adaptive = adaptive
         self.slow_start = slow_start
         self.joined_at = -math.inf
-        self.next_probe = -math.inf
+        self.next_stretch = -math.inf
         self.overload_cap: int | None = None
         self.overload_until = -math.inf
 
@@ -58,8 +63,12 @@ class ConcurrencyLimit:
             return 1.0
         return min(1.0, max(0.0, (now - self.joined_at) / self.slow_start))
 
-    def cap(self, model: EndpointModel, now: float) -> int:
-        """Requests the endpoint may have in flight now: the learned limit, ramped; always at least 1."""
+    def ramping(self, now: float) -> bool:
+        """Whether it is in its slow start window."""
+        return self.ramp(now) < 1.0
+
+    def share(self, model: EndpointModel, now: float) -> int:
+        """Requests it takes in flight while others have room (slow start): the limit, ramped; at least 1."""
         limit = self.learned(model, now)
         return max(1, min(limit, math.ceil(limit * self.ramp(now) - 1e-9)))
 
@@ -67,13 +76,13 @@ class ConcurrencyLimit:
         """The endpoint (re)joined the rotation: new, undrained, healthy again or its breaker closed."""
         self.joined_at = now
 
-    def may_probe(self, model: EndpointModel, now: float) -> bool:
+    def may_stretch(self, model: EndpointModel, now: float) -> bool:
         """Whether one request above the learned limit may go now, to re-measure the curve there."""
         return self.adaptive and self.learned(model, now) < self.maximum and self.ramp(now) >= 1.0 \
-            and now >= self.next_probe and (self.overload_cap is None or now >= self.overload_until)
+            and now >= self.next_stretch and (self.overload_cap is None or now >= self.overload_until)
 
-    def probed(self, now: float) -> None:
-        self.next_probe = now + PROBE_INTERVAL
+    def stretched(self, now: float) -> None:
+        self.next_stretch = now + STRETCH_INTERVAL
 
     def overloaded(self, inflight: int, now: float) -> None:
         """The endpoint said it is full with ``inflight`` requests: hold the cap below that for a while."""

@@ -8,8 +8,14 @@
   extrapolates badly).
 - ``level``: how fast this endpoint is *now* against the pool's shape, a peak-sensitive average (Finagle's
   peak EWMA): a slower answer moves it up at once, faster ones bring it down over a few answers; its first
-  answer sets it. A try that timed out is an observation too (it took longer than its timeout), so a fleet
-  that slows down is followed instead of being locked out by timeouts learned while it was fast.
+  answer sets it. A try that timed out is an observation too (it took longer than its timeout), kept apart
+  as a *penalty* on top of what its answers say: a fleet that slows down is followed instead of being
+  locked out by timeouts learned while it was fast, and the first good answer lifts the penalty, so a node
+  that hung and recovered is back at its speed at once (``suspect`` until then).
+- **Aging**: an estimate nothing refreshes drifts, with the half-life, from the last answers towards what
+  the endpoint's own history (a plain average of all its answers) and its peers (the rest of the pool)
+  suggest (``level_at``): a node that answered its first requests slowly on a busy machine is not taken for
+  slow for ever just because it was never asked again.
 - ``parallel``: how many requests the endpoint really works on at once (its throughput curve's knee). Up
   to that many run side by side without slowing each other; beyond it requests queue inside the node, one
   service each per turn. A node that synthesizes one request at a time has 1; an emulated node with four
@@ -58,6 +64,9 @@ STALE_SERVICES = 10.0
 MIN_JUDGED_SECONDS = 0.02
 #: the largest ``parallel`` considered (larger limits are taken as configured)
 MAX_CANDIDATES = 64
+#: aging: how many of its own answers its history counts for at most, and how many the peers' level counts for
+HISTORY_WEIGHT = 10
+PEER_WEIGHT = 2
 
 
 def queueing(n: float, parallel: float) -> float:
@@ -88,10 +97,13 @@ class EndpointModel:
         self.learn_parallel = learn_parallel
         self.informative = 0
         self._evidence = 0.0  # informative answers, fading as the errors do
-        #: this endpoint's own answers, and when the last one came (or it was last tried for news)
+        #: this endpoint's own answers, when the last one came, and when it was last heard from or tried for news
         self.answers = 0
+        self.answered = -math.inf
         self.heard = -math.inf
         self.last_seconds = math.inf
+        #: how much slower than its answers say its timeouts show it to be (1: none since its last answer)
+        self.penalty = 1.0
 
     def __repr__(self) -> str:
         return (f"EndpointModel(fit={self.shape.fit()}, level={self.level:.3f}, parallel={self.parallel:g}, "
@@ -99,7 +111,36 @@ class EndpointModel:
 
     @property
     def level(self) -> float:
+        """How fast it is now against the pool's shape, timeouts since its last answer included."""
+        return self._levels[self._best] * self.penalty
+
+    @property
+    def answered_level(self) -> float:
+        """The same from its answers alone (what a try's timeout is measured against)."""
         return self._levels[self._best]
+
+    @property
+    def suspect(self) -> bool:
+        """A try timed out since its last answer: it may be hung."""
+        return self.penalty > 1.0
+
+    def level_at(self, now: float, peers: float | None = None, *, answered: bool = False) -> float:
+        """``level`` aged: as time passes without an answer it moves, with the half-life, towards what its own
+        history and ``peers`` (the rest of the pool's level) suggest; right after an answer it is ``level``."""
+        level = self.answered_level if answered else self.level
+        age = now - self.answered
+        if age <= 0 or not self.answers:
+            return level
+        fresh = math.pow(0.5, age / self.half_life)
+        if fresh > 0.999:
+            return level
+        own = min(self.answers, HISTORY_WEIGHT)
+        target = own * self._centers[self._best]
+        weight = float(own)
+        if peers is not None and peers > 0:
+            target += PEER_WEIGHT * math.log(peers)
+            weight += PEER_WEIGHT
+        return math.exp(fresh * math.log(level) + (1 - fresh) * target / weight)
 
     @property
     def parallel(self) -> float:
@@ -123,20 +164,31 @@ class EndpointModel:
         alone because of a few slow answers is asked again soon): its estimate may be out of date."""
         return now - self.heard > min(self.half_life, STALE_SERVICES * self.last_seconds)
 
-    def unloaded(self, chars: int) -> float | None:
-        """Expected seconds for ``chars`` alone on the endpoint, at its current speed; None before it answered."""
+    def unloaded(self, chars: int, now: float | None = None, prior: float | None = None, *,
+                 answered: bool = False) -> float | None:
+        """Expected seconds for ``chars`` alone on the endpoint, at its current speed; None before it answered.
+
+        With ``now``, the speed is aged (``level_at``) towards its history and ``prior`` (the rest of the
+        pool's estimate for the same text); ``answered``: without the penalty of timeouts since its last answer.
+        """
         base = self.shape.predict(chars)
-        return None if base is None or not self.answers else base * self.level
+        if base is None or not self.answers:
+            return None
+        if now is None:
+            return base * (self.answered_level if answered else self.level)
+        peers = prior / base if prior is not None and base > 0 else None
+        return base * self.level_at(now, peers, answered=answered)
 
     def predict(self, chars: int, n: float = 1.0, prior: float | None = None,
-                peers_parallel: float | None = None) -> float | None:
+                peers_parallel: float | None = None, now: float | None = None) -> float | None:
         """Expected seconds for a request that starts with ``n`` in flight, itself included.
 
         ``prior`` (the rest of the pool's unloaded estimate) stands in for an endpoint that has not answered
-        yet: a new endpoint is assumed to be like the others, so it is tried, not avoided; ``peers_parallel``
-        (what the others are known to run at once) stands in for its parallelism until its own is known.
+        yet: a new endpoint is assumed to be like the others, so it is tried, not avoided; with ``now`` an old
+        estimate is aged towards it. ``peers_parallel`` (what the others are known to run at once) stands in
+        for its parallelism until its own is known.
         """
-        unloaded = self.unloaded(chars)
+        unloaded = self.unloaded(chars, now, prior)
         if unloaded is None:
             unloaded = prior
         return None if unloaded is None else unloaded * self.queueing(n, peers_parallel)
@@ -159,6 +211,7 @@ class EndpointModel:
         """A completed try: ``seconds`` from start to the last byte; ``n`` in flight when it started."""
         if seconds <= 0:  # no time at all says nothing (a clock that did not move)
             return
+        self.penalty = 1.0  # it answered: what its timeouts suggested is replaced by what it did
         base = self.shape.predict(chars)
         if base is not None and base > 0:
             first = self.answers == 0
@@ -182,7 +235,7 @@ class EndpointModel:
                 self._evidence = ERROR_MEMORY * self._evidence + 1.0
                 self._choose()
             self.answers += 1
-        self.heard = now
+        self.heard = self.answered = now
         self.last_seconds = seconds
         self.shape.observe(chars, seconds / (self.level * queueing(n, self.parallel)), now)
 
@@ -196,18 +249,32 @@ class EndpointModel:
             self._best = choice
 
     def observe_timeout(self, chars: int, timeout: float, n: int, now: float | None = None) -> None:
-        """A try that did not answer within ``timeout``: the endpoint is at least that slow now."""
+        """A try that did not answer within ``timeout``: the endpoint is at least that slow now.
+
+        Before its first answer this sets its speed (it has nothing else); after, it is a penalty on top of
+        what its answers say, which its next answer lifts."""
         if now is not None:
             self.heard = now
         base = self.shape.predict(chars)
         if base is None or base <= 0:
             return
-        for i, level in enumerate(self._levels):
+        if not self.answers:
+            for i in range(len(self._levels)):
+                ratio = CENSORED_MARGIN * timeout / (base * queueing(n, i + 1))
+                self._levels[i], self._centers[i] = ratio, math.log(ratio)
+            self.answers = 1
+            if now is not None:
+                self.answered = now
+            return
+        for i, answered in enumerate(self._levels):  # each candidate's fit is judged against the timeout too
+            level = answered * self.penalty
             ratio = CENSORED_MARGIN * timeout / (base * queueing(n, i + 1))
             if ratio > level:
-                self._levels[i] = level + LEVEL_UP * (ratio - level)
-                self._centers[i] = max(self._centers[i], math.log(self._levels[i]))
-        self.answers = max(self.answers, 1)
+                self._centers[i] = max(self._centers[i], math.log(level + LEVEL_UP * (ratio - level)))
+        ratio = CENSORED_MARGIN * timeout / (base * queueing(n, self.parallel))
+        level = self.level
+        if ratio > level:
+            self.penalty *= (level + LEVEL_UP * (ratio - level)) / level
 
     def fit(self) -> tuple[float, float] | None:
         """(base seconds, seconds per character) alone on the endpoint at its current speed, for views."""

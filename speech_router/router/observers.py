@@ -16,7 +16,7 @@ from .breaker import STATE_VALUE, BreakerState
 from .endpoint import Endpoint, Finished
 from .events import RouterListener
 from .outlier import Outcome
-from .scheduler import Lease
+from .ticket import Lease
 
 log = logging.getLogger("speech_router.router")
 

@@ -21,8 +21,8 @@ from .clock import Clock
 from .endpoint import Endpoint
 from .events import RouterListener
 from .outlier import Outcome, judge
-from .choice import Ticket
-from .scheduler import PRIORITIES, Lease, Scheduler
+from .scheduler import Scheduler
+from .ticket import PRIORITIES, Lease, Ticket
 
 #: while requests wait, they are decided again at least this often (running requests overrun their estimates)
 TICK_S = 0.05
@@ -140,17 +140,11 @@ class Pool:
         ep = lease.endpoint
         done = ep.finish(lease.token)
         now = self.clock()
-        if done is not None:
-            if outcome == Outcome.OK:
-                ep.model.observe(done.chars, done.seconds, done.n, now)
-                ep.served += 1
-            elif outcome == Outcome.TIMEOUT and timeout is not None:
-                ep.model.observe_timeout(done.chars, timeout, done.n, now)
-            elif outcome == Outcome.OVERLOADED:
-                ep.limit.overloaded(ep.inflight + 1, now)
-        ep.window.record(outcome, now, now - done.seconds if done is not None else None)
+        ep.learn(outcome, done, now, timeout)
         if outcome == Outcome.OK:
             ep.breaker.success()
+            if ep.passed("answered a request"):  # panic mode tried it while it was marked down: it serves again
+                self.listener.health_changed(ep)
         elif outcome.failure:
             self._judge(ep, outcome, now)
         elif lease.probe:

@@ -2,14 +2,18 @@
 
 A request takes an endpoint at once when the choice says so; otherwise it waits in the pool's queue.
 Requests that wait are decided again whenever something changes (``reschedule``: a slot frees, an
-endpoint joins, recovers, is undrained, its breaker half-opens or closes, a reload), in priority order
-(interactive, then batch; first come first served within each), so a waiting request never sits behind
-its first choice while another endpoint it would now take is free.
+endpoint joins, recovers, is undrained, its breaker half-opens or closes, a reload) and on the pool's
+tick, in priority order (interactive, then batch; first come first served within each). One pass shares
+one ``View``: each request that keeps waiting takes, in the view's ``SlotPlan``, the slot it waits for,
+so the next request's expected wait counts the requests ahead of it with their own lengths. A waiting
+request never sits behind its first choice while another endpoint it would now take is free, and an idle
+endpoint gets the queued requests it would finish before their turn elsewhere.
 
 Admission is by time: a request whose expected wait is longer than it may wait (the queue timeout, or
 its deadline) is refused at once (``QueueFull``, 429 with Retry-After); ``queue.max_size`` only bounds
-memory. Pure and synchronous: the clock, the rng and the endpoints are given; ``Pool`` adds the waiting
-(futures, timeouts) around it.
+memory. Synchronous: the clock, the rng and the endpoints are given; ``Pool`` adds the waiting (futures,
+timeouts) around it. The only writes it makes are through ``Endpoint`` (a slot taken, an exploration or
+stretch noted) and its own queue.
 """
 
 from __future__ import annotations
@@ -17,31 +21,18 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 from ..config.models import PoolConfig
 from ..errors import NoHealthyEndpoint, QueueFull
 from .breaker import BreakerState
-from .choice import Choice, Ticket, View
+from .choice import Choice, Decision, View
 from .clock import Clock
 from .endpoint import Endpoint
+from .ticket import PRIORITIES, Lease, Placement, Ticket
 
-PRIORITIES = ("interactive", "batch")
-
-
-@dataclass(eq=False)
-class Lease:
-    """A slot held on an endpoint; give it back with ``Pool.finish``."""
-
-    endpoint: Endpoint
-    token: int
-    predicted: float | None
-    queued: float = 0.0
-    #: taken while no endpoint of the pool was in rotation (health ignored)
-    panic: bool = False
-    #: the half-open breaker's probe
-    probe: bool = False
-    priority: str = "interactive"
+#: the most waiting requests one pass decides for (and counts ahead of a new one); beyond, a queue this deep
+#: is served in order as slots free, and a new request's wait is extrapolated
+PLAN_DEPTH = 256
 
 
 class SchedulerListener:
@@ -107,44 +98,49 @@ class Scheduler:
         """
         ticket.arrived = self.clock()
         self.choice.note(ticket.chars)
-        view = self.choice.view(ticket)
-        if not view.candidates:
-            raise NoHealthyEndpoint(f"pool {self.pool!r} has no healthy endpoint", retry_after=self.retry_after())
-        ahead = sum(len(self._queues[p]) for p in PRIORITIES[:self._rank(ticket) + 1])
-        ep, probe, wait = self.choice.decide(ticket, ahead, view)
-        if ep is not None and (view.panic or ep.breaker.allow()):
-            return self._lease(ticket, ep, view, probe)
+        view = self.choice.view()
+        if not view.candidates(ticket):
+            raise NoHealthyEndpoint(f"pool {self.pool!r} has no healthy endpoint", retry_after=self.retry_after(view))
+        ahead = [t for p in PRIORITIES[:ticket.rank + 1] for t in self._queues[p]]
+        for other in ahead[:PLAN_DEPTH]:  # the requests ahead take their slots first
+            self._plan(other, self.choice.decide(other, view), view)
+        decision = self.choice.decide(ticket, view)
+        if len(ahead) > PLAN_DEPTH and decision.endpoint is not None:
+            decision = Decision()  # a queue this deep goes first: no overtaking what was not looked at
+        if decision.endpoint is not None and (view.panic or decision.endpoint.breaker.allow()):
+            return self._lease(ticket, decision, view)
         if self.depth() >= self.config.queue.max_size:
             self.listener.queue_rejected(self.pool, "queue_full")
             raise QueueFull(f"every endpoint of pool {self.pool!r} is busy and its queue is full",
-                            retry_after=self.retry_after())
+                            retry_after=self.retry_after(view))
+        wait = self._extrapolated(decision, len(ahead) - PLAN_DEPTH, view)
         if wait is not None and wait > ticket.limit:
             self.listener.queue_rejected(self.pool, "expected_wait")
             raise QueueFull(f"every endpoint of pool {self.pool!r} is busy: the expected wait ({wait:.1f}s) is longer "
                             f"than this request may wait ({ticket.limit:.1f}s)", retry_after=wait - ticket.limit)
-        queue = self._queues[PRIORITIES[self._rank(ticket)]]
+        queue = self._queues[PRIORITIES[ticket.rank]]
         queue.append(ticket)
-        self.listener.queue_changed(self.pool, PRIORITIES[self._rank(ticket)], len(queue))
+        self.listener.queue_changed(self.pool, PRIORITIES[ticket.rank], len(queue))
         return None
 
     def cancel(self, ticket: Ticket) -> None:
         """The ticket stopped waiting (timed out, cancelled): leave the queue."""
-        priority = PRIORITIES[self._rank(ticket)]
+        priority = PRIORITIES[ticket.rank]
         queue = self._queues[priority]
         if ticket in queue:
             queue.remove(ticket)
             self.listener.queue_changed(self.pool, priority, len(queue))
 
     def try_now(self, ticket: Ticket) -> Lease | None:
-        """A slot now on an endpoint in rotation outside ``ticket.exclude``, never waiting (for hedging)."""
-        view = self.choice.view(ticket)
+        """A slot now on a trusted endpoint in rotation outside ``ticket.exclude``, never waiting (hedging)."""
+        view = self.choice.view()
         if view.panic:
             return None
-        free = [ep for ep in view.candidates if ep.busy < ep.cap()]
+        free = [ep for ep in view.candidates(ticket) if ep.busy < ep.cap() and not ep.suspect]
         ep, _ = self.choice.best_free(free, ticket.chars, view, self.choice.affinity(ticket))
         if ep is None or not ep.breaker.allow():
             return None
-        return self._lease(ticket, ep, view, False)
+        return self._lease(ticket, Decision(ep, Placement.FREE), view)
 
     def reschedule(self) -> int:
         """Decide again for every waiting ticket, in priority order; returns how many got a slot."""
@@ -163,25 +159,44 @@ class Scheduler:
             self._busy = False
 
     def _pass(self) -> int:
+        if not self.depth() or not self._may_place():
+            return 0  # nothing waits, or saturation: nobody could be placed (cheap)
         placed = 0
-        ahead = 0
+        view = self.choice.view()
+        looked = 0
         for priority in PRIORITIES:
             queue = self._queues[priority]
             for ticket in list(queue):
-                if not self._may_place():
+                if looked >= PLAN_DEPTH:
                     return placed
-                view = self.choice.view(ticket)
-                ep, probe, _ = self.choice.decide(ticket, ahead, view) if view.candidates else (None, False, None)
-                if ep is None or not (view.panic or ep.breaker.allow()):
-                    ahead += 1
+                looked += 1
+                decision = self.choice.decide(ticket, view)
+                if decision.endpoint is None or not (view.panic or decision.endpoint.breaker.allow()):
+                    self._plan(ticket, decision, view)
                     continue
                 queue.remove(ticket)
                 self.listener.queue_changed(self.pool, priority, len(queue))
-                lease = self._lease(ticket, ep, view, probe)
+                lease = self._lease(ticket, decision, view)
                 placed += 1
                 if ticket.on_placed is not None:
                     ticket.on_placed(lease)
         return placed
+
+    def _plan(self, ticket: Ticket, decision: Decision, view: View) -> None:
+        """A ticket that keeps waiting (or would take a slot now) holds that slot in the view's plan."""
+        if decision.endpoint is not None:
+            view.plan.take(decision.endpoint, self.choice.predict(decision.endpoint, ticket.chars,
+                                                                  decision.endpoint.busy + 1, view) or 0.0)
+        elif decision.waits_for is not None:
+            view.plan.take(decision.waits_for, decision.until)
+
+    def _extrapolated(self, decision: Decision, beyond: int, view: View) -> float | None:
+        """The expected wait, with the requests beyond the plan's depth served a round of slots at a time."""
+        if decision.wait is None or beyond <= 0 or decision.waits_for is None:
+            return decision.wait
+        slots = sum(ep.cap() for ep in view.endpoints) or 1
+        service = decision.until - decision.wait
+        return decision.wait + service * beyond / slots
 
     def _may_place(self) -> bool:
         """Whether any waiting ticket could get a slot now (else a pass stops early: saturation is cheap)."""
@@ -189,26 +204,32 @@ class Scheduler:
         if not rotation:  # panic mode may use what is there
             return any(not ep.draining for ep in self.endpoints)
         now = self.clock()
-        return any(ep.busy < ep.cap() or ep.limit.may_probe(ep.model, now) for ep in rotation)
+        return any(ep.busy < ep.cap() or ep.limit.may_stretch(ep.model, now) for ep in rotation)
 
-    def _lease(self, ticket: Ticket, ep: Endpoint, view: View, probe: bool) -> Lease:
-        if probe:
-            ep.limit.probed(view.now)
+    def _lease(self, ticket: Ticket, decision: Decision, view: View) -> Lease:
+        ep, placement = decision.endpoint, decision.placement or Placement.FREE
+        assert ep is not None
+        if placement == Placement.EXPLORE:
+            ep.explored(view.now)
+        elif placement == Placement.STRETCH:
+            ep.stretched(view.now)
         predicted = self.choice.predict(ep, ticket.chars, ep.busy + 1, view)
-        ep.picks += 1
-        lease = Lease(ep, ep.start(ticket.chars, ticket.affinity), predicted, queued=view.now - ticket.arrived, panic=view.panic,
-                      probe=ep.breaker.state == BreakerState.HALF_OPEN, priority=PRIORITIES[self._rank(ticket)])
+        suspect = ep.suspect
+        if view.plan.free(ep):
+            view.plan.take(ep, predicted or 0.0)
+        queued = view.now - ticket.arrived
+        lease = Lease(ep, ep.start(ticket.chars, ticket.affinity), predicted, queued=queued, panic=view.panic,
+                      probe=ep.breaker.state == BreakerState.HALF_OPEN, priority=PRIORITIES[ticket.rank],
+                      placement=Placement.QUEUED if queued > 0 and placement == Placement.FREE else placement,
+                      suspect=suspect)
         ticket.lease = lease
         self.listener.picked(self.pool, ep, lease)
         return lease
 
-    def _rank(self, ticket: Ticket) -> int:
-        return PRIORITIES.index(ticket.priority) if ticket.priority in PRIORITIES else 0
-
-    def retry_after(self) -> float:
+    def retry_after(self, view: View | None = None) -> float:
         """When to come back: the earliest expected free slot or breaker reopening, at least 1 s."""
-        now = self.clock()
-        view = View(now, self.choice.prior(now), [ep for ep in self.endpoints if ep.available], False)
-        times = [t for t, _ in self.choice.slot_times(view)[:1]]
+        view = view or self.choice.view()
+        times = [view.plan.first_free()]
         times += [ep.breaker.retry_after() for ep in self.endpoints if ep.breaker.ejected]
-        return max(1.0, min(times) if times else 1.0)
+        finite = [t for t in times if t > 0 and t != float("inf")]
+        return max(1.0, min(finite) if finite else 1.0)

@@ -25,8 +25,7 @@ from speech_router.router.endpoint import Endpoint
 from speech_router.router.latency import LatencyModel
 from speech_router.router.outlier import Outcome
 from speech_router.router.pool import Pool
-from speech_router.router.choice import Ticket
-from speech_router.router.scheduler import Lease
+from speech_router.router.ticket import Lease, Ticket
 from speech_router.errors import QueueFull, Unavailable
 from speech_router.types import HealthReport
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from speech_router.router.latency import LatencyModel
-from speech_router.router.limits import OVERLOAD_HOLD, PROBE_INTERVAL, ConcurrencyLimit
+from speech_router.router.limits import OVERLOAD_HOLD, STRETCH_INTERVAL, ConcurrencyLimit
 from speech_router.router.model import EndpointModel
 from speech_router.router.budget import RetryBudget
 from speech_router.router.clock import FakeClock
@@ -115,18 +115,19 @@ def test_a_node_that_changes_speed_keeps_its_parallelism():
     assert m.predict(100, 1) == pytest.approx(0.5 * 5.5, rel=0.1)
 
 
-def test_the_limit_is_learned_ramped_after_joining_probed_and_held_down_by_overloads():
+def test_the_limit_is_learned_its_share_ramped_after_joining_stretched_and_held_down_by_overloads():
     limit = ConcurrencyLimit(4, slow_start=10)
     assert limit.learned(taught(per_char=0.0045), 0.0) == 4  # nothing learned of the curve yet: the bound
     one = serial(settled(), rounds=15)
     four = side_by_side(settled(), rounds=10)
     assert limit.learned(one, 0.0) == 1 and limit.learned(four, 0.0) == 4
     limit.joined(100.0)
-    assert [limit.cap(four, t) for t in (100.0, 102.6, 105.0, 110.0)] == [1, 2, 2, 4]
-    assert limit.may_probe(one, 110.0)
-    limit.probed(110.0)
-    assert not limit.may_probe(one, 110.0 + PROBE_INTERVAL / 2) and limit.may_probe(one, 110.0 + PROBE_INTERVAL)
-    assert not limit.may_probe(four, 200.0)  # at its configured bound: nothing to find out
+    assert [limit.share(four, t) for t in (100.0, 102.6, 105.0, 110.0)] == [1, 2, 2, 4]
+    assert limit.ramping(105.0) and not limit.ramping(110.0)
+    assert limit.may_stretch(one, 110.0)
+    limit.stretched(110.0)
+    assert not limit.may_stretch(one, 110.0 + STRETCH_INTERVAL / 2) and limit.may_stretch(one, 110.0 + STRETCH_INTERVAL)
+    assert not limit.may_stretch(four, 200.0)  # at its configured bound: nothing to find out
     limit.overloaded(inflight=3, now=200.0)
     assert limit.learned(four, 200.0) == 2 and limit.learned(four, 200.0 + OVERLOAD_HOLD) == 4
     assert ConcurrencyLimit(4, adaptive=False).learned(one, 0.0) == 4

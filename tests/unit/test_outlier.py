@@ -8,7 +8,7 @@ from speech_router.config.models import BreakerConfig
 from speech_router.router.breaker import Breaker, BreakerState
 from speech_router.router.clock import FakeClock
 from speech_router.router.outlier import Outcome, OutcomeWindow, judge
-from speech_router.router.choice import Ticket
+from speech_router.router.ticket import Ticket
 from tests.unit.fleetsim import Sim, SimNode
 
 OK, TIMEOUT, ERROR = Outcome.OK, Outcome.TIMEOUT, Outcome.ERROR

@@ -10,7 +10,7 @@ import pytest
 from speech_router.errors import NoHealthyEndpoint, QueueFull
 from speech_router.router.breaker import BreakerState
 from speech_router.router.outlier import Outcome
-from speech_router.router.choice import Ticket
+from speech_router.router.ticket import Placement, Ticket
 from tests.unit.fleetsim import Sim, SimNode, teach
 
 
@@ -48,24 +48,41 @@ def test_an_endpoint_that_joins_takes_waiting_requests_at_once_and_is_explored_n
         sim.submit(200)
     assert sim.pool.queue_depth() == 2
     new = sim.add_node(SimNode("new", slots=4))  # no history: it is given the pool's estimate
-    assert not new.model.known
-    assert new.inflight == 1 and sim.pool.queue_depth() == 1  # slow start: its cap starts at 1, not at 0
-    sim.clock.advance(3)  # the cap grows with time (4 x 3 s / 10 s -> 2); the pool's tick lets waiters look again
-    sim.pool.wake()
+    assert not new.model.known and new.ramping()
+    # in slow start its share is 1, but the waiting requests would otherwise wait: slow start is never a reason to
     assert new.inflight == 2 and sim.pool.queue_depth() == 0
     sim.run()
     assert sim.statuses() == {"ok": 6}
 
 
-def test_slow_start_ramps_the_cap_not_the_eligibility():
-    sim = Sim([SimNode("a", slots=4)], max_concurrency=4, balancer={"slow_start": 10})
-    ep = sim.ep("a")
-    ep.joined()
-    assert ep.cap() == 1
+def test_slow_start_ramps_the_share_while_others_have_room_and_never_keeps_a_request_waiting():
+    sim = Sim([SimNode("old", slots=4)], max_concurrency=4, balancer={"slow_start": 10})
+    old = sim.ep("old")
+    teach(old, 0.002)
+    new = sim.add_node(SimNode("new", slots=4))
+    assert new.share() == 1 and new.cap() == 4
+    first = [sim.pool.scheduler.submit(Ticket(100)) for _ in range(5)]  # old has room for four of them
+    assert sorted(lease.endpoint.name for lease in first) == ["new", "old", "old", "old", "old"]
+    overflow = sim.pool.scheduler.submit(Ticket(100))  # old is full: rather than wait, the new one takes it
+    assert overflow is not None and overflow.endpoint is new and new.inflight == 2
+    assert overflow.placement == Placement.OVERFLOW
+    for lease in first + [overflow]:
+        sim.pool.finish(lease, Outcome.CANCELLED)
     sim.clock.advance(5)
-    assert ep.cap() == 2
+    assert new.share() == 2
     sim.clock.advance(5)
-    assert ep.cap() == 4
+    assert new.share() == 4 and not new.ramping()
+
+
+def test_a_pool_that_joins_together_is_not_ramped():
+    sim = Sim([SimNode(f"n{i}", slots=4) for i in range(3)], max_concurrency=4, balancer={"slow_start": 10})
+    for ep in sim.pool.endpoints:
+        teach(ep, 0.002)
+        ep.joined()  # the whole fleet came up together (a restart, a router started before its fleet)
+    leases = [sim.pool.scheduler.submit(Ticket(100)) for _ in range(9)]
+    assert all(lease is not None for lease in leases)
+    assert sorted(lease.endpoint.name for lease in leases) == ["n0"] * 3 + ["n1"] * 3 + ["n2"] * 3  # spread evenly
+    assert {lease.placement for lease in leases} == {Placement.FREE}  # within their share: no ramp holds them
 
 
 def test_a_new_node_reaches_its_share_of_a_busy_pool_within_the_slow_start_window():
