@@ -22,15 +22,15 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from ..cache import AudioCache
+from ..cache.speech import SpeechCache
 from ..config.loader import load_settings
 from ..config.models import Settings
 from ..errors import SpeechRouterError
 from ..metrics import Metrics
 from ..plugins.manager import BackendRegistry, backend_registry, create_plugin_manager
 from ..router.dispatch import Router
-from ..router.voice_sync import VoiceDistributor
+from ..voice_sync import VoiceDistributor
 from .auth import Authenticator
-from .cached import ResponseCache
 from .errors import error_response, openai_error
 from .gate import Gate, exchange_of
 from .observe import RequestMetrics
@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None, *, pm: pluggy.PluginManager | N
     distributor = VoiceDistributor(lambda: router.settings, lambda: router.endpoints, metrics)
     router = Router(settings, registry, metrics, listeners=[distributor])
     router.fleet.load_signals.observer = metrics
-    cache = ResponseCache(AudioCache(settings.cache, metrics), metrics)
+    cache = SpeechCache(AudioCache(settings.cache, metrics), metrics)
     metrics.config_loaded_timestamp.set_to_current_time()
     metrics.config_last_reload_success.set(1)
 

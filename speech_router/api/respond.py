@@ -20,11 +20,11 @@ from ..audio import FORMATS
 from ..audio.validate import max_audio_seconds
 from ..cache import CachedAudio
 from ..errors import BackendError, BackendFailed, ClientDisconnected, DeadlineExceeded
-from ..router import fanout
+from ..cache.speech import SpeechCache
+from ..fanout import FannedOut
 from ..router.dispatch import Dispatched
 from ..types import AudioResponse
 from .audio_out import AudioMeter, audio_body, passes_through, sse_error, sse_events
-from .cached import CACHE_HEADER, ResponseCache, one_chunk
 from .gate import StreamAborted
 from .observe import CACHE_LABEL, Exchange
 from .plan import Plan
@@ -33,6 +33,7 @@ from .watch import RequestWatch
 log = logging.getLogger(__name__)
 
 ENDPOINT_HEADER = "x-speech-router-endpoint"
+CACHE_HEADER = "x-speech-router-cache"
 #: a WAV header is looked for in this many first bytes (a node's header is 44 bytes, with extra chunks a few more)
 WAV_HEAD_BYTES = 4096
 
@@ -49,7 +50,7 @@ def cached_answer(hit: CachedAudio, plan: Plan, ex: Exchange) -> Response:
                              media_type="text/event-stream", headers=headers)
 
 
-async def respond(dispatched: Dispatched, plan: Plan, ex: Exchange, cache: ResponseCache, watch: RequestWatch
+async def respond(dispatched: Dispatched, plan: Plan, ex: Exchange, cache: SpeechCache, watch: RequestWatch
                   ) -> Response | AudioStream:
     """The response for a dispatched synthesis."""
     sreq, fmt = plan.sreq, plan.fmt
@@ -73,8 +74,8 @@ async def respond(dispatched: Dispatched, plan: Plan, ex: Exchange, cache: Respo
         body = sse_events(body, len(sreq.text), meter)
     if dispatched.fallback_reason:
         headers["x-speech-router-fallback"] = dispatched.fallback_reason
-    fanned = isinstance(dispatched, fanout.FannedOut)
-    if isinstance(dispatched, fanout.FannedOut):  # endpoint and pool headers are segment 1's
+    fanned = isinstance(dispatched, FannedOut)
+    if isinstance(dispatched, FannedOut):  # endpoint and pool headers are segment 1's
         headers["x-speech-router-segments"] = str(dispatched.segments)
     media_type = "text/event-stream" if plan.sse else FORMATS[fmt].content_type
 
@@ -186,6 +187,10 @@ def _wav_layout(head: bytes) -> tuple[int, int, int] | None:
             return pos + 8, rate, per_second
         pos += 8 + size + (size & 1)
     return None
+
+
+async def one_chunk(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 async def _close(body: AsyncIterator[bytes]) -> None:

@@ -13,7 +13,7 @@ from starlette.requests import Request
 
 from ..config.models import Settings
 from ..errors import RequestInvalid, RequestTooLarge
-from ..router.voices import resolve_voice
+from ..voices.resolve import resolve_voice
 from ..types import Emotion, EmotionMethod, SynthesisRequest
 from .gate import exchange_of
 from .plan import Plan

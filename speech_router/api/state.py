@@ -15,12 +15,12 @@ from starlette.requests import Request
 from starlette.types import Scope
 
 from ..config.models import Settings
+from ..cache.speech import SpeechCache
 from ..metrics import Metrics
 from ..plugins.manager import BackendRegistry
 from ..router.dispatch import Router
-from ..router.voice_sync import VoiceDistributor
+from ..voice_sync import VoiceDistributor
 from .auth import Authenticator
-from .cached import ResponseCache
 from .observe import RequestMetrics
 from .spec import RouteTable
 
@@ -51,7 +51,7 @@ class AppState(State):
     #: ``speech_router_requests_total`` and friends, their label children resolved once
     request_metrics: RequestMetrics
     auth: Authenticator
-    cache: ResponseCache
+    cache: SpeechCache
     pm: pluggy.PluginManager
     registry: BackendRegistry
     routes: RouteTable

@@ -19,10 +19,10 @@ from starlette.types import Receive, Scope, Send
 
 from ..config.models import Settings
 from ..errors import SpeechRouterError
-from ..router import fanout
+from ..cache.speech import SpeechCache
+from ..fanout import fan_out, plan_segments
 from ..router.dispatch import Dispatched, Router
 from ..types import SynthesisRequest
-from .cached import ResponseCache
 from .errors import error_response
 from .gate import exchange_of
 from .plan import Plan, prepare
@@ -70,15 +70,12 @@ class SynthesisRoute:
         await response(scope, receive, send)
 
 
-async def dispatch(router: Router, settings: Settings, cache: ResponseCache | None, plan: Plan) -> Dispatched:
+async def dispatch(router: Router, settings: Settings, cache: SpeechCache | None, plan: Plan) -> Dispatched:
     """Call the router: a long text fans out across the fleet, its segments cached when the model opts in
     (``cache``); any other text is one request."""
     sreq: SynthesisRequest = plan.sreq
-    texts = fanout.plan_segments(router, sreq)
+    texts = plan_segments(router, sreq)
     if not texts:
         return await router.synthesize(sreq, priority=plan.priority)
-    synthesize = None
-    if cache is not None and settings.models[sreq.model].cache.segments:
-        step = fanout.segment_synthesizer(router, sreq, priority=plan.priority, deadline=router.deadline(sreq))
-        synthesize = cache.segments(settings, sreq, step)
-    return await fanout.fan_out(router, sreq, priority=plan.priority, synthesize=synthesize, texts=texts)
+    segments = cache if cache is not None and cache.segments_enabled(settings, sreq) else None
+    return await fan_out(router, sreq, priority=plan.priority, cache=segments, texts=texts)

@@ -4,7 +4,7 @@
   uploaded ones, the endpoints that can speak it now;
 - ``POST`` (multipart: ``audio_sample``, ``name``, ``consent``, optional ``description`` (or
   vllm-omni's ``speaker_description``) and ``ref_text``): checked (``voices.audio``), stored by
-  content hash (``voices.store``), pushed to vllm-omni nodes in upload mode (``router.voice_sync``);
+  content hash (``voices.store``), pushed to vllm-omni nodes in upload mode (``speech_router.voice_sync``);
   a re-upload under the same name replaces the voice, as on vllm-omni;
 - ``DELETE /v1/audio/voices/{name}``.
 
@@ -31,7 +31,7 @@ from ..config.models import Settings
 from ..errors import RequestInvalid, Unavailable
 from ..router.dispatch import Router
 from ..voices.audio import FIELD, normalize
-from ..router.voice_sync import AcceptsVoices, VoiceDistributor
+from ..voice_sync import AcceptsVoices, VoiceDistributor
 from ..voices.form import read_upload
 from ..voices.params import node_path, voice_params
 from ..voices.store import MAX_VOICES, NAME, VoiceRecord, VoiceStore, store_for

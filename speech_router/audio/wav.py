@@ -9,8 +9,6 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-import numpy as np
-
 __all__ = ["InvalidAudio", "PcmFormat", "WavStreamParser", "read_wav", "wav_header"]
 
 _PCM = 0x0001
@@ -174,6 +172,8 @@ class WavStreamParser:
         channels = self._format.channels
         if not self._float and channels == 1 and self._format.sample_width == 2:
             return raw  # already what we emit; the common case stays a copy-free pass-through
+        import numpy as np  # only other layouts need it; the routing core reads WAV headers without numpy
+
         samples: np.ndarray
         width = self._format.sample_width
         if self._float:

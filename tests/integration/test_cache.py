@@ -121,7 +121,7 @@ def _no_retry(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_the_fan_out_settings_are_part_of_the_response_key(registry):
-    from speech_router.api.cached import ResponseCache
+    from speech_router.cache.speech import SpeechCache
     from speech_router.cache import AudioCache
     from speech_router.config.loader import settings_from_dict
     from speech_router.metrics import Metrics
@@ -131,7 +131,7 @@ def test_the_fan_out_settings_are_part_of_the_response_key(registry):
         data = config("http://127.0.0.1:9")
         data["models"]["cached"]["fanout"] = {**FANOUT, "silence_ms": silence_ms}
         settings = settings_from_dict(data, registry=registry, env={})
-        cache = ResponseCache(AudioCache(settings.cache), Metrics())
+        cache = SpeechCache(AudioCache(settings.cache), Metrics())
         return cache.response_key(settings, SynthesisRequest(text="hi", model="cached", voice="alloy"), "wav", None)
 
     assert key(200) == key(200) != key(300)  # joined audio with other silences must not be served from the cache

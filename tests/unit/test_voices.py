@@ -6,7 +6,7 @@ import pytest
 
 from speech_router.config.loader import load_settings
 from speech_router.errors import RequestInvalid
-from speech_router.router.voices import resolve_voice
+from speech_router.voices.resolve import resolve_voice
 
 
 def test_in_tts_remote_url_mode_an_unknown_voice_says_which_names_work(registry):

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..config.models import Settings
 from ..errors import RequestInvalid
-from ..voices.params import uploaded_params
+from .params import uploaded_params
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # fullmatch: "$" would accept a trailing newline
 

@@ -25,12 +25,12 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, runtime_checkable
 
-from ..config.models import Settings
-from ..metrics import Metrics
-from ..voices.params import is_router_voice, node_voice_name
-from ..voices.store import VoiceRecord, store_for
-from .endpoint import Endpoint
-from .events import RouterListener
+from .config.models import Settings
+from .metrics import Metrics
+from .voices.params import is_router_voice, node_voice_name
+from .voices.store import VoiceRecord, store_for
+from .router.endpoint import Endpoint
+from .router.events import RouterListener
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,11 @@
-"""The response cache in the request path: whole answers, and each segment of a fanned-out text.
+"""The cache as the request path uses it: whole answers and the segments of long texts, counted and checked.
 
 Per-model opt-in (``models.<name>.cache``): IndexTTS2 samples, so the same text sounds a little
 different each time and some users want that. A whole answer is stored in the format it was sent in
-(before SSE framing), only when it was sent completely; a segment is stored as decoded PCM, so a long
-text that repeats known sentences reuses them whatever format it asks for.
+(before SSE framing), only when it was sent completely (``tee``); a segment is stored as decoded PCM,
+so a long text that repeats known sentences reuses them whatever format it asks for, and so do realtime
+streams and long jobs, which cut text into the same segments. Only audio that passes the checks a node's
+answer passes is kept.
 """
 
 from __future__ import annotations
@@ -15,28 +17,34 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from ..audio.validate import InvalidAudio, check_audio
-from ..cache import AudioCache, CachedAudio, cache_key
 from ..config.models import Settings
 from ..metrics import Metrics
-from ..router.fanout import SegmentAudio, SegmentSynth
 from ..types import SynthesisRequest
+from .entry import CachedAudio
+from .key import cache_key
+from .store import AudioCache
 
 log = logging.getLogger(__name__)
 
-CACHE_HEADER = "x-speech-router-cache"
 
-
-class ResponseCache:
-    """Looks answers up and stores them; counts ``cache_lookups`` per model, kind and result."""
+class SpeechCache:
+    """Looks answers and segments up and stores them; counts ``cache_lookups`` per model, kind and result."""
 
     def __init__(self, store: AudioCache, metrics: Metrics) -> None:
         self.store = store
         self.metrics = metrics
         self._writes: set[asyncio.Task[None]] = set()
 
+    def __repr__(self) -> str:
+        return f"SpeechCache({self.store!r})"
+
     def enabled(self, settings: Settings, sreq: SynthesisRequest) -> bool:
         model = settings.models.get(sreq.model)
         return model is not None and model.cache.enabled
+
+    def segments_enabled(self, settings: Settings, sreq: SynthesisRequest) -> bool:
+        model = settings.models.get(sreq.model)
+        return model is not None and model.cache.enabled and model.cache.segments
 
     def response_key(self, settings: Settings, sreq: SynthesisRequest, fmt: str, sample_rate: int | None) -> str:
         # the fan-out settings change the joined audio (silences, cut points): a changed config must miss
@@ -47,6 +55,52 @@ class ResponseCache:
         entry = await self.store.get(key)
         self.metrics.cache_lookups.labels(model, kind, "hit" if entry is not None else "miss").inc()
         return entry
+
+    # -- segments -------------------------------------------------------------------------------------------
+
+    async def segment(self, sreq: SynthesisRequest, text: str) -> tuple[bytes, int] | None:
+        """A known segment of ``sreq`` as (mono int16 PCM, sample rate), or None."""
+        entry = await self.lookup(sreq.model, "segment", self._segment_key(sreq, text))
+        if entry is None or not entry.sample_rate:
+            return None
+        return entry.data, entry.sample_rate
+
+    def keep_segment(self, sreq: SynthesisRequest, text: str, pcm: bytes, sample_rate: int) -> None:
+        """Store a synthesized segment (mono int16 PCM) for the next text that has it."""
+        if not sample_rate:
+            return
+        entry = CachedAudio(pcm, "audio/pcm", "pcm", sample_rate, seconds=len(pcm) / 2 / sample_rate)
+        if _valid(entry, len(text)):
+            self.store_later(self._segment_key(sreq, text), entry)
+
+    @staticmethod
+    def _segment_key(sreq: SynthesisRequest, text: str) -> str:
+        return cache_key(dataclasses.replace(sreq, text=text), kind="segment", fmt="pcm", sample_rate=None)
+
+    # -- whole answers --------------------------------------------------------------------------------------
+
+    def tee(self, body: AsyncIterator[bytes], key: str, make_entry: Callable[[bytes], CachedAudio | None],
+            chars: int = 0) -> AsyncIterator[bytes]:
+        """Pass ``body`` through; once it ended normally, store what went out if it is valid audio for a text of
+        ``chars`` characters (a cut-short, empty or broken body is never stored)."""
+
+        async def teed() -> AsyncIterator[bytes]:
+            parts: list[bytes] | None = []
+            size, limit = 0, self.store.config.max_entry_bytes
+            try:
+                async for chunk in body:
+                    if parts is not None:
+                        size += len(chunk)
+                        parts = None if size > limit else parts  # too big to cache: stop collecting
+                        if parts is not None:
+                            parts.append(chunk)
+                    yield chunk
+            finally:
+                await _aclose(body)
+            if parts is not None and (entry := make_entry(b"".join(parts))) is not None and _valid(entry, chars):
+                self.store_later(key, entry)
+
+        return teed()
 
     def store_later(self, key: str, entry: CachedAudio) -> None:
         """Store without holding up the response (a disk write may take a while)."""
@@ -59,48 +113,6 @@ class ResponseCache:
             await self.store.put(key, entry)
         except Exception:  # noqa: BLE001 - the cache never fails a request
             log.exception("storing a cache entry failed")
-
-    def tee(self, body: AsyncIterator[bytes], key: str, make_entry: Callable[[bytes], CachedAudio | None],
-            chars: int = 0) -> AsyncIterator[bytes]:
-        """Pass ``body`` through; once it ended normally, store what went out if it is valid audio for a text of
-        ``chars`` characters (a cut-short, empty or broken body is never stored)."""
-
-        async def teed() -> AsyncIterator[bytes]:
-            parts: list[bytes] = []
-            size, limit = 0, self.store.config.max_entry_bytes
-            try:
-                async for chunk in body:
-                    if parts is not None:
-                        size += len(chunk)
-                        if size > limit:
-                            parts = None  # type: ignore[assignment] - too big to cache: stop collecting
-                        else:
-                            parts.append(chunk)
-                    yield chunk
-            finally:
-                await _aclose(body)
-            if parts is not None and (entry := make_entry(b"".join(parts))) is not None and _valid(entry, chars):
-                self.store_later(key, entry)
-
-        return teed()
-
-    def segments(self, settings: Settings, sreq: SynthesisRequest, synthesize: SegmentSynth) -> SegmentSynth:
-        """Wrap a fan-out's segment step: known segments come from the cache, new ones are stored."""
-        model = sreq.model
-
-        async def cached_segment(index: int, text: str) -> SegmentAudio:
-            key = cache_key(dataclasses.replace(sreq, text=text), kind="segment", fmt="pcm", sample_rate=None)
-            entry = await self.lookup(model, "segment", key)
-            if entry is not None and entry.sample_rate:
-                return SegmentAudio(entry.data, entry.sample_rate, None, None, 0, cached=True)
-            segment = await synthesize(index, text)
-            entry = CachedAudio(segment.pcm, "audio/pcm", "pcm", segment.sample_rate,
-                                seconds=len(segment.pcm) / 2 / segment.sample_rate if segment.sample_rate else 0.0)
-            if segment.sample_rate and _valid(entry, len(text)):
-                self.store_later(key, entry)
-            return segment
-
-        return cached_segment
 
     async def aclose(self) -> None:
         """Let pending writes finish, then release the store."""
@@ -117,13 +129,6 @@ def _valid(entry: CachedAudio, chars: int) -> bool:
         log.warning("not caching a %s answer: %s", entry.format, exc)
         return False
     return True
-
-
-def one_chunk(data: bytes) -> AsyncIterator[bytes]:
-    async def chunks() -> AsyncIterator[bytes]:
-        yield data
-
-    return chunks()
 
 
 async def _aclose(body: Any) -> None:

@@ -1,11 +1,13 @@
-"""Long text: cut it at sentence ends, synthesize the segments across the fleet at once, play them in order.
+"""Long text: synthesize the segments across the fleet at once, play them in order.
 
 One GPU node works through a long text one segment after another; the router sees every node, so it
 sends each segment as its own sub-request through ``Router.synthesize``: segments are ordinary requests
 of the scheduler and the attempt loop (routing, retries, fallback, a broken body dispatched again all
-apply, with the request's one deadline). It streams segment 1 as soon as it is ready, then each next one
-in text order with a short silence between them. At most ``fanout.max_parallel`` segments of one request
-are in flight, so one long text cannot take the whole fleet from other requests.
+apply, with the request's one deadline), spread over the fleet rather than gathered by voice affinity.
+Known segments come from the cache when the model opts in (``SpeechCache``), new ones are kept there.
+It streams segment 1 as soon as it is ready, then each next one in text order with a short silence
+between them. At most ``fanout.max_parallel`` segments of one request are in flight, so one long text
+cannot take the whole fleet from other requests.
 
 Failures: ``fan_out`` returns only once segment 1 is ready, so anything that fails before the first
 byte raises the real error (the request fails cleanly, with the usual status). A segment that fails
@@ -19,29 +21,18 @@ import contextlib
 import dataclasses
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
-import numpy as np
-import soxr
-
-from ..audio import InvalidAudio, read_wav
+from ..audio import InvalidAudio
+from ..audio.pcm import decode_pcm, resample_pcm
+from ..cache.speech import SpeechCache
 from ..config.models import FanoutConfig
 from ..errors import BackendError, BackendFailed, Unavailable
 from ..metrics import Metrics
-from ..text.segment import split_segments
+from ..router.dispatch import Dispatched, Router
+from ..router.endpoint import Endpoint
+from ..router.pool import Pool
 from ..types import AudioResponse, SynthesisRequest
-from .attempt import Dispatched
-from .endpoint import Endpoint
-from .pool import Pool
-
-if TYPE_CHECKING:
-    from .dispatch import Router
-
-#: backend types that work through long text one segment at a time (and IndexTTS-2.5 behind vllm-omni, which
-#: squeezes or garbles single requests past ~1500 mel codes): fan-out is on by default for them
-SEGMENTING_TYPES = frozenset({"index-tts-vllm", "indextts2-local", "vllm-omni"})
-#: the rate raw PCM is assumed to have when a backend does not say (OpenAI's)
-DEFAULT_PCM_RATE = 24000
+from .plan import plan_segments
 
 
 @dataclasses.dataclass
@@ -57,7 +48,7 @@ class SegmentAudio:
     cached: bool = False
 
 
-#: ``(index, text) -> SegmentAudio``: the one step a per-segment cache wraps
+#: ``(index, text) -> SegmentAudio``: one segment's synthesis
 SegmentSynth = Callable[[int, str], Awaitable[SegmentAudio]]
 
 
@@ -66,30 +57,18 @@ class FannedOut(Dispatched):
     """A fanned-out synthesis of ``segments`` segments.
 
     ``endpoint`` and ``pool`` are segment 1's: the response's endpoint and pool headers and the request
-    metrics name where the first audio came from (both None when segment 1 came from the cache). ``attempts`` grows as segments finish: a whole
-    file's header and a streamed response's access log line count them all (a stream sends no attempts header).
+    metrics name where the first audio came from (both None when segment 1 came from the cache). ``attempts``
+    grows as segments finish: a whole file's header and a streamed response's access log line count them all
+    (a stream sends no attempts header).
     """
 
     segments: int = 0
 
 
-def plan_segments(router: Router, sreq: SynthesisRequest) -> list[str]:
-    """The segments ``sreq`` is cut into, or [] when it is not fanned out."""
-    model = router.settings.models.get(sreq.model)
-    if model is None or sreq.passthrough is not None:  # /tts_url forwards the client's body untouched
-        return []
-    cfg = model.fanout
-    enabled = cfg.enabled
-    if enabled is None:
-        enabled = router.route(sreq.model)[0].backend_type in SEGMENTING_TYPES
-    if not enabled or len(sreq.text) <= cfg.threshold_chars:
-        return []
-    segments = split_segments(sreq.text, max_chars=cfg.max_segment_chars, min_chars=cfg.min_segment_chars)
-    return segments if len(segments) > 1 else []
-
-
-def segment_synthesizer(router: Router, sreq: SynthesisRequest, *, priority: str, deadline: float) -> SegmentSynth:
-    """The default segment step: dispatch a sub-request for its whole answer, decode it to PCM.
+def segment_synthesizer(router: Router, sreq: SynthesisRequest, *, priority: str, deadline: float,
+                        cache: SpeechCache | None = None) -> SegmentSynth:
+    """The segment step: from ``cache`` when it knows the segment, else a sub-request read whole and decoded to
+    PCM (then kept in ``cache``).
 
     The attempt loop reads a segment's answer whole within the try, so a body that breaks is tried again
     elsewhere under the same rules as any failure, while none of it has reached the client.
@@ -97,30 +76,36 @@ def segment_synthesizer(router: Router, sreq: SynthesisRequest, *, priority: str
     fmt = _decodable_format(router, sreq.model)
 
     async def synthesize_segment(index: int, text: str) -> SegmentAudio:
+        if cache is not None and (known := await cache.segment(sreq, text)) is not None:
+            return SegmentAudio(known[0], known[1], None, None, 0, cached=True)
         rid = f"{sreq.request_id}-{index + 1}" if sreq.request_id else ""
         sub = dataclasses.replace(sreq, text=text, response_format=fmt, request_id=rid)
         dispatched = await router.synthesize(sub, priority=priority, deadline=deadline, whole=True, spread=True)
         assert dispatched.endpoint is not None
         pcm, rate = await _read_pcm(dispatched.response, dispatched.endpoint.name)
+        if cache is not None:
+            cache.keep_segment(sreq, text, pcm, rate)
         return SegmentAudio(pcm, rate, dispatched.endpoint, dispatched.pool, dispatched.attempts)
 
     return synthesize_segment
 
 
 async def fan_out(router: Router, sreq: SynthesisRequest, *, priority: str = "interactive",
-                  synthesize: SegmentSynth | None = None, texts: list[str] | None = None) -> FannedOut:
+                  cache: SpeechCache | None = None, texts: list[str] | None = None,
+                  synthesize: SegmentSynth | None = None) -> FannedOut:
     """Start every segment of ``sreq`` and return once segment 1 is ready.
 
-    ``synthesize`` replaces the default segment step (``segment_synthesizer``), e.g. with a cached one;
-    ``texts`` are the segments when the caller already planned them (``plan_segments``).
-    The response is mono PCM at segment 1's rate; closing it early cancels the segments still running.
+    ``cache``: where known segments come from and new ones go (the model's opt-in is the caller's to check);
+    ``texts``: the segments when the caller already planned them (``plan_segments``); ``synthesize`` replaces
+    the segment step. The response is mono PCM at segment 1's rate; closing it early cancels the segments
+    still running.
     """
     texts = texts or plan_segments(router, sreq)
     if not texts:
         raise ValueError(f"request {sreq.request_id!r} is not fanned out (check plan_segments first)")
     cfg: FanoutConfig = router.settings.models[sreq.model].fanout
     if synthesize is None:
-        synthesize = segment_synthesizer(router, sreq, priority=priority, deadline=router.deadline(sreq))
+        synthesize = segment_synthesizer(router, sreq, priority=priority, deadline=router.deadline(sreq), cache=cache)
     router.metrics.fanout_requests.labels(sreq.model).inc()
     run = _Segments(texts, synthesize, cfg.max_parallel, router.metrics, sreq.model)
     try:
@@ -221,7 +206,7 @@ class _InOrder:
             raise BackendError(f"segment {index + 1} of {len(tasks)} failed: {message}",
                                endpoint=getattr(exc, "endpoint", "")) from exc
         self._next += 1
-        pcm = _resampled(segment, self._rate)
+        pcm = resample_pcm(segment.pcm, segment.sample_rate, self._rate)
         if index == 0:
             return pcm
         if self._silence:
@@ -235,13 +220,6 @@ class _InOrder:
         await self._run.aclose()
 
 
-def _resampled(segment: SegmentAudio, rate: int) -> bytes:
-    if segment.sample_rate == rate:
-        return segment.pcm
-    samples = np.frombuffer(segment.pcm, dtype="<i2")
-    return np.asarray(soxr.resample(samples, segment.sample_rate, rate), dtype="<i2").tobytes()
-
-
 async def _read_pcm(resp: AudioResponse, endpoint: str) -> tuple[bytes, int]:
     """The whole body as mono int16 PCM and its rate; the endpoint's slot is given back either way."""
     chunks = resp.chunks
@@ -250,22 +228,14 @@ async def _read_pcm(resp: AudioResponse, endpoint: str) -> tuple[bytes, int]:
     finally:
         with contextlib.suppress(Exception):
             await chunks.aclose()  # type: ignore[attr-defined]
-    if resp.format == "wav":
-        try:
-            rate, pcm = read_wav(data)
-        except InvalidAudio as exc:
-            raise BackendFailed(f"endpoint {endpoint} sent invalid WAV: {exc}", endpoint=endpoint) from None
-    elif resp.format == "pcm":
-        rate, pcm = resp.sample_rate or DEFAULT_PCM_RATE, data[: len(data) & ~1]
-    else:
-        raise BackendFailed(f"endpoint {endpoint} sent {resp.format!r} audio, not WAV or PCM", endpoint=endpoint)
-    if not pcm:
-        raise BackendFailed(f"endpoint {endpoint} sent no audio", endpoint=endpoint)
-    return pcm, rate
+    try:
+        return decode_pcm(data, resp.format, resp.sample_rate)
+    except InvalidAudio as exc:
+        raise BackendFailed(f"endpoint {endpoint} sent invalid audio: {exc}", endpoint=endpoint) from None
 
 
 def _decodable_format(router: Router, model: str) -> str:
-    """Ask for audio this module can decode: WAV, or raw PCM where the primary pool cannot send WAV."""
+    """Ask for audio that can be decoded: WAV, or raw PCM where the primary pool cannot send WAV."""
     endpoints = router.route(model)[0].endpoints
     formats = endpoints[0].backend.capabilities.formats if endpoints else frozenset({"wav"})
     return "pcm" if "wav" not in formats and "pcm" in formats else "wav"
