@@ -2,7 +2,9 @@
 
 closed -> open when the pool's outlier detection ejects the endpoint (``speech_router.router.outlier``
 decides when); open -> half_open after a backoff that doubles on each repeated trip (capped); half_open
-lets ``half_open_probes`` requests through; a success closes it, a failure opens it again. Only
+lets ``half_open_probes`` requests through; a success closes it, a failure opens it again. A probe that
+timed out re-opens it for the same backoff, not a doubled one: probes of a suspect are hedged (no client
+waits on them), and a node that hung is usually back soon; one that fails with an error doubles it. Only
 failures that say something about the endpoint reach it: a client's bad request or a busy endpoint
 never do (aiobreaker: "business exceptions should not cause this circuit breaker to open").
 """
@@ -86,18 +88,19 @@ class Breaker:
             self.trips = 0
             self._move(BreakerState.CLOSED)
 
-    def probe_failed(self) -> bool:
-        """A failure while half-open opens the breaker again; returns whether it did."""
+    def probe_failed(self, escalate: bool = True) -> bool:
+        """A failure while half-open opens the breaker again (``escalate``: for a doubled backoff); returns
+        whether it did."""
         if self.config.enabled and self._current() == BreakerState.HALF_OPEN:
-            self.trip(self.reason or "the half-open probe failed")
+            self.trip(self.reason or "the half-open probe failed", escalate=escalate)
             return True
         return False
 
-    def trip(self, reason: str) -> None:
-        """Open: out of rotation for a backoff that doubles with each trip since the last recovery."""
+    def trip(self, reason: str, escalate: bool = True) -> None:
+        """Open: out of rotation for a backoff that doubles with each escalating trip since the last recovery."""
         if not self.config.enabled:
             return
-        self.trips += 1
+        self.trips += 1 if escalate or not self.trips else 0
         self.reason = reason
         backoff = min(self.config.base_ejection * 2 ** (self.trips - 1), self.config.max_ejection)
         self.opened_at = self.clock()

@@ -18,8 +18,10 @@ Slow start: an endpoint in its window takes new work only within its ramped *sha
 endpoint could take it, and up to its limit when the request would otherwise wait (``OVERFLOW``); when
 endpoints in slow start hold half the pool's capacity or more (the fleet joined together), no ramp
 applies. An endpoint with no history is given the rest of the pool's median estimate, so a new node is
-explored, not avoided; an idle endpoint with an old estimate gets a short text (``EXPLORE``). Before
-anything is learned it is weighted least-outstanding and never waits while a slot is free.
+explored, not avoided; an idle endpoint with an old estimate gets a short text (``EXPLORE``), and an
+endpoint under suspicion (a timeout since its last answer, its breaker half-open) gets only texts no
+longer than the pool's median (its tries are hedged too: ``attempt``). Before anything is learned it is
+weighted least-outstanding and never waits while a slot is free.
 
 Pure: it reads endpoints and returns a ``Decision``; ``Scheduler`` carries it out.
 """
@@ -164,10 +166,26 @@ class Choice:
         known = sorted(e.model.parallel for e in self.endpoints if e.model.parallel_known)
         return known[len(known) // 2] if known else None
 
-    def predict(self, ep: Endpoint, chars: int, n: int, view: View | None = None) -> float | None:
-        """Expected seconds for ``chars`` on ``ep`` starting with ``n`` in flight (itself included)."""
+    def predict(self, ep: Endpoint, chars: int, n: int, view: View | None = None, *,
+                answered: bool = False) -> float | None:
+        """Expected seconds for ``chars`` on ``ep`` starting with ``n`` in flight (itself included); ``answered``:
+        as its answers say, without the penalty of timeouts since its last one."""
         view = view or self.view()
-        return ep.model.predict(chars, n, view.prior(chars, ep), view.peers_parallel, view.now)
+        return ep.model.predict(chars, n, view.prior(chars, ep), view.peers_parallel, view.now, answered=answered)
+
+    def timeout_basis(self, ep: Endpoint, chars: int, n: int) -> float | None:
+        """What a try's timeout on ``ep`` is measured against: its expected time. Timeouts since its last answer
+        raise it (a fleet that slows down is followed) only up to what the slowest of its peers is expected to
+        take for the same text: a node that hangs while its peers answer keeps a short timeout, so the client
+        whose request went there is soon served elsewhere."""
+        view = self.view()
+        own = self.predict(ep, chars, n, view)
+        if own is None or not ep.model.suspect:
+            return own
+        answered = self.predict(ep, chars, n, view, answered=True) or own
+        peers = [t for other in view.endpoints if other is not ep and other.model.known
+                 and (t := self.predict(other, chars, 1, view)) is not None]
+        return max(answered, min(own, max(peers))) if peers else own
 
     def _cost(self, ep: Endpoint, chars: int, n: int, view: View) -> float:
         """Expected seconds divided by the endpoint's weight (inf when nothing is known)."""
@@ -221,6 +239,8 @@ class Choice:
         candidates = view.candidates(ticket)
         if not candidates:
             return Decision()
+        if self._median is not None and ticket.chars > self._median and not all(ep.suspect for ep in candidates):
+            candidates = [ep for ep in candidates if not ep.suspect]  # a suspect is tried with short texts only
         free = [ep for ep in candidates if view.plan.free(ep) and ep.busy < ep.share(view.ramp)]
         overflow = [ep for ep in candidates if view.plan.free(ep) and ep.busy < ep.cap() and ep not in free]
         policy = self.config.balancer.policy

@@ -85,6 +85,7 @@ class Router:
         self.fleet.drain(ep, draining)
 
     async def aclose(self) -> None:
+        await self.attempts.aclose()
         await self.fleet.aclose()
 
     # -- requests -------------------------------------------------------------------------------------------

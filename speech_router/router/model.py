@@ -67,6 +67,8 @@ MAX_CANDIDATES = 64
 #: aging: how many of its own answers its history counts for at most, and how many the peers' level counts for
 HISTORY_WEIGHT = 10
 PEER_WEIGHT = 2
+#: how far one answer moves its history (a plain average of log ratios over its last ~1/step answers)
+HISTORY_STEP = 0.1
 
 
 def queueing(n: float, parallel: float) -> float:
@@ -104,6 +106,8 @@ class EndpointModel:
         self.last_seconds = math.inf
         #: how much slower than its answers say its timeouts show it to be (1: none since its last answer)
         self.penalty = 1.0
+        #: its level over all its answers (log of a plain average): what an old estimate ages towards
+        self._history = 0.0
 
     def __repr__(self) -> str:
         return (f"EndpointModel(fit={self.shape.fit()}, level={self.level:.3f}, parallel={self.parallel:g}, "
@@ -135,7 +139,7 @@ class EndpointModel:
         if fresh > 0.999:
             return level
         own = min(self.answers, HISTORY_WEIGHT)
-        target = own * self._centers[self._best]
+        target = own * self._history
         weight = float(own)
         if peers is not None and peers > 0:
             target += PEER_WEIGHT * math.log(peers)
@@ -180,15 +184,17 @@ class EndpointModel:
         return base * self.level_at(now, peers, answered=answered)
 
     def predict(self, chars: int, n: float = 1.0, prior: float | None = None,
-                peers_parallel: float | None = None, now: float | None = None) -> float | None:
+                peers_parallel: float | None = None, now: float | None = None, *,
+                answered: bool = False) -> float | None:
         """Expected seconds for a request that starts with ``n`` in flight, itself included.
 
         ``prior`` (the rest of the pool's unloaded estimate) stands in for an endpoint that has not answered
         yet: a new endpoint is assumed to be like the others, so it is tried, not avoided; with ``now`` an old
         estimate is aged towards it. ``peers_parallel`` (what the others are known to run at once) stands in
-        for its parallelism until its own is known.
+        for its parallelism until its own is known. ``answered``: from its answers alone, without the penalty
+        of timeouts since its last answer.
         """
-        unloaded = self.unloaded(chars, now, prior)
+        unloaded = self.unloaded(chars, now, prior, answered=answered)
         if unloaded is None:
             unloaded = prior
         return None if unloaded is None else unloaded * self.queueing(n, peers_parallel)
@@ -230,6 +236,8 @@ class EndpointModel:
                     self._errors[i] = ERROR_MEMORY * self._errors[i] + miss * miss
                 self._centers[i] += CENTER_STEP * miss
                 self._levels[i] = level + (LEVEL_UP if ratio > level else LEVEL_DOWN) * (ratio - level)
+            own = math.log(hopeful if first else seconds / (base * queueing(n, self.parallel)))
+            self._history = own if first else self._history + HISTORY_STEP * (own - self._history)
             if judged:
                 self.informative += 1
                 self._evidence = ERROR_MEMORY * self._evidence + 1.0
@@ -262,6 +270,7 @@ class EndpointModel:
             for i in range(len(self._levels)):
                 ratio = CENSORED_MARGIN * timeout / (base * queueing(n, i + 1))
                 self._levels[i], self._centers[i] = ratio, math.log(ratio)
+            self._history = self._centers[self._best]
             self.answers = 1
             if now is not None:
                 self.answered = now

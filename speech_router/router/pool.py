@@ -26,6 +26,9 @@ from .ticket import PRIORITIES, Lease, Ticket
 
 #: while requests wait, they are decided again at least this often (running requests overrun their estimates)
 TICK_S = 0.05
+#: a try on a suspect endpoint is hedged after this many times what its peers take for the text (at least the minimum)
+SUSPECT_HEDGE_FACTOR = 1.5
+SUSPECT_HEDGE_MIN_S = 0.05
 
 
 class Pool:
@@ -127,13 +130,23 @@ class Pool:
         return self.scheduler.try_now(ticket)
 
     def per_try_timeout(self, lease: Lease, chars: int) -> float:
-        """``per_try_timeout_factor`` x what the endpoint is expected to take now, within floor and cap."""
+        """``per_try_timeout_factor`` x what the endpoint is expected to take now, within floor and cap; after
+        timeouts, never more than its slowest peer is expected to take (``Choice.timeout_basis``)."""
         retry = self.config.retry
         run = lease.endpoint.running.get(lease.token)
-        predicted = self.scheduler.predict(lease.endpoint, chars, run.n if run else lease.endpoint.inflight)
+        predicted = self.scheduler.timeout_basis(lease.endpoint, chars, run.n if run else lease.endpoint.inflight)
         if predicted is None:
             return retry.per_try_timeout_cap
         return min(retry.per_try_timeout_cap, max(retry.per_try_timeout_floor, retry.per_try_timeout_factor * predicted))
+
+    def suspect_hedge_delay(self, ep: Endpoint, chars: int) -> float:
+        """How long a try on a suspect waits before a second try elsewhere: a little more than its peers are
+        expected to take for the text (or, with nothing known of them, the per-try timeout floor)."""
+        peers = [t for other in self.endpoints if other is not ep and other.in_rotation and not other.suspect
+                 and (t := self.scheduler.predict(other, chars, other.busy + 1)) is not None]
+        if not peers:
+            return self.config.retry.per_try_timeout_floor
+        return max(SUSPECT_HEDGE_MIN_S, SUSPECT_HEDGE_FACTOR * sorted(peers)[len(peers) // 2])
 
     def finish(self, lease: Lease, outcome: Outcome, *, timeout: float | None = None) -> None:
         """Give the slot back and learn from how the try ended; then waiting requests decide again."""
@@ -153,7 +166,7 @@ class Pool:
         self.wake()
 
     def _judge(self, ep: Endpoint, outcome: Outcome, now: float) -> None:
-        if ep.breaker.probe_failed():
+        if ep.breaker.probe_failed(escalate=outcome != Outcome.TIMEOUT):
             return
         if ep.breaker.state != BreakerState.CLOSED:
             return

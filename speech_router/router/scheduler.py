@@ -80,6 +80,10 @@ class Scheduler:
         """Expected seconds for ``chars`` on ``ep`` starting with ``n`` in flight (itself included)."""
         return self.choice.predict(ep, chars, n)
 
+    def timeout_basis(self, ep: Endpoint, chars: int, n: int) -> float | None:
+        """What a try's timeout on ``ep`` is measured against (``Choice.timeout_basis``)."""
+        return self.choice.timeout_basis(ep, chars, n)
+
     def depth(self, priority: str | None = None) -> int:
         if priority is not None:
             return len(self._queues[priority])

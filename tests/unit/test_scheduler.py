@@ -144,7 +144,7 @@ class JitteryNode(SimNode):
         super().__init__(name, slots=4)
         self.speed, self.jitter = speed, jitter
 
-    def service(self, chars: int) -> float:
+    def service(self, chars: int, now: float = 0.0) -> float:
         return super().service(chars) / self.speed * self.jitter[chars]
 
 
