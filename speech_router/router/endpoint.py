@@ -165,6 +165,29 @@ class Endpoint:
         self._passes = 0
         return changed
 
+    def configure(self, *, weight: float, max_concurrency: int, breaker: BreakerConfig,
+                  balancer: BalancerConfig) -> None:
+        """New routing settings from a reload, keeping what was learned (the limit's bound, the breaker's
+        thresholds, the balancer's knobs)."""
+        self.weight = weight
+        if max_concurrency != self.max_concurrency or balancer.adaptive_concurrency != self.balancer.adaptive_concurrency:
+            self.model = self.model.resized(max_concurrency, balancer.adaptive_concurrency)
+        self.max_concurrency = max_concurrency
+        self.limit.maximum, self.limit.adaptive = max_concurrency, balancer.adaptive_concurrency
+        self.limit.slow_start = balancer.slow_start
+        self.model.half_life = balancer.latency_half_life
+        self.breaker.config = breaker
+        self.window.window = breaker.window
+        self.balancer = balancer
+
+    def inherit(self, before: Endpoint) -> None:
+        """Take over what was learned of the same node under its previous configuration: its model, health and
+        counts (not its breaker: the new configuration may be what fixes it)."""
+        self.model = before.model.resized(self.max_concurrency, self.balancer.adaptive_concurrency)
+        self.healthy, self.detail, self.last_check = before.healthy, before.detail, before.last_check
+        self.served, self.picks = before.served, before.picks
+        self.recent_voices.extend(before.recent_voices)
+
     def passed(self, detail: str) -> bool:
         """Passive: it answered a request while marked down (panic mode tried it): it is serving again."""
         if self.healthy is not False:

@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 
 #: how often a retired endpoint is checked for its last request in flight
 RETIRE_POLL_S = 0.05
+#: pool and endpoint settings only the router reads (its queue, scheduling, breaker, retries): a reload that changes
+#: only these keeps the endpoints as they are, with everything learned of them
+ROUTING_ONLY = frozenset({"queue", "balancer", "breaker", "retry", "hedge", "max_concurrency", "verify_body",
+                          "load_signal", "weight"})
 
 
 class BackendRegistry:
@@ -76,25 +80,38 @@ class Fleet:
         cfg = self.settings.pools[name]
         return Pool(name, cfg.type, endpoints, cfg, self.clock, self.rng, self.listener)
 
-    def _endpoints(self, name: str, cfg: PoolConfig, reuse: dict[str, Endpoint], fresh: list[Endpoint]) -> list[Endpoint]:
-        """The pool's endpoints: those in ``reuse`` whose configuration is unchanged, new ones for the rest
-        (appended to ``fresh``). Raises ``ConfigError`` before anything runs when the options are wrong."""
+    def _endpoints(self, name: str, cfg: PoolConfig, reuse: dict[str, Endpoint], fresh: list[Endpoint],
+                   kept: list[Endpoint] | None = None) -> list[Endpoint]:
+        """The pool's endpoints: those in ``reuse`` whose backend is configured as before (their routing settings
+        updated in place), new ones for the rest (appended to ``fresh``); a new one for an endpoint of the same
+        name and type inherits what was learned of it (listed in ``kept`` too). Raises ``ConfigError`` before
+        anything runs when the options are wrong."""
         backend_cls = self.registry.get(cfg.type)
         options = backend_cls.Options.model_validate(cfg.options)
         context = BackendContext(pool_name=name, pool=cfg, sessions=self.sessions)
-        pool_part = cfg.model_dump(mode="json", exclude={"endpoints"})
+        pool_part = cfg.model_dump(mode="json", exclude={"endpoints", *ROUTING_ONLY})
         endpoints = []
         for ep_cfg, ep_options in backend_cls.expand_endpoints(name, cfg, options):
-            key = json.dumps([name, pool_part, ep_cfg.model_dump(mode="json"), ep_options.model_dump(mode="json")],
-                             sort_keys=True, default=str)
+            key = json.dumps([name, pool_part, ep_cfg.model_dump(mode="json", exclude=set(ROUTING_ONLY)),
+                              ep_options.model_dump(mode="json")], sort_keys=True, default=str)
             ep = reuse.pop(key, None)
-            if ep is None:
+            if ep is not None:
+                ep.backend.context.pool = cfg  # the same backend; the settings it does not read may have changed
+                ep.configure(weight=ep_cfg.weight, max_concurrency=ep_cfg.max_concurrency or cfg.max_concurrency,
+                             breaker=cfg.breaker, balancer=cfg.balancer)
+                self.load_signals.plan(ep, cfg.load_signal)
+            else:
                 ep = Endpoint(backend_cls(ep_cfg, ep_options, context), name, clock=self.clock, weight=ep_cfg.weight,
                               max_concurrency=ep_cfg.max_concurrency or cfg.max_concurrency, breaker=cfg.breaker,
                               balancer=cfg.balancer, health_check=cfg.health_check, shape=self._shape(name, cfg))
                 ep.key = key
                 ep.breaker.on_change = self._breaker_listener(ep)
                 self.load_signals.plan(ep, cfg.load_signal)
+                before = next((old for old in reuse.values() if (old.pool, old.backend.type, old.name)
+                               == (name, cfg.type, ep.name)), None)
+                if before is not None and kept is not None:
+                    ep.inherit(before)  # the same node, configured differently: what was learned of it holds
+                    kept.append(ep)
                 fresh.append(ep)
             endpoints.append(ep)
         return endpoints
@@ -128,19 +145,24 @@ class Fleet:
     async def apply(self, settings: Settings) -> dict[str, list[str]]:
         """Switch to ``settings`` without dropping a request.
 
-        Endpoints whose configuration is unchanged keep their state (health, breaker, learned model);
-        new ones are opened and checked before they join, then ramp up (slow start); removed and changed
-        ones leave the rotation at once and are closed when their requests in flight are done. Pools keep
-        their queues. Raises ``ConfigError`` (and changes nothing) when a backend refuses the new options.
+        Endpoints whose backend is configured as before stay as they are (health, breaker, learned model),
+        with new routing settings (``ROUTING_ONLY``: queue, balancer, breaker, retries...) applied in place;
+        an endpoint of the same name and type whose backend settings changed is built anew and inherits what
+        was learned of it; new ones are opened and checked before they join, then ramp up (slow start); the
+        replaced and removed ones leave the rotation at once and are closed when their requests in flight are
+        done. Pools keep their queues. Raises ``ConfigError`` (and changes nothing) when a backend refuses the
+        new options.
         """
         reuse = {ep.key: ep for ep in self.endpoints}
         fresh: list[Endpoint] = []
-        planned = {name: self._endpoints(name, cfg, reuse, fresh) for name, cfg in settings.pools.items()}
+        kept: list[Endpoint] = []
+        planned = {name: self._endpoints(name, cfg, reuse, fresh, kept) for name, cfg in settings.pools.items()}
         removed = list(reuse.values())
         await self.start(fresh)
         self.settings = settings
         for ep in fresh:
-            ep.joined()  # slow start
+            if ep not in kept:
+                ep.joined()  # slow start for a node that is new to the router
         for name, endpoints in planned.items():
             pool = self.pools.get(name)
             if pool is None:

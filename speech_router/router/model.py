@@ -285,6 +285,20 @@ class EndpointModel:
         if ratio > level:
             self.penalty *= (level + LEVEL_UP * (ratio - level)) / level
 
+    def resized(self, max_parallel: int, learn_parallel: bool) -> EndpointModel:
+        """This model for another configured bound (a reload): its speed and history carry over; its parallelism is
+        learned again when the candidates change."""
+        candidates = min(max(1, max_parallel), MAX_CANDIDATES)
+        if candidates == len(self._levels) and learn_parallel == self.learn_parallel:
+            self.max_parallel = max(1, max_parallel)
+            return self
+        model = EndpointModel(self.half_life, max_parallel, self.shape, learn_parallel=learn_parallel)
+        level, center = self.answered_level, self._centers[self._best]
+        model._levels, model._centers = [level] * candidates, [center] * candidates
+        model.answers, model.answered, model.heard = self.answers, self.answered, self.heard
+        model.last_seconds, model.penalty, model._history = self.last_seconds, self.penalty, self._history
+        return model
+
     def fit(self) -> tuple[float, float] | None:
         """(base seconds, seconds per character) alone on the endpoint at its current speed, for views."""
         fit = self.shape.fit()

@@ -224,7 +224,30 @@ def test_unchanged_endpoints_keep_their_state_across_a_reload(nodes, file_router
     assert call(router.url + "/admin/reload", "POST")[1]["changes"]["added"] == ["b"]
     listing = {x["name"]: x for x in backends(router.url)["backends"]}
     assert listing["a"]["served"] == 3  # the same endpoint object: its counters and latency survived
-    assert listing["b"]["served"] == 0 and listing["b"]["cap"] < listing["b"]["concurrency_limit"]  # slow start
+    assert listing["b"]["served"] == 0 and listing["b"]["share"] < listing["b"]["cap"]  # slow start: its share ramps
+
+
+def test_a_changed_pool_setting_keeps_what_was_learned_of_every_endpoint(nodes, file_router):
+    a, b = nodes(name="a", delay_s=0.05), nodes(name="b", delay_s=0.05)
+    router, path = file_router(config(("a", a.url), ("b", b.url)))
+    for _ in range(8):
+        assert speak(router.url)[0] == 200
+    learned = {x["name"]: x for x in backends(router.url)["backends"]}
+    assert all(learned[n]["latency"] is not None for n in ("a", "b"))
+    # a routing setting: the same endpoints go on, settings applied in place
+    write(path, config(("a", a.url), ("b", b.url), queue={"timeout": 3}, breaker={"consecutive_failures": 7}))
+    assert call(router.url + "/admin/reload", "POST")[1]["changes"] == {"added": [], "removed": [], "replaced": []}
+    after = {x["name"]: x for x in backends(router.url)["backends"]}
+    for name in ("a", "b"):
+        assert after[name]["served"] == learned[name]["served"] and after[name]["latency"] == learned[name]["latency"]
+        assert "share" not in after[name]  # not ramping again
+    # a setting the backend reads: a new endpoint for the same node, which inherits what was learned of it
+    write(path, config(("a", a.url), ("b", b.url), timeouts={"read": 120}))
+    assert sorted(call(router.url + "/admin/reload", "POST")[1]["changes"]["replaced"]) == ["a", "b"]
+    after = {x["name"]: x for x in backends(router.url)["backends"]}
+    for name in ("a", "b"):
+        assert after[name]["served"] == learned[name]["served"]
+        assert after[name]["latency"]["level"] == learned[name]["latency"]["level"] and "share" not in after[name]
 
 
 def test_the_file_watcher_reloads_on_change(nodes, file_router):
