@@ -20,6 +20,8 @@ DEFAULT_MAX_CONCURRENCY = 4
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_READ_TIMEOUT_S = 300.0
 DEFAULT_HEALTH_INTERVAL_S = 10.0
+#: a down endpoint is checked this often (at most ``interval``)
+DEFAULT_UNHEALTHY_INTERVAL_S = 2.0
 DEFAULT_HEALTH_TIMEOUT_S = 2.0
 DEFAULT_VOICE_DIR = "/data/voices"
 DEFAULT_QUEUE_TIMEOUT_S = 10.0
@@ -125,6 +127,9 @@ class HealthCheckConfig(_Strict):
 
     enabled: bool = True
     interval: float = Field(DEFAULT_HEALTH_INTERVAL_S, gt=0)
+    unhealthy_interval: float = Field(DEFAULT_UNHEALTHY_INTERVAL_S, gt=0,
+                                      description="seconds between checks of an endpoint that is down (or not yet "
+                                                  "seen up): a node that comes back is found soon (Envoy's name)")
     timeout: float = Field(DEFAULT_HEALTH_TIMEOUT_S, gt=0)
     healthy_threshold: int = Field(1, ge=1, description="passing checks in a row to mark a down endpoint up")
     unhealthy_threshold: int = Field(2, ge=1, description="failing checks in a row to mark an endpoint down")

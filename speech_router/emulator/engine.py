@@ -68,8 +68,7 @@ class FakeIndexTTS2:
         if emo_audio_prompt != spk_audio_prompt:
             self._load_reference(emo_audio_prompt)
         config = self.state.config
-        if config.hang:
-            await self.state.pause(None)
+        await self.state.hung()
         async with self.state.slot():
             await self.state.pause(config.latency_s(str(text)))
             if config.fails(str(text)):

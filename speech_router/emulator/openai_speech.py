@@ -183,8 +183,7 @@ async def _speech(request: Request) -> Response:
         text, voice, fmt, speed, stream_format = _validate(data, config)
         if config.error_status is not None:
             raise _status_error(config.error_status, config.retry_after_s)
-        if config.hang:
-            await state.pause(None)
+        await state.hung()
         await held.enter_async_context(state.slot())
         await state.pause(config.delay_s)  # time to first byte; the per-character part paces the chunks
         if config.fails(text):

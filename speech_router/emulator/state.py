@@ -21,7 +21,7 @@ class Knobs:
     """Behaviour shared by every emulated server; subclasses add their protocol's own knobs."""
 
     name: str = "node"  # echoed in the `x-emulator-node` response header
-    hang: bool = False  # synthesis is accepted and never answered (until the server stops)
+    hang: bool = False  # synthesis is accepted and not answered while on (off: they go on, as a node that recovers)
     hang_health: bool = False  # health/model listings never answer either: a frozen process
     fail: bool = False  # synthesis fails like the real server does under CUDA OOM
     fail_text: str | None = None  # synthesis fails like `fail`, only for texts that contain this
@@ -57,6 +57,10 @@ class Knobs:
         return {k: sorted(v) if isinstance(v, set) else v for k, v in asdict(self).items()}
 
 
+#: how often a hung request looks whether the node has recovered
+HANG_POLL_S = 0.05
+
+
 class NodeStopped(Exception):
     """Raised inside a request when its server stops under it; the connection is already gone."""
 
@@ -68,7 +72,9 @@ class EmulatorState:
         self.config = knobs
         self.requests: list[tuple[str, Any]] = []  # (path, parsed JSON body, or the raw text if not JSON)
         self.headers: list[dict[str, str]] = []  # request headers, aligned with `requests`
-        self.in_flight = 0  # synthesis requests being handled now
+        self._in_flight = 0
+        #: the most synthesis requests it had at once since the last reset
+        self.peak = 0
         self.served = 0  # synthesis requests answered with audio
         self.disconnected = 0  # synthesis requests whose client closed the connection before the answer
         self._stopped: asyncio.Event | None = None
@@ -78,6 +84,16 @@ class EmulatorState:
 
     def __repr__(self) -> str:
         return f"EmulatorState(name={self.config.name!r}, in_flight={self.in_flight}, served={self.served})"
+
+    @property
+    def in_flight(self) -> int:
+        """Synthesis requests being handled now."""
+        return self._in_flight
+
+    @in_flight.setter
+    def in_flight(self, value: int) -> None:
+        self._in_flight = value
+        self.peak = max(self.peak, value)
 
     @property
     def busy(self) -> int:
@@ -104,12 +120,14 @@ class EmulatorState:
         self.requests.clear()
         self.headers.clear()
         self.served = 0
+        self.peak = self.in_flight
 
     def snapshot(self) -> dict[str, Any]:
         """State for `GET /_emulator/state`."""
         return {
             "config": self.config.as_dict(),
             "in_flight": self.in_flight,
+            "peak": self.peak,
             "served": self.served,
             "disconnected": self.disconnected,
             "requests": len(self.requests),
@@ -138,6 +156,12 @@ class EmulatorState:
         except TimeoutError:
             return
         raise NodeStopped
+
+    async def hung(self) -> None:
+        """While the ``hang`` knob is on, wait (a node that froze); go on once it is switched off, as a node that
+        recovers finishes what it had; raise NodeStopped if the server stops meanwhile."""
+        while self.config.hang:
+            await self.pause(HANG_POLL_S)
 
     async def until_disconnected(self, request: Request) -> None:
         """Return when the client closes the connection (counted in ``disconnected``)."""

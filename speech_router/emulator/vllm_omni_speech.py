@@ -183,8 +183,7 @@ class _Plan:
 async def _generate(state: EmulatorState, plan: _Plan) -> None:
     """The engine's part: wait for a slot (no bound on the wait), take the time, maybe fail."""
     config = node_config(state)
-    if config.hang:
-        await state.pause(None)
+    await state.hung()
     async with state.slot():
         first_use = plan.speakers.use(plan.voice, config.speaker_cache)
         extra = config.speaker_first_use_s * config.slowdown if first_use else 0.0

@@ -12,7 +12,8 @@ endpoint gets exactly the queued requests it finishes before their turn elsewher
 near ties (within 5 %) go to the endpoint with fewer requests in flight for its size, then the one picked
 least: equal endpoints share light traffic, and a new one is tried at once. Voice affinity: an endpoint
 that served the request's voice lately (its speaker conditioning is likely cached) is preferred while it
-has a free slot and is about as quick as the best (within 20 %). Weights divide the expected time.
+is about as quick as the best (within 20 %) and has at most one request more in flight than the least
+busy of those: a popular voice still spreads. Weights divide the expected time.
 
 Slow start: an endpoint in its window takes new work only within its ramped *share* while another
 endpoint could take it, and up to its limit when the request would otherwise wait (``OVERFLOW``); when
@@ -54,6 +55,9 @@ OVERRUN_SHARE = 0.1
 #: voice affinity: the endpoint that served the voice lately is preferred while this close to the quickest
 #: (expected time within this factor) and free: a popular voice spills over once its endpoint is full
 AFFINITY_TOLERANCE = 1.2
+#: ...and while it has at most this many more requests in flight than the least busy of them: a voice that every
+#: client asks for spreads over the fleet (GPUs batch: two and two beat four on one), a new node gets its share
+AFFINITY_SLACK = 1
 #: slow start applies only while endpoints out of their window hold at least this share of the pool's slots
 SETTLED_SHARE = 0.5
 
@@ -333,8 +337,10 @@ class Choice:
         costs = {ep: self._cost(ep, chars, ep.busy + 1, view) for ep in free}
         low = min(costs.values())
         near = [ep for ep in free if costs[ep] <= low * (1 + TIE_TOLERANCE) + 1e-9]
-        if affinity is not None:  # endpoints that served the voice lately, if about as quick and not crowded
-            warm = [ep for ep in free if affinity in ep.recent_voices and costs[ep] <= low * AFFINITY_TOLERANCE]
+        if affinity is not None:  # endpoints that served the voice lately, if about as quick and hardly busier
+            fewest = min(ep.busy for ep in near)
+            warm = [ep for ep in free if affinity in ep.recent_voices and costs[ep] <= low * AFFINITY_TOLERANCE
+                    and ep.busy <= fewest + AFFINITY_SLACK]
             near = warm or near
         # near-ties go to the one with fewer requests in flight for its size, then the least picked for its
         # weight: equal endpoints share light traffic and keep their estimates fresh, a new one is tried at once

@@ -1,6 +1,8 @@
 """Active health checks: one task per endpoint calling ``Backend.health()`` every interval (with
-jitter), applying the healthy/unhealthy thresholds; optionally a deep check that synthesizes a
-short text now and then, for nodes whose ``/health`` says "healthy" while synthesis is broken."""
+jitter), applying the healthy/unhealthy thresholds; an endpoint that is down is checked every
+``unhealthy_interval`` (2 s) instead, so a node (or a whole fleet) that comes back is in rotation within
+seconds, not a whole interval later; optionally a deep check that synthesizes a short text now and then,
+for nodes whose ``/health`` says "healthy" while synthesis is broken."""
 
 from __future__ import annotations
 
@@ -69,15 +71,27 @@ async def check_once(ep: Endpoint, on_change: OnChange | None = None) -> None:
 
 async def run_checks(ep: Endpoint, on_change: OnChange | None = None,
                      deep_request: SynthesisRequest | None = None) -> None:
-    """Check ``ep`` until cancelled; every ``deep.interval`` the check is a real synthesis instead."""
+    """Check ``ep`` until cancelled: every ``interval`` while it is up, every ``unhealthy_interval`` while it is down
+    (also when it went down between two checks, refusing a request); every ``deep.interval`` the check is a real
+    synthesis instead."""
     cfg = ep.health_check
     loop = asyncio.get_running_loop()
     next_deep = loop.time() + cfg.deep.interval
+    due = loop.time() + _jittered(cfg.interval, cfg.jitter)
     while True:
-        await asyncio.sleep(cfg.interval * (1 + random.uniform(-cfg.jitter, cfg.jitter)))
+        up = ep.available and ep.healthy is not None
+        step = _jittered(min(cfg.interval, cfg.unhealthy_interval), cfg.jitter)
+        await asyncio.sleep(min(step, max(0.0, due - loop.time())) if up else step)
+        if ep.available and ep.healthy is not None and loop.time() < due:
+            continue  # up, and not due yet
         if deep_request is not None and cfg.deep.enabled and loop.time() >= next_deep:
             next_deep = loop.time() + cfg.deep.interval
             healthy, detail = await deep_probe(ep, deep_request, max(cfg.timeout, 30.0))
         else:
             healthy, detail = await probe(ep, cfg.timeout)
         record(ep, healthy, detail, on_change)
+        due = loop.time() + _jittered(cfg.interval, cfg.jitter)
+
+
+def _jittered(seconds: float, jitter: float) -> float:
+    return seconds * (1 + random.uniform(-jitter, jitter))
