@@ -44,9 +44,14 @@ _BENCH = re.compile(r"^BENCH (.*)$", re.MULTILINE)
 ROUTER_MAX_CONCURRENCY = 256
 
 
-def nginx_conf(log_dir: Path, upstream_port: int, port: int, workers: int) -> str:
+def nginx_conf(log_dir: Path, upstream_port: int | list[int], port: int, workers: int, balance: str = "",
+               server_options: str = "") -> str:
+    """nginx in front of one node or several (``balance``: e.g. ``least_conn;``; ``server_options``: each upstream
+    server's, e.g. ``max_fails=1 fail_timeout=5s``)."""
     temp = log_dir / "nginx-temp"
     user = "user root root;\n" if os.geteuid() == 0 else ""
+    ports = upstream_port if isinstance(upstream_port, list) else [upstream_port]
+    servers = "".join(f"        server {HOST}:{p} {server_options};\n" for p in ports)
     return f"""{user}worker_processes {workers};
 pid {log_dir}/nginx.pid;
 error_log {log_dir}/nginx-error.log warn;
@@ -60,8 +65,8 @@ http {{
     uwsgi_temp_path {temp}/uwsgi;
     scgi_temp_path {temp}/scgi;
     upstream tts {{
-        server {HOST}:{upstream_port};
-        keepalive 128;
+        {balance}
+{servers}        keepalive 128;
     }}
     server {{
         listen {HOST}:{port} backlog=1024;
@@ -78,9 +83,10 @@ http {{
 """
 
 
-def start_nginx(children: list[Child], log_dir: Path, upstream_port: int, workers: int) -> tuple[Child, str, str]:
+def start_nginx(children: list[Child], log_dir: Path, upstream_port: int | list[int], workers: int,
+                balance: str = "", server_options: str = "") -> tuple[Child, str, str]:
     port = free_port()
-    conf = nginx_conf(log_dir, upstream_port, port, workers)
+    conf = nginx_conf(log_dir, upstream_port, port, workers, balance, server_options)
     path = log_dir / "nginx.conf"
     path.write_text(conf, encoding="utf-8")
     (log_dir / "nginx-temp").mkdir(exist_ok=True)
