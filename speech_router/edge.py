@@ -36,6 +36,9 @@ log = logging.getLogger("speech_router.edge")
 
 #: how often a repeated refusal (same reason) is logged at most; the others are counted into the next line
 REFUSAL_LOG_INTERVAL_S = 10.0
+#: the scope key where the edge notes the status it answered itself while the app had the request (a 408 for a
+#: body that stopped arriving): the app's observer logs and counts that status, not a 500 for a vanished client
+EDGE_STATUS = "speech_router.edge_status"
 
 
 @dataclass(frozen=True)
@@ -233,18 +236,25 @@ if HttpToolsProtocol is not None:
             url = getattr(self, "url", b"") or b""
             return url.split(b"?", 1)[0].decode("latin-1") or None
 
-        def _refuse(self, status: int, message: str, code: str, *, reason: str) -> None:
-            """Answer ``status`` (unless a response already started) and close; the app's cycle ends."""
+        def _refuse(self, status: int, message: str, code: str, *, reason: str, own_cycle: bool = False) -> None:
+            """Answer ``status`` (unless a response already started) and close; the app's cycle ends.
+
+            ``own_cycle``: the request being refused is the one the app has (its body is late), not a next one
+            whose head is still arriving; once its response started (or was complete) nothing more is written.
+            """
             self._closing = True
             self._disarm()
             cycle = self.cycle
-            started = cycle is not None and not cycle.response_complete and cycle.response_started
-            if cycle is not None and not cycle.response_complete:
+            live = cycle is not None and not cycle.response_complete
+            answer = not (cycle is not None and cycle.response_started and (live or own_cycle))
+            if live:
+                if answer and own_cycle:
+                    cycle.scope[EDGE_STATUS] = status  # type: ignore[literal-required]
                 cycle.disconnected = True  # the app's receive() now says http.disconnect; its sends are dropped
                 cycle.message_event.set()
             REFUSALS.note(reason, f"refused a request from {self._peer()}: {status} {_REASONS[status]}: {message}")
             if not self.transport.is_closing():
-                if not started:
+                if answer:
                     self.transport.write(error_bytes(status, message, code, self._path()))
                 self.transport.close()
 
@@ -260,7 +270,7 @@ if HttpToolsProtocol is not None:
         def _body_timed_out(self) -> None:
             self._timer = None
             self._refuse(408, f"The request body did not arrive within {self.limits.body_timeout:g} s.",
-                         "request_timeout", reason="body_timeout")
+                         "request_timeout", reason="body_timeout", own_cycle=True)
 
 else:  # pragma: no cover - httptools is part of uvicorn[standard]
     LimitedHttpToolsProtocol = None  # type: ignore[assignment,misc]
