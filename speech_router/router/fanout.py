@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections import deque
-from collections.abc import Awaitable, Callable
+import itertools
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -33,6 +33,7 @@ from ..types import AudioResponse, SynthesisRequest
 from .attempt import Dispatched
 from .endpoint import Endpoint
 from .pool import Pool
+from .spool import SpillFile
 
 if TYPE_CHECKING:
     from .dispatch import Router
@@ -148,6 +149,8 @@ class _Segments:
         self._metrics = metrics
         self._model = model
         self._gate = asyncio.Semaphore(max_parallel)  # FIFO: waiting segments start in text order
+        self._parked = SpillFile()  # ready segments wait for a slow client on disk: where each one is
+        self._where: dict[int, tuple[int, int]] = {}
         self.tasks = [asyncio.create_task(self._run(i, text)) for i, text in enumerate(texts)]
 
     def __repr__(self) -> str:
@@ -167,7 +170,20 @@ class _Segments:
         self.attempts += segment.attempts
         if self.result is not None:
             self.result.attempts = self.attempts
+        with contextlib.suppress(OSError):  # a full disk: it waits in memory
+            self._where[index] = (self._parked.append(segment.pcm), len(segment.pcm))
+            return dataclasses.replace(segment, pcm=b"")
         return segment
+
+    def unpark(self, index: int, segment: SegmentAudio, rate: int) -> Iterator[bytes]:
+        """Segment ``index``'s audio at ``rate``, back from the disk where it waited for a slow client: in pieces
+        as the client takes them (one piece when it must be resampled)."""
+        where = self._where.pop(index, None)
+        if where is not None and segment.sample_rate == rate:
+            return self._parked.pieces(*where)
+        if where is not None:
+            segment = dataclasses.replace(segment, pcm=self._parked.read(*where))
+        return iter([_resampled(segment, rate)])
 
     async def first_ready(self) -> SegmentAudio:
         """Segment 1; or the first failure of any segment before it is ready (nothing was sent yet)."""
@@ -185,6 +201,7 @@ class _Segments:
         for task in self.tasks:
             task.cancel()  # synchronous, so a caller cancelled during the wait below still stops them
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        self._parked.close()
 
 
 class _InOrder:
@@ -195,7 +212,7 @@ class _InOrder:
         self._rate = sample_rate
         self._silence = bytes(2 * round(sample_rate * silence_ms / 1000))
         self._next = 0
-        self._ready: deque[bytes] = deque()
+        self._ready: Iterator[bytes] = iter(())
         self._closed = False
 
     def __repr__(self) -> str:
@@ -205,8 +222,11 @@ class _InOrder:
         return self
 
     async def __anext__(self) -> bytes:
-        if self._ready:
-            return self._ready.popleft()
+        while not (piece := next(self._ready, b"")):
+            await self._next_segment()
+        return piece
+
+    async def _next_segment(self) -> None:
         tasks = self._run.tasks
         if self._closed or self._next >= len(tasks):
             await self.aclose()
@@ -221,17 +241,12 @@ class _InOrder:
             raise BackendError(f"segment {index + 1} of {len(tasks)} failed: {message}",
                                endpoint=getattr(exc, "endpoint", "")) from exc
         self._next += 1
-        pcm = _resampled(segment, self._rate)
-        if index == 0:
-            return pcm
-        if self._silence:
-            self._ready.append(pcm)
-            return self._silence
-        return pcm
+        pieces = self._run.unpark(index, segment, self._rate)
+        self._ready = itertools.chain([self._silence], pieces) if index and self._silence else pieces
 
     async def aclose(self) -> None:
         self._closed = True
-        self._ready.clear()
+        self._ready = iter(())
         await self._run.aclose()
 
 
