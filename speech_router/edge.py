@@ -18,9 +18,9 @@ finish their head are all kept. ``bench/edge_limits.py`` measures this (bench/RE
 - ``max_connections`` and ``max_connections_per_client``: open connections, in all and from one client address;
   at either limit the connection idle the longest is closed to make room (``edge_connections``), and only when
   none is idle is the new one answered 503 and closed;
-- ``max_drain_bytes``: a body the app answered before reading it (413, 401) is read and dropped up to this
-  many bytes, so a client that sends its whole body before reading the answer still gets it; beyond it the
-  connection is closed (it once read 40 GB in 30 s at a core's worth of CPU).
+- ``max_drain_bytes`` (64 KiB): a body the app answered before reading it (413, 401) is read and dropped up to
+  this many bytes, so a client that sends a request of common size before reading the answer still gets it;
+  beyond it the connection is closed (it once read 40 GB in 30 s at a core's worth of CPU).
 
 The body size itself (``max_body_bytes``) is refused by the app before a handler reads it (413), and
 uvicorn buffers at most 64 KiB of body per connection before it stops reading.
@@ -57,7 +57,8 @@ class EdgeLimits:
     keepalive_timeout: float = 75.0
     max_connections: int = 1000
     max_connections_per_client: int = 750
-    max_drain_bytes: int = 1024 * 1024
+    #: fixed: a JSON request of common size fits, so its client still reads a 401; more is an attack
+    max_drain_bytes: int = 64 * 1024
 
     @classmethod
     def from_settings(cls, server: Any) -> EdgeLimits:
@@ -65,7 +66,7 @@ class EdgeLimits:
         return cls(max_header_bytes=server.max_header_bytes, max_headers=server.max_headers,
                    header_timeout=server.header_timeout, body_timeout=server.body_timeout,
                    keepalive_timeout=server.keepalive_timeout, max_connections=server.max_connections,
-                   max_connections_per_client=per_client, max_drain_bytes=server.max_body_bytes)
+                   max_connections_per_client=per_client)
 
 
 class _Refused(Exception):

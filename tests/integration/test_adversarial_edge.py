@@ -94,9 +94,12 @@ def status_of(reply: bytes) -> int:
 
 
 def closed(sock: socket.socket) -> bool:
-    sock.settimeout(0.01)
+    """Whether the router closed ``sock`` (what it sent before is read first)."""
+    sock.settimeout(0.05)
     try:
-        return sock.recv(1) == b""
+        while sock.recv(65536):
+            pass
+        return True
     except TimeoutError:
         return False
     except OSError:
