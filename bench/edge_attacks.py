@@ -33,7 +33,7 @@ from typing import Any
 from bench._attack_clients import MIB, Usage, Victim, flood, get, inflight, post, push, read_slowly, slow_readers
 from bench._previous import RouterImpl, router_at
 from bench._procs import HOST, free_port, start_node, start_router, stopped_on_exit
-from bench._readme import write_block
+from bench._readme import publish
 
 #: the commit before issue #23's fixes
 BEFORE_REV = "f5fd503"
@@ -209,10 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  \nMachine: nproc {os.cpu_count()}; Python {platform.python_version()}; load average "
             f"{load[0]:.2f} before, {after[0]:.2f} after (shared with other sessions: noisy)\n\n"
             + tables(results, args.seconds))
-    print(text)
-    if args.out:
-        write_block(Path(args.out), text, begin="<!-- edge_attacks:begin -->", end="<!-- edge_attacks:end -->",
-                    section="## Edge attacks, round 2 (issue #23)")
+    publish(text, args.out, "edge_attacks", "## Edge attacks, round 2 (issue #23)")
     return 0
 
 
