@@ -265,7 +265,7 @@ if HttpToolsProtocol is not None:
             answer = not (cycle is not None and cycle.response_started and (live or own_cycle))
             if live:
                 if answer and own_cycle:
-                    cycle.scope[EDGE_STATUS] = status  # type: ignore[literal-required]
+                    cycle.scope[EDGE_STATUS] = status  # type: ignore[typeddict-unknown-key]
                 cycle.disconnected = True  # the app's receive() now says http.disconnect; its sends are dropped
                 cycle.message_event.set()
             REFUSALS.note(reason, f"refused a request from {self._peer()}: {status} {REASONS[status]}: {message}")

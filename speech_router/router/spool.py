@@ -92,7 +92,10 @@ class SpillFile:
         return f"SpillFile(size={self.size}, open={self._fd is not None})"
 
     def __del__(self) -> None:
-        self.close()
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - at interpreter exit os may be gone; the kernel closes it anyway
+            pass
 
     def append(self, data: bytes | memoryview) -> int:
         """Write ``data`` at the end; returns where it starts. Raises ``OSError`` (a full disk)."""
