@@ -15,3 +15,10 @@ def write_block(path: Path, block: str, *, begin: str, end: str, section: str) -
     else:
         text = text.rstrip("\n") + f"\n\n{section}\n\n{generated}\n"
     path.write_text(text, encoding="utf-8")
+
+
+def publish(text: str, out: str | None, marker: str, section: str) -> None:
+    """Print a benchmark's report, and write it into ``out`` between the ``marker`` comments when given."""
+    print(text)
+    if out:
+        write_block(Path(out), text, begin=f"<!-- {marker}:begin -->", end=f"<!-- {marker}:end -->", section=section)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._procs import HOST, Child, free_port
-from bench._readme import write_block
+from bench._readme import publish
 
 MIB = 1024 * 1024
 BIG_HEADER = 64 * MIB
@@ -243,10 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     text = (f"Command: `python -m bench.edge_limits{' --other-python PY' if args.other_python else ''} "
             f"--slow-s {args.slow_s:g}`  \nMachine: nproc {os.cpu_count()}; Python {platform.python_version()}; "
             f"load average before the run {load[0]:.2f}\n\n" + table(rows, args.slow_s))
-    print(text)
-    if args.out:
-        write_block(Path(args.out), text, begin="<!-- edge_limits:begin -->", end="<!-- edge_limits:end -->",
-                    section="## Connection limits (issue #12)")
+    publish(text, args.out, "edge_limits", "## Connection limits (issue #12)")
     return 0
 
 

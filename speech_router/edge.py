@@ -15,7 +15,12 @@ finish their head are all kept. ``bench/edge_limits.py`` measures this (bench/RE
   head; beyond it 408 (or a silent close when not a byte of a request came);
 - ``body_timeout``: from the end of the head to the end of the body; beyond it 408 when no response started;
 - ``keepalive_timeout``: idle time between two requests of one connection (uvicorn's own timer);
-- ``max_connections``: open connections; one more is answered 503 and closed at once.
+- ``max_connections`` and ``max_connections_per_client``: open connections, in all and from one client address;
+  at either limit the connection idle the longest is closed to make room (``edge_connections``), and only when
+  none is idle is the new one answered 503 and closed;
+- ``max_drain_bytes`` (64 KiB): a body the app answered before reading it (413, 401) is read and dropped up to
+  this many bytes, so a client that sends a request of common size before reading the answer still gets it;
+  beyond it the connection is closed (it once read 40 GB in 30 s at a core's worth of CPU).
 
 The body size itself (``max_body_bytes``) is refused by the app before a handler reads it (413), and
 uvicorn buffers at most 64 KiB of body per connection before it stops reading.
@@ -24,18 +29,21 @@ uvicorn buffers at most 64 KiB of body per connection before it stops reading.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import resource
-import time
 from dataclasses import dataclass
 from typing import Any
 
+from .edge_answers import REASONS, REFUSALS, error_bytes
+from .edge_connections import ConnectionBook, client_key, raise_open_files_limit
+
+__all__ = ["EDGE_STATUS", "EdgeLimits", "LimitedHttpToolsProtocol", "protocol_class", "raise_open_files_limit",
+           "uvicorn_options"]
 
 log = logging.getLogger("speech_router.edge")
 
-#: how often a repeated refusal (same reason) is logged at most; the others are counted into the next line
-REFUSAL_LOG_INTERVAL_S = 10.0
+#: the scope key where the edge notes the status it answered itself while the app had the request (a 408 for a
+#: body that stopped arriving): the app's observer logs and counts that status, not a 500 for a vanished client
+EDGE_STATUS = "speech_router.edge_status"
 
 
 @dataclass(frozen=True)
@@ -48,46 +56,17 @@ class EdgeLimits:
     body_timeout: float = 30.0
     keepalive_timeout: float = 75.0
     max_connections: int = 1000
+    max_connections_per_client: int = 750
+    #: fixed: a JSON request of common size fits, so its client still reads a 401; more is an attack
+    max_drain_bytes: int = 64 * 1024
 
     @classmethod
     def from_settings(cls, server: Any) -> EdgeLimits:
+        per_client = server.max_connections_per_client or max(1, server.max_connections * 3 // 4)
         return cls(max_header_bytes=server.max_header_bytes, max_headers=server.max_headers,
                    header_timeout=server.header_timeout, body_timeout=server.body_timeout,
-                   keepalive_timeout=server.keepalive_timeout, max_connections=server.max_connections)
-
-
-class _Refusals:
-    """Logs a refusal reason at most once per interval, with how many happened since the last line."""
-
-    def __init__(self) -> None:
-        self._last: dict[str, float] = {}
-        self._count: dict[str, int] = {}
-
-    def note(self, reason: str, message: str) -> None:
-        now = time.monotonic()
-        self._count[reason] = self._count.get(reason, 0) + 1
-        if now - self._last.get(reason, -REFUSAL_LOG_INTERVAL_S) >= REFUSAL_LOG_INTERVAL_S:
-            count, self._count[reason] = self._count[reason], 0
-            self._last[reason] = now
-            log.warning("%s (%d since the last such line)", message, count)
-
-
-REFUSALS = _Refusals()
-
-_REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large", 503: "Service Unavailable"}
-
-
-def error_bytes(status: int, message: str, code: str, path: str | None = None) -> bytes:
-    """A whole HTTP/1.1 response that closes the connection, in the route's error shape."""
-    if path == "/tts_url":
-        body: dict[str, Any] = {"status": "error", "error": message}
-    else:
-        kind = "server_error" if status >= 500 else "invalid_request_error"
-        body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
-    data = json.dumps(body, separators=(",", ":")).encode()
-    extra = b"retry-after: 1\r\n" if status == 503 else b""
-    return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n"
-            b"%s\r\n" % (status, _REASONS[status].encode(), len(data), extra)) + data
+                   keepalive_timeout=server.keepalive_timeout, max_connections=server.max_connections,
+                   max_connections_per_client=per_client)
 
 
 class _Refused(Exception):
@@ -107,6 +86,7 @@ if HttpToolsProtocol is not None:
         """uvicorn's httptools protocol with ``EdgeLimits`` (set by ``protocol_class``)."""
 
         limits: EdgeLimits = EdgeLimits()
+        book: ConnectionBook = ConnectionBook()  # one per server (``protocol_class``)
 
         # -- connection ------------------------------------------------------------------------------------
 
@@ -119,24 +99,48 @@ if HttpToolsProtocol is not None:
             self._head_seen = 0  # bytes received while in the head
             self._fields = 0
             self._field_bytes = 0
-            if len(self.connections) >= self.limits.max_connections:
-                self._refused = True
-                self.transport = transport
-                REFUSALS.note("connections", f"refused a connection: {self.limits.max_connections} open "
-                                             "(server.max_connections)")
-                transport.write(error_bytes(503, "Too many open connections; try again shortly.",
-                                            "too_many_connections"))
-                transport.close()
+            self._drained = 0  # bytes of a body received after its request was answered
+            client = client_key(transport.get_extra_info("peername"))
+            limits, book = self.limits, self.book
+            if book.count(client) >= limits.max_connections_per_client and not book.make_room(client):
+                self._refuse_connection(transport, "client_connections", f"{client} has "
+                                        f"{limits.max_connections_per_client} open (server.max_connections_per_client)")
+                return
+            if len(book) >= limits.max_connections and not book.make_room():
+                self._refuse_connection(transport, "connections", f"{limits.max_connections} open "
+                                                                  "(server.max_connections)")
                 return
             super().connection_made(transport)
+            book.opened(self, client)
             # the first request's head must arrive within header_timeout, counted from the connection's start
             self._arm(self.limits.header_timeout, self._head_timed_out)
+
+        def _refuse_connection(self, transport: asyncio.Transport, reason: str, why: str) -> None:
+            """503 and close at once: no connection is idle to make room (it never reaches uvicorn)."""
+            self._refused = True
+            self.transport = transport
+            REFUSALS.note(reason, f"refused a connection: {why}, none of them idle")
+            transport.write(error_bytes(503, "Too many open connections; try again shortly.", "too_many_connections"))
+            transport.close()
+
+        def evict(self) -> None:
+            """Close this idle connection to make room for a new one (``ConnectionBook.make_room``)."""
+            self._closing = True
+            self._disarm()
+            REFUSALS.note("evicted", f"closed an idle connection from {self._peer()} to make room for a new one")
+            if not self.transport.is_closing():
+                self.transport.close()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             if self._refused:
                 return
+            self.book.closed(self)
             super().connection_lost(exc)
+
+        def handle_websocket_upgrade(self) -> None:
+            self.book.closed(self)  # the connection is the WebSocket protocol's from now on
+            super().handle_websocket_upgrade()
 
         def data_received(self, data: bytes) -> None:
             if self._refused or self._closing:
@@ -144,9 +148,11 @@ if HttpToolsProtocol is not None:
             self._unset_keepalive_if_required()
             if not self._in_head and not self._in_body:  # the first byte of a request (or of a kept-alive one)
                 self._in_head, self._head_seen, self._fields, self._field_bytes = True, 0, 0, 0
+                self.book.busy(self)
                 if self._timer is None:
                     self._arm(self.limits.header_timeout, self._head_timed_out)
             started_in_head = self._in_head
+            draining = self._in_body and self.cycle is not None and self.cycle.response_complete
             try:
                 self.parser.feed_data(data)
             except httptools.HttpParserUpgrade:
@@ -168,6 +174,14 @@ if HttpToolsProtocol is not None:
                 if self._head_seen > self.limits.max_header_bytes:
                     self._refuse(431, f"Request headers are over the {self.limits.max_header_bytes} byte limit.",
                                  "header_too_large", reason="header_bytes")
+            elif draining and self._in_body:  # an answered request's body goes on: read it only so far
+                self._drained += len(data)
+                if self._drained > self.limits.max_drain_bytes and not self.transport.is_closing():
+                    self._closing = True
+                    self._disarm()
+                    REFUSALS.note("drain", f"closed a connection from {self._peer()}: its answered request's body "
+                                           f"went on past {self.limits.max_drain_bytes} bytes")
+                    self.transport.close()
 
         # -- parser callbacks ------------------------------------------------------------------------------
 
@@ -212,7 +226,12 @@ if HttpToolsProtocol is not None:
 
         def on_response_complete(self) -> None:
             super().on_response_complete()  # arms uvicorn's keep-alive timer when the connection stays
-            if self._in_body and self._timer is None and not self.transport.is_closing():
+            if self.transport.is_closing():
+                return
+            if not self.pipeline:  # nothing in progress: idle, also while an answered body is drained
+                self._drained = 0
+                self.book.idle(self)
+            if self._in_body and self._timer is None:
                 self._arm(self.limits.body_timeout, self._body_timed_out)  # an unread body still has its limit
 
         # -- limits ----------------------------------------------------------------------------------------
@@ -233,18 +252,25 @@ if HttpToolsProtocol is not None:
             url = getattr(self, "url", b"") or b""
             return url.split(b"?", 1)[0].decode("latin-1") or None
 
-        def _refuse(self, status: int, message: str, code: str, *, reason: str) -> None:
-            """Answer ``status`` (unless a response already started) and close; the app's cycle ends."""
+        def _refuse(self, status: int, message: str, code: str, *, reason: str, own_cycle: bool = False) -> None:
+            """Answer ``status`` (unless a response already started) and close; the app's cycle ends.
+
+            ``own_cycle``: the request being refused is the one the app has (its body is late), not a next one
+            whose head is still arriving; once its response started (or was complete) nothing more is written.
+            """
             self._closing = True
             self._disarm()
             cycle = self.cycle
-            started = cycle is not None and not cycle.response_complete and cycle.response_started
-            if cycle is not None and not cycle.response_complete:
+            live = cycle is not None and not cycle.response_complete
+            answer = not (cycle is not None and cycle.response_started and (live or own_cycle))
+            if live:
+                if answer and own_cycle:
+                    cycle.scope[EDGE_STATUS] = status  # type: ignore[typeddict-unknown-key]
                 cycle.disconnected = True  # the app's receive() now says http.disconnect; its sends are dropped
                 cycle.message_event.set()
-            REFUSALS.note(reason, f"refused a request from {self._peer()}: {status} {_REASONS[status]}: {message}")
+            REFUSALS.note(reason, f"refused a request from {self._peer()}: {status} {REASONS[status]}: {message}")
             if not self.transport.is_closing():
-                if not started:
+                if answer:
                     self.transport.write(error_bytes(status, message, code, self._path()))
                 self.transport.close()
 
@@ -260,17 +286,17 @@ if HttpToolsProtocol is not None:
         def _body_timed_out(self) -> None:
             self._timer = None
             self._refuse(408, f"The request body did not arrive within {self.limits.body_timeout:g} s.",
-                         "request_timeout", reason="body_timeout")
+                         "request_timeout", reason="body_timeout", own_cycle=True)
 
 else:  # pragma: no cover - httptools is part of uvicorn[standard]
     LimitedHttpToolsProtocol = None  # type: ignore[assignment,misc]
 
 
 def protocol_class(limits: EdgeLimits) -> type[Any]:
-    """The protocol class uvicorn instantiates per connection, bound to ``limits``."""
+    """The protocol class uvicorn instantiates per connection, bound to ``limits`` and a book of its own."""
     if LimitedHttpToolsProtocol is None:  # pragma: no cover
         raise RuntimeError("httptools is not installed")
-    return type("LimitedHttpToolsProtocol", (LimitedHttpToolsProtocol,), {"limits": limits})
+    return type("LimitedHttpToolsProtocol", (LimitedHttpToolsProtocol,), {"limits": limits, "book": ConnectionBook()})
 
 
 def uvicorn_options(limits: EdgeLimits) -> dict[str, Any]:
@@ -287,19 +313,3 @@ def uvicorn_options(limits: EdgeLimits) -> dict[str, Any]:
         log.warning("httptools is not installed: only the header size and keep-alive limits apply (uvicorn h11)")
         options.update(http="h11", h11_max_incomplete_event_size=limits.max_header_bytes)
     return options
-
-
-def raise_open_files_limit(connections: int) -> None:
-    """Let the process hold ``connections`` client sockets plus its own (node connections, files)."""
-    try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        wanted = connections + 512
-        if soft != resource.RLIM_INFINITY and soft < wanted:
-            new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-            if new > soft:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-            if new < wanted:
-                log.warning("open files limit %d is below server.max_connections + 512 (%d): connections past it "
-                            "fail to be accepted", new, wanted)
-    except (ValueError, OSError) as exc:  # pragma: no cover - platform-specific
-        log.warning("could not raise the open files limit: %s", exc)

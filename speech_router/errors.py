@@ -27,6 +27,8 @@ code above ``speech_router.backends`` imports aiohttp.
 
 from __future__ import annotations
 
+from .logs import REDACTOR
+
 
 class SpeechRouterError(Exception):
     """Base class of every error speech-router raises on purpose."""
@@ -126,7 +128,11 @@ class DeadlineExceeded(Unavailable):
 
 
 class BackendError(SpeechRouterError):
-    """An endpoint failed to synthesize. ``detail`` is for logs only, never for clients."""
+    """An endpoint failed to synthesize. ``detail`` is for logs only, never for clients.
+
+    Both may quote what a node said, which may quote the request back: the configured secrets are masked here,
+    once, before the error reaches a client, a log line, the admin API or a metric.
+    """
 
     #: whether the failure says something about the endpoint's health
     counts_as_failure = True
@@ -134,10 +140,11 @@ class BackendError(SpeechRouterError):
     retryable = True
 
     def __init__(self, message: str, *, endpoint: str = "", detail: str | None = None, status: int | None = None):
+        message = REDACTOR.redact(message)
         super().__init__(message)
         self.message = message
         self.endpoint = endpoint
-        self.detail = detail
+        self.detail = REDACTOR.redact(detail) if detail else detail
         self.status = status
 
 

@@ -6,14 +6,20 @@ plus ``exc`` for a traceback) when stderr is not a terminal, plain text on a ter
 stream in one format. Access records are JSON objects already: in JSON mode their fields are the line.
 
 ``REDACTOR``, on that handler, replaces the configured secrets (API keys read from ``api_key_env``, the
-pools' and endpoints' ``headers:`` values, client keys, the admin key, passwords in endpoint URLs)
-with ``***`` in every record, traceback included, and masks anything shaped like URL credentials or an
-``Authorization`` header value whatever its origin. It is defence in depth: errors are logged by what
-happened (type, endpoint, status), never by a library object's ``repr``.
+pools' and endpoints' ``headers:`` values, client keys, the admin key, user and password in endpoint URLs,
+query values of endpoint URLs) with ``***`` in every record, traceback included, and masks anything shaped
+like URL credentials, an ``Authorization`` header value or a ``Basic``/``Bearer`` token whatever its origin.
+Each secret is masked in every form the router sends it in (``credential_forms``): as written, URL-decoded,
+URL-encoded, JSON-escaped, and the ``Basic`` token (base64 of ``user:password``) of URL credentials, so a node
+that quotes a request back cannot pass its credentials on. ``BackendError`` and ``HealthReport`` redact what a
+node said when they are made, so a client, the admin API and metrics get it masked as the log does. It is
+defence in depth: errors are logged by what happened (type, endpoint, status), never by a library object's
+``repr``.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -22,7 +28,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit
 
 __all__ = ["REDACTOR", "JsonFormatter", "Redactor", "TextFormatter", "configured_secrets", "setup_logging"]
 
@@ -35,6 +41,10 @@ _URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[
 _AUTH_VALUE = re.compile(
     r"(?P<name>(?:proxy-)?authorization|x-api-key|api[-_]key)(?P<sep>['\"]?\s*[:=]\s*['\"]?)"
     r"(?P<scheme>(?:bearer|basic|token)\s+)?(?P<value>[^'\",\s}\]]+)", re.IGNORECASE)
+#: a credential after its scheme, without a header name (``b'Basic dXNl...'``), cut short or whole
+_SCHEME_TOKEN = re.compile(r"\b(?P<scheme>(?i:basic|bearer))(?P<sep>\s+)(?P<token>[A-Za-z0-9+/=._~-]{8,})")
+#: what tells a token from a word ("basic settings"): a digit, base64's + / =, or a capital inside it
+_TOKEN_MARK = re.compile(r"[0-9+/=]|.[A-Z]")
 
 
 class Redactor(logging.Filter):
@@ -53,7 +63,8 @@ class Redactor(logging.Filter):
         if self._pattern is not None:
             text = self._pattern.sub(MASK, text)
         text = _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
-        return _AUTH_VALUE.sub(lambda m: f"{m['name']}{m['sep']}{m['scheme'] or ''}{MASK}", text)
+        text = _AUTH_VALUE.sub(lambda m: f"{m['name']}{m['sep']}{m['scheme'] or ''}{MASK}", text)
+        return _SCHEME_TOKEN.sub(_mask_token, text)
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
@@ -71,13 +82,50 @@ class Redactor(logging.Filter):
         return True
 
 
+def _mask_token(match: re.Match[str]) -> str:
+    if _TOKEN_MARK.search(match["token"]) is None:
+        return match[0]
+    return f"{match['scheme']}{match['sep']}{MASK}"
+
+
 #: the one redaction filter; ``setup_logging`` puts it on the handler, reloads refresh its secrets
 REDACTOR = Redactor()
 
 
+def credential_forms(value: str) -> set[str]:
+    """``value`` as a node may quote it back: as sent, URL-encoded (either way) and decoded, JSON-escaped."""
+    forms = {value, unquote(value), quote(value, safe=""), quote_plus(value, safe="")}
+    forms |= {json.dumps(v)[1:-1] for v in list(forms)}
+    return {f for f in forms if len(f) >= MIN_SECRET_CHARS}
+
+
+def basic_tokens(user: str, password: str) -> set[str]:
+    """The ``Authorization: Basic`` tokens sent for URL credentials (aiohttp: latin-1; UTF-8 elsewhere)."""
+    tokens = set()
+    for encoding in ("latin-1", "utf-8"):
+        try:
+            tokens.add(base64.b64encode(f"{user}:{password}".encode(encoding)).decode("ascii"))
+        except UnicodeEncodeError:
+            continue
+    return tokens
+
+
+def url_secrets(url: str) -> set[str]:
+    """What an endpoint URL sends that is secret: user and password (and their Basic token), query values."""
+    parts = urlsplit(url)
+    found: set[str] = set()
+    if parts.password is not None:
+        user, password = unquote(parts.username or ""), unquote(parts.password)
+        found |= basic_tokens(user, password) | credential_forms(parts.password)
+    for _, value in parse_qsl(parts.query, keep_blank_values=False):
+        found |= credential_forms(value)
+    return found
+
+
 def configured_secrets(settings: Any, env: Mapping[str, str] | None = None, keys: Iterable[str] = ()) -> set[str]:
-    """Every secret a configuration carries: API key values, header values, URL passwords, client and
-    admin keys (``keys``: the client keys the authenticator knows)."""
+    """Every secret a configuration carries, in every form it is sent in (``credential_forms``): API key values,
+    header values, URL credentials and query values, client and admin keys (``keys``: the client keys the
+    authenticator knows)."""
     env = os.environ if env is None else env
     found: set[str] = set(keys)
     for pool in settings.pools.values():
@@ -88,9 +136,7 @@ def configured_secrets(settings: Any, env: Mapping[str, str] | None = None, keys
                 found.add(env[holder.api_key_env])
         for endpoint in pool.endpoints:
             if endpoint.url:
-                parts = urlsplit(endpoint.url)
-                if parts.password:
-                    found.add(parts.password)
+                found |= url_secrets(endpoint.url)
     auth = settings.server.auth
     if env.get(auth.admin_key_env):
         found.add(env[auth.admin_key_env])
@@ -104,7 +150,7 @@ def configured_secrets(settings: Any, env: Mapping[str, str] | None = None, keys
             found.add(value)
     if auth.keys_file:
         found.update(_keys_in_file(auth.keys_file))
-    return found
+    return {form for value in found for form in credential_forms(value)}
 
 
 def _keys_in_file(path: str) -> list[str]:

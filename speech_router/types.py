@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .logs import REDACTOR
+
 AudioChunks = AsyncIterator[bytes]
 
 
@@ -88,3 +90,6 @@ class HealthReport:
     healthy: bool
     detail: str = ""
     data: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:  # a node's words, shown by the admin API: its secrets masked as in logs
+        self.detail = REDACTOR.redact(self.detail)

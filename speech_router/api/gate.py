@@ -10,7 +10,8 @@ For each HTTP request it
 4. opens the request's ``observe.Exchange`` (``scope["state"]["exchange"]``), notes status, bytes and first
    byte on the way out, and hands it to the observer when the response is done: metrics and the access line;
 5. answers an error nobody expected with a 500 in the route's shape (logged once with the request id), and ends
-   a response cut on purpose (``StreamAborted``) quietly.
+   a response cut on purpose (``StreamAborted``) quietly; a request the HTTP edge answered itself while the app
+   had it (408: its body stopped arriving) is logged and counted with that status (``edge.EDGE_STATUS``).
 
 One middleware, one ``send`` wrapper: each chunk of audio passes one Python frame here, not three.
 """
@@ -28,6 +29,7 @@ from typing import cast
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..edge import EDGE_STATUS
 from ..metrics import Metrics
 from .auth import MESSAGES, Decision
 from .errors import internal_error, shaped_error
@@ -147,6 +149,8 @@ class Gate:
             failed = True
             raise
         finally:
+            if ex.status is None and (edge_status := scope.get(EDGE_STATUS)) is not None:
+                ex.status, ex.complete, ex.disconnected = edge_status, True, False  # the edge answered (408)
             finish(ex, state.request_metrics, failed=failed, access_log=state.settings.server.access_log,
                    open_path=access is Access.OPEN)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 from typing import Any
 
 from pydantic import ValidationError
@@ -30,6 +31,8 @@ from .state import AppState
 
 #: fields of index-tts-vllm's v1/v2 ``/tts_url`` bodies that name files on the node (any ``*_path(s)`` also counts)
 REFERENCE_PATH_FIELDS = ("spk_audio_path", "emo_ref_path", "emo_audio_prompt", "audio_path", "audio_paths")
+#: C0 and C1 control characters (NUL is refused in any body already)
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 async def read_json(request: Request, limit: int) -> Any:
@@ -136,6 +139,7 @@ async def tts_url(request: Request, state: AppState) -> Plan:
                ("spk_audio_path", "audio_paths", "audio_path")):
         raise RequestInvalid("'spk_audio_path' is required and must be a string.", param="spk_audio_path")
     _check_emo_vec(body)
+    _refuse_control_characters(body)
     _check_reference_paths(body, settings.server.tts_url_path_prefixes)
     parse(TtsUrlRequest, body)  # the node crashes (500) on a wrong type; the body itself goes on unchanged
     model = state.tts_url_model
@@ -158,6 +162,22 @@ def _check_emo_vec(body: dict[str, Any]) -> None:
         raise RequestInvalid(err.message.replace("'vector'", "'emo_vec'"), param="emo_vec") from None
 
 
+def _refuse_control_characters(body: dict[str, Any]) -> None:
+    """No file a client means has a tab, a newline or another control character in its name: 400 before a node
+    answers it with a traceback (the node's answer would be read as the client's mistake too, but need not be)."""
+    for field, value in body.items():
+        if value is None or not _is_path_field(field):
+            continue
+        for path in value if isinstance(value, list) else [value]:
+            if isinstance(path, str) and _CONTROL.search(path):
+                raise RequestInvalid(f"'{field}' holds a control character (a tab, a newline, ...): no reference "
+                                     "file is named so.", param=field, code="invalid_path")
+
+
+def _is_path_field(field: str) -> bool:
+    return field in REFERENCE_PATH_FIELDS or field.endswith(("_path", "_paths"))
+
+
 def _check_reference_paths(body: dict[str, Any], prefixes: list[str]) -> None:
     """With ``server.tts_url_path_prefixes`` set, every path must lie under one of them once normalised.
 
@@ -167,7 +187,7 @@ def _check_reference_paths(body: dict[str, Any], prefixes: list[str]) -> None:
         return
     roots = [posixpath.normpath(p) for p in prefixes]
     for field, value in body.items():
-        if value is None or not (field in REFERENCE_PATH_FIELDS or field.endswith(("_path", "_paths"))):
+        if value is None or not _is_path_field(field):
             continue
         paths = value if isinstance(value, list) else [value]
         for path in paths:

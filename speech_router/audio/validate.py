@@ -5,7 +5,7 @@ A node controls every byte of its answer. A WAV header that says 1 Hz or 8-bit, 
 empty clip or an answer far longer than the text could be spoken in must become a failed attempt (retried
 elsewhere), never a 200, a cached entry, or a transcoder asked for 24,000 times the input.
 
-- ``check_audio(data, fmt, chars)``: a whole answer (the router calls it on a verified body);
+- ``check_audio(data, fmt, chars)``: a whole answer, whole or in pieces (the router calls it on a verified body);
 - ``AudioValidator(fmt, chars)``: the same checks as bytes arrive (``feed`` each chunk, ``finish`` at the end),
   for backends that stream their answer to the router;
 - ``check_wav_header(header)``: the format chunk alone, as soon as the header is in;
@@ -17,7 +17,7 @@ Every failure raises ``InvalidAudio`` (a ``ValueError``) with a message that say
 from __future__ import annotations
 
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
 from .wav import InvalidAudio, parse_fmt
@@ -162,10 +162,12 @@ class AudioValidator:
             raise InvalidAudio(f"WAV answer with no audio ({audio} bytes of samples)")
 
 
-def check_audio(data: bytes, fmt: str, chars: int) -> None:
-    """Check a whole answer in ``fmt`` for a text of ``chars`` characters; raise ``InvalidAudio`` if bad."""
+def check_audio(data: bytes | Iterable[bytes], fmt: str, chars: int) -> None:
+    """Check a whole answer in ``fmt`` for a text of ``chars`` characters, as one ``bytes`` or in pieces (read
+    back from a spool: never joined into one large copy); raise ``InvalidAudio`` if bad."""
     validator = AudioValidator(fmt, chars)
-    validator.feed(data)
+    for piece in (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data:
+        validator.feed(piece)
     validator.finish()
 
 

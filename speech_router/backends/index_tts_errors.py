@@ -14,10 +14,16 @@ so the traceback's last line is read (never shown to the client) and mapped:
 | anything else (CUDA out of memory, model not loaded, ...) | the node's failure: retried elsewhere, counted | yes |
 
 The client's message names the problem and the endpoint, never a node path it did not send itself.
+
+The node's message quotes the path as Python's ``repr`` does (``"it's"``, a tab as ``'\\t'``, a zero-width
+space as ``'\\u200b'``), so a path is recognised by its ``repr`` or by the quoted literal read back
+(``ast.literal_eval``), never by a pattern that breaks on the characters a client chose: a missing file is
+the client's whatever its name holds.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 
@@ -26,7 +32,8 @@ from ..types import SynthesisRequest
 
 EMO_VEC_SUM_ERROR = "情感向量之和不能超过1.5"
 _LAST_LINE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*(?:Error|Exception))(?::\s*(?P<message>.*))?$")
-_QUOTED = re.compile(r"""['"](?P<path>[^'"]+)['"]""")
+#: a Python string literal as ``repr`` writes one: quoted with ' or ", backslash escapes inside
+_LITERAL = re.compile(r"'(?:[^'\\\n]|\\.)*'" + r'|"(?:[^"\\\n]|\\.)*"')
 _UNREADABLE = ("IsADirectoryError", "PermissionError", "LibsndfileError", "NoBackendError")
 
 
@@ -77,32 +84,45 @@ def client_mistake(status: int, body: str, request: SynthesisRequest, endpoint: 
 def _reference_problem(kind: str, message: str, request: SynthesisRequest, endpoint: str) -> BackendRejected | None:
     if kind != "FileNotFoundError" and kind not in _UNREADABLE:
         return None
-    quoted = _QUOTED.search(message)
-    path = quoted["path"] if quoted else ""
-    which, param = _which_reference(path, request)
-    if which is None:
+    quoted = quoted_strings(message)
+    found = next(((path, which, param) for path, which, param in _references(request)
+                  if path in quoted or repr(path) in message), None)
+    if found is None:
         return None  # not a reference the request named: a problem of the node itself
+    _, which, param = found
     what = "was not found on" if kind == "FileNotFoundError" else "could not be read by"
     return BackendRejected(f"the {which} {what} endpoint {endpoint}", endpoint=endpoint, detail=message,
                            status=500, param=param, try_elsewhere=True)
 
 
-def _which_reference(path: str, request: SynthesisRequest) -> tuple[str | None, str | None]:
-    """Which reference of the request ``path`` is, in words the client knows, and the field to name."""
+def quoted_strings(message: str) -> set[str]:
+    """The string literals in a Python error message, read back as the strings they stand for."""
+    found = set()
+    for match in _LITERAL.finditer(message):
+        try:
+            value = ast.literal_eval(match[0])
+        except (ValueError, SyntaxError):
+            continue
+        if isinstance(value, str):
+            found.add(value)
+    return found
+
+
+def _references(request: SynthesisRequest) -> list[tuple[str, str, str]]:
+    """The request's reference paths: (path, what it is in words the client knows, the field to name)."""
     body = request.passthrough
     if body is not None:  # /tts_url: the client sent the paths itself
-        for key in ("spk_audio_path", "emo_ref_path", "audio_path"):
-            if body.get(key) == path:
-                return f"reference audio {path!r}", key
+        named = [(body.get(key), key) for key in ("spk_audio_path", "emo_ref_path", "audio_path")]
         paths = body.get("audio_paths")
-        if isinstance(paths, list) and path in paths:
-            return f"reference audio {path!r}", "audio_paths"
-        return None, None
-    if request.voice_params.get("spk_audio_path") == path:
-        return f"reference audio of voice {request.voice!r}", "voice"
-    if request.emotion.ref_path is not None and request.emotion.ref_path == path:
-        return "emotion reference audio", "emotion"
-    return None, None
+        named += [(p, "audio_paths") for p in paths] if isinstance(paths, list) else []
+        return [(path, f"reference audio {path!r}", key) for path, key in named if isinstance(path, str)]
+    found = []
+    spk = request.voice_params.get("spk_audio_path")
+    if isinstance(spk, str):
+        found.append((spk, f"reference audio of voice {request.voice!r}", "voice"))
+    if isinstance(request.emotion.ref_path, str):
+        found.append((request.emotion.ref_path, "emotion reference audio", "emotion"))
+    return found
 
 
 def _field(request: SynthesisRequest, api_name: str, node_name: str) -> str:

@@ -89,7 +89,13 @@ class ServerConfig(_Strict):
     header_timeout: float = Field(10.0, gt=0, description="seconds for a request's head to arrive; beyond it 408")
     body_timeout: float = Field(30.0, gt=0, description="seconds for a request's body to arrive; beyond it 408")
     keepalive_timeout: float = Field(75.0, gt=0, description="seconds an idle kept-alive connection stays open")
-    max_connections: int = Field(1000, ge=1, description="open client connections; one more is answered 503")
+    max_connections: int = Field(1000, ge=1, description="open client connections; at the limit the one idle the "
+                                                         "longest is closed for a new one, else 503")
+    max_connections_per_client: int | None = Field(
+        None, ge=1, description="open connections from one client address (IPv6: one /64); at the limit its own "
+                                "connection idle the longest is closed, else 503. Default: three quarters of "
+                                "max_connections. Behind a load balancer its few addresses carry every client: "
+                                "set it to max_connections there")
     log_level: str = "info"
     log_format: Literal["auto", "json", "text"] = Field(
         "auto", description="auto: JSON lines when stderr is not a terminal, plain text on a terminal")

@@ -1,5 +1,5 @@
 """A node that misbehaves on purpose, for adversarial tests: redirect loops, empty and lying WAVs, huge bodies,
-answers cut mid-stream, and 4xx answers that echo the request's headers.
+answers cut mid-stream, and 4xx answers that echo the request's headers and credentials in every form.
 
 It speaks index-tts-vllm v2's ``POST /tts_url`` and ``GET /health``. What it does with a synthesis is picked by
 a marker at the start of the text, ``"[wav_1hz] hello"``, or else by ``default`` (``"good"``: a valid WAV):
@@ -9,6 +9,7 @@ one node, and one router pool in front of it, serve every scenario.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 from collections.abc import AsyncIterator
@@ -25,7 +26,7 @@ from speech_router.emulator.faults import CutResponse
 
 #: what the node can do; each is a marker ``[name]`` at the start of a text
 BEHAVIOURS = ("good", "slow_stream", "redirect_loop", "empty_wav", "wav_8bit", "wav_1hz", "wav_size_lies", "huge_body",
-              "close_mid_stream", "echo_headers", "long_4xx")
+              "close_mid_stream", "echo_headers", "echo_credentials", "long_4xx")
 #: bytes a ``huge_body`` answer streams at most (the router should stop reading long before)
 HUGE_BYTES = 512 * 1024 * 1024
 _MARKER = re.compile(r"^\[(\w+)\]\s*")
@@ -57,6 +58,17 @@ async def _huge() -> AsyncIterator[bytes]:
     for _ in range(HUGE_BYTES // len(block)):
         yield block
         await asyncio.sleep(0)
+
+
+def _credentials(request: Request) -> str:
+    """Every header value bare, the raw header list, and a Basic token's decoded ``user:password``."""
+    values = [value for name, value in request.headers.items() if name not in ("host", "content-length")]
+    said = [f"values {' | '.join(values)}", f"raw {request.headers.raw}"]
+    for value in values:
+        scheme, _, token = value.partition(" ")
+        if scheme.lower() == "basic":
+            said.append(f"token {token} is {base64.b64decode(token).decode('latin-1')}")
+    return "; ".join(said)
 
 
 def create_app(default: str = "good") -> Starlette:
@@ -94,6 +106,8 @@ def create_app(default: str = "good") -> Starlette:
             return CutResponse([body[: len(body) // 3]], "audio/wav")
         if behaviour == "echo_headers":  # a node that quotes the request back: the pool's secrets in its answer
             return JSONResponse({"detail": f"bad request; headers were {dict(request.headers)}"}, status_code=400)
+        if behaviour == "echo_credentials":  # quoted bare, in raw form and decoded: no header name to go by
+            return JSONResponse({"detail": _credentials(request)}, status_code=400)
         if behaviour == "long_4xx":
             return JSONResponse({"detail": "\x1b[31mno\u202e " + "x" * 10_000}, status_code=400)
         return Response(_good(text), media_type="audio/wav")

@@ -19,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections import deque
-from collections.abc import Awaitable, Callable
+import itertools
+from collections.abc import Awaitable, Callable, Iterator
 
 from ..audio import InvalidAudio
 from ..audio.pcm import decode_pcm, resample_pcm
@@ -31,6 +31,7 @@ from ..metrics import Metrics
 from ..router.dispatch import Dispatched, Router
 from ..router.endpoint import Endpoint
 from ..router.pool import Pool
+from ..router.spool import SpillFile
 from ..types import AudioResponse, SynthesisRequest
 from .plan import plan_segments
 
@@ -133,6 +134,8 @@ class _Segments:
         self._metrics = metrics
         self._model = model
         self._gate = asyncio.Semaphore(max_parallel)  # FIFO: waiting segments start in text order
+        self._parked = SpillFile()  # ready segments wait for a slow client on disk: where each one is
+        self._where: dict[int, tuple[int, int]] = {}
         self.tasks = [asyncio.create_task(self._run(i, text)) for i, text in enumerate(texts)]
 
     def __repr__(self) -> str:
@@ -152,7 +155,20 @@ class _Segments:
         self.attempts += segment.attempts
         if self.result is not None:
             self.result.attempts = self.attempts
+        with contextlib.suppress(OSError):  # a full disk: it waits in memory
+            self._where[index] = (self._parked.append(segment.pcm), len(segment.pcm))
+            return dataclasses.replace(segment, pcm=b"")
         return segment
+
+    def unpark(self, index: int, segment: SegmentAudio, rate: int) -> Iterator[bytes]:
+        """Segment ``index``'s audio at ``rate``, back from the disk where it waited for a slow client: in pieces
+        as the client takes them (one piece when it must be resampled)."""
+        where = self._where.pop(index, None)
+        if where is not None and segment.sample_rate == rate:
+            return self._parked.pieces(*where)
+        if where is not None:
+            segment = dataclasses.replace(segment, pcm=self._parked.read(*where))
+        return iter([resample_pcm(segment.pcm, segment.sample_rate, rate)])
 
     async def first_ready(self) -> SegmentAudio:
         """Segment 1; or the first failure of any segment before it is ready (nothing was sent yet)."""
@@ -170,6 +186,7 @@ class _Segments:
         for task in self.tasks:
             task.cancel()  # synchronous, so a caller cancelled during the wait below still stops them
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        self._parked.close()
 
 
 class _InOrder:
@@ -180,7 +197,7 @@ class _InOrder:
         self._rate = sample_rate
         self._silence = bytes(2 * round(sample_rate * silence_ms / 1000))
         self._next = 0
-        self._ready: deque[bytes] = deque()
+        self._ready: Iterator[bytes] = iter(())
         self._closed = False
 
     def __repr__(self) -> str:
@@ -190,8 +207,11 @@ class _InOrder:
         return self
 
     async def __anext__(self) -> bytes:
-        if self._ready:
-            return self._ready.popleft()
+        while not (piece := next(self._ready, b"")):
+            await self._next_segment()
+        return piece
+
+    async def _next_segment(self) -> None:
         tasks = self._run.tasks
         if self._closed or self._next >= len(tasks):
             await self.aclose()
@@ -206,17 +226,12 @@ class _InOrder:
             raise BackendError(f"segment {index + 1} of {len(tasks)} failed: {message}",
                                endpoint=getattr(exc, "endpoint", "")) from exc
         self._next += 1
-        pcm = resample_pcm(segment.pcm, segment.sample_rate, self._rate)
-        if index == 0:
-            return pcm
-        if self._silence:
-            self._ready.append(pcm)
-            return self._silence
-        return pcm
+        pieces = self._run.unpark(index, segment, self._rate)
+        self._ready = itertools.chain([self._silence], pieces) if index and self._silence else pieces
 
     async def aclose(self) -> None:
         self._closed = True
-        self._ready.clear()
+        self._ready = iter(())
         await self._run.aclose()
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..audio import InvalidAudio
@@ -51,9 +51,9 @@ log = logging.getLogger(__name__)
 #: each timeout of a request doubles the time its next try gets
 TIMEOUT_GROWTH = 2.0
 
-#: a check of a whole answer (its bytes, format, the characters asked for): raises ``InvalidAudio`` when it is
-#: not audio a client may have (``speech_router.audio.check_audio``)
-Validate = Callable[[bytes, str, int], None]
+#: a check of a whole answer (its bytes in pieces, format, the characters asked for): raises ``InvalidAudio`` when
+#: it is not audio a client may have (``speech_router.audio.check_audio``)
+Validate = Callable[[Iterable[bytes], str, int], None]
 
 
 @dataclass
@@ -224,8 +224,9 @@ class AttemptLoop:
             response, head, complete = await asyncio.wait_for(self._start(ep, request, verify), timeout)
             if complete and self.validate is not None:
                 try:
-                    self.validate(b"".join(head), response.format, len(request.text))
+                    self.validate(head.pieces(), response.format, len(request.text))
                 except InvalidAudio as exc:  # before any byte went out: another endpoint may do better
+                    head.close()
                     raise BackendFailed(f"endpoint {ep.name} sent invalid audio: {exc}", endpoint=ep.name) from None
         except TimeoutError:
             if deadline_bound:

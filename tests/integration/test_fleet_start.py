@@ -128,7 +128,7 @@ async def test_a_node_that_hangs_costs_clients_little_and_is_back_at_its_share_s
         await asyncio.sleep(4.0)
         hung.config.hang = False  # ...then as before
         recovered = time.monotonic()
-        await asyncio.sleep(3.0)
+        await asyncio.sleep(4.0)
         stop.set()
         await asyncio.gather(*clients)
     assert {status for _, _, status, _ in waits} == {200}
@@ -136,4 +136,4 @@ async def test_a_node_that_hangs_costs_clients_little_and_is_back_at_its_share_s
     # whose request went there waited that long; a suspect's try is hedged and its timeout stays its peers'
     assert max(wait for _, wait, _, _ in waits) < 2.0
     late = [ep for start, _, _, ep in waits if start > recovered + 1.5]
-    assert late.count(name_of(hung)) >= len(late) / 6  # its share is a third
+    assert late.count(name_of(hung)) >= len(late) / 8  # its share is a third; the previous router gave it ~1 %

@@ -209,6 +209,14 @@ def test_v2_unknown_reference_path_is_file_not_found(v2: Node) -> None:
     assert "'/data/sad.wav'" in request(v2.url + "/tts_url", emo).json()["error"]
 
 
+@pytest.mark.parametrize("path", ["/data/missing it's.wav", '/data/missing "q".wav', "/data/missing\\b.wav",
+                                  "/data/missing\tt.wav", "/data/missing\u200bz.wav"])
+def test_v2_quotes_a_missing_path_as_the_real_server_does(v2: Node, path: str) -> None:
+    """librosa -> audioread -> open(): the OSError's message holds the path as repr() writes it, on one line."""
+    error = request(v2.url + "/tts_url", {"text": "t", "spk_audio_path": path}).json()["error"]
+    assert error.rstrip().splitlines()[-1] == f"FileNotFoundError: [Errno 2] No such file or directory: {path!r}"
+
+
 def test_v2_records_exactly_what_was_sent(v2: Node) -> None:
     body = {"text": "t", "spk_audio_path": SPEAKER, "emo_control_method": 3, "emo_text": "calm", "emo_weight": 0.6}
     request(v2.url + "/tts_url", body)

@@ -3,6 +3,7 @@ deletes fail, and closing a removed pool's HTTP session."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -109,6 +110,24 @@ def test_configured_secrets_are_every_key_header_and_url_password():
            "SPEECH_ROUTER_API_KEYS": "n=env-key,bare-key"}
     assert configured_secrets(settings, env) >= {"node-key", "pool-value", "ep-value", "url-pw", "client-key",
                                                  "admin-key", "env-key", "bare-key"}
+
+
+def test_url_credentials_are_masked_in_every_form_they_are_sent_in():
+    settings = settings_from_dict({
+        "pools": {"basic": {"type": "index-tts-vllm", "endpoints": [{"url": "http://user:p%40ss-w%C3%B6rd@h:2"}]},
+                  "query": {"type": "index-tts-vllm", "endpoints": [{"url": "http://h:3/?token=q%2Fsecret-1"}]}},
+        "models": {"m": ["basic"]}}, env={})
+    redactor = Redactor()
+    redactor.set_secrets(configured_secrets(settings, {}))
+    password = "p@ss-wörd"
+    token = base64.b64encode(f"user:{password}".encode("latin-1")).decode()
+    said = (f"raw {password}; as in the url p%40ss-w%C3%B6rd; json {json.dumps(password)}; token {token}; "
+            f"{[(b'authorization', b'Basic ' + token.encode())]}; query q/secret-1 and q%2Fsecret-1")
+    masked = redactor.redact(said)
+    for form in (password, "p%40ss-w%C3%B6rd", json.dumps(password)[1:-1], token, token[:10], "q/secret-1",
+                 "q%2Fsecret-1"):
+        assert form not in masked, form
+    assert redactor.redact("basic settings and bearer tokens") == "basic settings and bearer tokens"
 
 
 def test_json_lines_carry_level_logger_and_access_fields():

@@ -47,6 +47,23 @@ def test_tts_url_bodies_name_the_path_the_client_sent():
     assert rejected is not None and rejected.param == "spk_audio_path" and "/mine.wav" in rejected.message
 
 
+ODD = ["it's.wav", 'say "hi".wav', "back\\slash.wav", "tab\there.wav", "new\nline.wav", "zero\u200bwidth.wav",
+       "'\"\\both.wav", "ünï 😀.wav", "bell\x07.wav"]
+
+
+@pytest.mark.parametrize("name", ODD)
+def test_a_missing_reference_is_recognised_whatever_characters_its_path_holds(name):
+    """The node quotes the path with Python's repr: escapes and the other quote must not hide it."""
+    path = "/v/" + name
+    request = SynthesisRequest(text="hi", model="m", passthrough={"text": "hi", "spk_audio_path": path})
+    rejected = client_mistake(500, node_answer(FileNotFoundError(2, "No such file or directory", path)), request, "g")
+    assert rejected is not None and rejected.param == "spk_audio_path"
+    voiced = SynthesisRequest(text="hi", model="m", voice="v", voice_params={"spk_audio_path": path})
+    assert client_mistake(500, node_answer(FileNotFoundError(2, "x", path)), voiced, "g").param == "voice"
+    other = SynthesisRequest(text="hi", model="m", passthrough={"text": "hi", "spk_audio_path": path + "x"})
+    assert client_mistake(500, node_answer(FileNotFoundError(2, "x", path)), other, "g") is None
+
+
 def test_a_missing_file_the_request_did_not_name_is_the_nodes_problem():
     body = node_answer(FileNotFoundError(2, "No such file or directory", "/models/gpt.pth"))
     assert client_mistake(500, body, voice_request(), "gpu-1") is None
