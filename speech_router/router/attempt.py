@@ -17,10 +17,7 @@ pool at once (``Pool.finish``), which is where the scheduler learns. Then:
 - when the pool is used up, unhealthy or its queue refuses, the next pool of the route is tried.
 
 A try on an endpoint under suspicion (a timeout since its last answer, or its breaker's half-open
-probe) is hedged: when it has not answered within what its peers take for the text, a second try starts
-on a trusted endpoint with a free slot and the first answer wins, so no client waits long on a node that
-may hang. The suspect's try then goes on without the client until it answers or times out, and that is
-the verdict its breaker and estimate learn from.
+probe) is hedged, as every try is with ``hedge.enabled`` (``hedge.Hedging``).
 
 Cancellation (the client left, a hedge lost) and the client's own short deadline never count against
 the endpoint. Nothing is retried once a byte has reached the client.
@@ -42,6 +39,7 @@ from .body import ReadAhead, read_head, replay
 from .clock import Clock
 from .endpoint import Endpoint
 from .events import RouterListener
+from .hedge import Hedging
 from .outlier import Outcome
 from .pool import Pool
 from .ticket import Lease, Ticket
@@ -110,8 +108,7 @@ class AttemptLoop:
         self.clock = clock
         self.listener = listener
         self.validate = validate
-        #: suspects' tries that lost their hedge and go on to a verdict without the client
-        self._detached: set[asyncio.Task[None]] = set()
+        self.hedging = Hedging(listener)
 
     def __repr__(self) -> str:
         return f"AttemptLoop(validate={self.validate!r})"
@@ -183,7 +180,9 @@ class AttemptLoop:
             timeout = min(per_try, max(0.001, left))
             try:
                 if pool.config.hedge.enabled or lease.suspect:
-                    response, lease = await self._hedged(pool, lease, request, timeout, tried, whole, left)
+                    response, lease = await self.hedging.race(
+                        pool, lease, len(request.text), timeout, tried, left,
+                        lambda other, time: self.attempt(pool, other, request, time, whole=whole))
                 else:
                     response = await self.attempt(pool, lease, request, timeout, deadline_bound=left < per_try,
                                                   whole=whole)
@@ -274,76 +273,6 @@ class AttemptLoop:
         head, complete = await read_head(response, ep.name, whole=whole)
         return response, head, complete
 
-    async def _hedged(self, pool: Pool, lease: Lease, request: SynthesisRequest, timeout: float, tried: set[str],
-                      whole: bool, left: float) -> tuple[AudioResponse, Lease]:
-        """Start a second try elsewhere if the first is slow; keep whichever answers first. A suspect's try that
-        loses goes on without the client (``_detach``)."""
-        delay = (pool.config.hedge.delay or timeout / 2) if pool.config.hedge.enabled else timeout / 2
-        if lease.suspect:
-            delay = min(delay, pool.suspect_hedge_delay(lease.endpoint, len(request.text)))
-        first = asyncio.create_task(self.attempt(pool, lease, request, timeout, whole=whole))
-        done, _ = await asyncio.wait({first}, timeout=delay)
-        second_lease = None if done else pool.try_now(Ticket(len(request.text), exclude=frozenset(tried),
-                                                             allow_panic=False))
-        if second_lease is None:
-            return await first, lease
-        tried.add(second_lease.endpoint.name)
-        # the second try gets its own endpoint's time (a hedge of a suspect starts early), within the deadline
-        second_timeout = max(timeout - delay, pool.per_try_timeout(second_lease, len(request.text)))
-        second = asyncio.create_task(self.attempt(pool, second_lease, request, max(0.001, min(second_timeout, left - delay)),
-                                                  whole=whole))
-        leases = {first: lease, second: second_lease}
-        pending: set[asyncio.Task[AudioResponse]] = {first, second}
-        error: BaseException | None = None
-        try:
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                winners = [t for t in done if not t.cancelled() and t.exception() is None]
-                for task in done:
-                    if not task.cancelled() and task.exception() is not None:
-                        error = error or task.exception()
-                if winners:
-                    winner = winners[0]
-                    for extra in winners[1:]:  # both answered at once: keep one, close the other
-                        await extra.result().aclose()
-                    self.listener.hedged(pool.name, "first" if winner is first else "second")
-                    return winner.result(), leases[winner]
-        finally:
-            if first in pending and lease.suspect:
-                pending.discard(first)
-                self._detach(first)
-            for task in pending:
-                task.cancel()
-            for task in pending:
-                with contextlib.suppress(BaseException):
-                    await task
-        assert error is not None
-        raise error
-
-    def _detach(self, task: asyncio.Task[AudioResponse]) -> None:
-        """Let a suspect's try run to its verdict (an answer, read and dropped, or its own timeout)."""
-
-        async def verdict() -> None:
-            try:
-                response = await task
-            except BaseException:  # noqa: BLE001 - the try recorded its own outcome
-                return
-            try:
-                async for _ in response.chunks:
-                    pass
-            except Exception:  # noqa: BLE001 - a broken body is recorded by the read-ahead
-                pass
-            finally:
-                with contextlib.suppress(Exception):
-                    await response.aclose()
-
-        detached = asyncio.create_task(verdict())
-        self._detached.add(detached)
-        detached.add_done_callback(self._detached.discard)
-
     async def aclose(self) -> None:
         """Cancel the suspects' tries still running without a client."""
-        tasks = list(self._detached)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.hedging.aclose()

@@ -8,9 +8,11 @@ For a request of ``chars`` characters it compares, with the endpoints' learned m
   wait long) plus its time on that endpoint.
 
 It takes the cheapest free endpoint unless waiting is expected to finish sooner, so an idle slow
-endpoint gets exactly the queued requests it finishes before their turn elsewhere would come. Ties and
-near ties (within 5 %) go to the endpoint with fewer requests in flight for its size, then the one picked
-least: equal endpoints share light traffic, and a new one is tried at once. Voice affinity: an endpoint
+endpoint gets exactly the queued requests it finishes before their turn elsewhere would come. Among free
+endpoints a busy one's time counts up to 30 % more (GPU servers batch: four requests on one node are each
+slower than two and two on two, which times learned at lighter load do not show); ties and near ties
+(within 5 %) go to the endpoint with fewer requests in flight for its size, then the one picked least:
+equal endpoints share light traffic, and a new one is tried at once. Voice affinity: an endpoint
 that served the request's voice lately (its speaker conditioning is likely cached) is preferred while it
 is about as quick as the best (within 20 %) and has at most one request more in flight than the least
 busy of those: a popular voice still spreads. Weights divide the expected time.
@@ -29,19 +31,18 @@ Pure: it reads endpoints and returns a ``Decision``; ``Scheduler`` carries it ou
 
 from __future__ import annotations
 
-import bisect
 import math
 import random
 import statistics
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
 from ..config.models import PoolConfig
 from .breaker import BreakerState
 from .clock import Clock
 from .endpoint import Endpoint
 from .ticket import Placement, Ticket
+from .view import Decision, Prior, SlotPlan, View
 
 #: texts this long (this quantile of recent lengths) set the time budget a short text may take elsewhere
 LONG_QUANTILE = 0.9
@@ -50,6 +51,8 @@ LENGTH_MEMORY = 256
 SPARE_FROM = 0.5
 #: expected times this close count as equal
 TIE_TOLERANCE = 0.05
+#: choosing among free endpoints, a full one's expected time counts this much more than an idle one's (GPUs batch)
+CROWDING = 0.3
 #: the least remaining time assumed for a request already past its estimate, as a share of that estimate
 OVERRUN_SHARE = 0.1
 #: voice affinity: the endpoint that served the voice lately is preferred while this close to the quickest
@@ -60,77 +63,6 @@ AFFINITY_TOLERANCE = 1.2
 AFFINITY_SLACK = 1
 #: slow start applies only while endpoints out of their window hold at least this share of the pool's slots
 SETTLED_SHARE = 0.5
-
-#: ``(chars, leave_out)`` -> the rest of the pool's median unloaded estimate for ``chars``
-Prior = Callable[[int, "Endpoint | None"], "float | None"]
-
-
-class SlotPlan:
-    """When each slot of the pool's endpoints is expected to free: 0 for a free slot, else the expected
-    remaining time of the request in it; requests that wait take the slot they wait for (``take``), so
-    the next one's expected wait counts them."""
-
-    def __init__(self) -> None:
-        self._slots: dict[Endpoint, list[float]] = {}
-
-    def __repr__(self) -> str:
-        return f"SlotPlan({ {ep.name: [round(t, 3) for t in ts] for ep, ts in self._slots.items()} })"
-
-    def add(self, ep: Endpoint, times: list[float]) -> None:
-        self._slots[ep] = sorted(times)
-
-    def earliest(self, ep: Endpoint) -> float:
-        slots = self._slots.get(ep)
-        return slots[0] if slots else math.inf
-
-    def free(self, ep: Endpoint) -> bool:
-        return self.earliest(ep) <= 0.0
-
-    def take(self, ep: Endpoint, until: float) -> None:
-        """The slot that frees first is taken until ``until`` (seconds from now)."""
-        slots = self._slots.get(ep)
-        if slots:
-            slots.pop(0)
-            bisect.insort(slots, until)
-
-    def first_free(self) -> float:
-        """Seconds until any slot frees (0: one is free now)."""
-        return min((ts[0] for ts in self._slots.values() if ts), default=math.inf)
-
-
-@dataclass
-class View:
-    """One moment's view of the pool, shared by the decisions of one pass over the queue."""
-
-    now: float
-    prior: Prior
-    #: endpoints in rotation, or (no endpoint in rotation) every endpoint not draining: panic mode
-    endpoints: list[Endpoint]
-    panic: bool
-    peers_parallel: float | None = None
-    #: whether slow start ramps shares (most of the pool's capacity is out of its window)
-    ramp: bool = True
-    plan: SlotPlan = field(default_factory=SlotPlan)
-    _costs: dict[tuple[Endpoint, int, int], float] = field(default_factory=dict)
-
-    def candidates(self, ticket: Ticket) -> list[Endpoint]:
-        """The endpoints ``ticket`` may use: outside its exclusions, panic mode only where it allows it."""
-        if self.panic and not ticket.allow_panic:
-            return []
-        return [ep for ep in self.endpoints if ep.name not in ticket.exclude]
-
-
-@dataclass
-class Decision:
-    """What a ticket does now: take ``endpoint`` (for ``placement``), or wait; ``wait``: the expected wait
-    (None: unknown), ``until``: when the slot it waits for is expected to be done with it."""
-
-    endpoint: Endpoint | None = None
-    placement: Placement | None = None
-    wait: float | None = None
-    waits_for: Endpoint | None = None
-    until: float = math.inf
-
 
 class Choice:
     """The decisions of one pool's scheduler, over its endpoints as they are now."""
@@ -335,11 +267,14 @@ class Choice:
         if not free:
             return None, math.inf
         costs = {ep: self._cost(ep, chars, ep.busy + 1, view) for ep in free}
-        low = min(costs.values())
-        near = [ep for ep in free if costs[ep] <= low * (1 + TIE_TOLERANCE) + 1e-9]
+        # GPU servers batch: each request on a node slows the others a little, which times learned while it was less
+        # busy do not show; a crowded endpoint wins over an idle one only when it is clearly quicker
+        crowded = {ep: cost * (1 + CROWDING * ep.busy / ep.cap()) for ep, cost in costs.items()}
+        low = min(crowded.values())
+        near = [ep for ep in free if crowded[ep] <= low * (1 + TIE_TOLERANCE) + 1e-9]
         if affinity is not None:  # endpoints that served the voice lately, if about as quick and hardly busier
             fewest = min(ep.busy for ep in near)
-            warm = [ep for ep in free if affinity in ep.recent_voices and costs[ep] <= low * AFFINITY_TOLERANCE
+            warm = [ep for ep in free if affinity in ep.recent_voices and crowded[ep] <= low * AFFINITY_TOLERANCE
                     and ep.busy <= fewest + AFFINITY_SLACK]
             near = warm or near
         # near-ties go to the one with fewer requests in flight for its size, then the least picked for its

@@ -2,8 +2,10 @@
 
 Everything an endpoint knows changes through its own methods, each in one place: slots (``start``,
 ``finish``), what is learned from a try (``learn``), health (``record_check``, ``mark_down``,
-``passed``), rotation (``joined``), exploring (``explored``). The breaker is changed by the pool's
-outlier detection (it compares the endpoint with its peers) and its load by the load signals.
+``passed``), rotation (``joined``, ``drain``), exploring and stretching (``explored``, ``stretched``),
+others' load on the node (``load_reported``), settings and inheritance across reloads (``configure``,
+``inherit``). Only its breaker is tripped from outside: by the pool's outlier detection, which compares
+the endpoint with its peers.
 """
 
 from __future__ import annotations
@@ -139,10 +141,13 @@ class Endpoint:
 
     # -- health ---------------------------------------------------------------------------------------------
 
-    def record_check(self, healthy: bool, detail: str = "") -> bool:
-        """Apply one health check result with the thresholds; return whether the state changed."""
+    def record_check(self, healthy: bool, detail: str = "", data: dict[str, Any] | None = None) -> bool:
+        """Apply one health check result with the thresholds (``data``: what the node reported of itself); return
+        whether the state changed."""
         self.last_check = time.time()
         self.detail = detail
+        if data is not None:
+            self.data = data
         if healthy:
             self._passes, self._fails = self._passes + 1, 0
         else:
@@ -197,6 +202,21 @@ class Endpoint:
     def joined(self) -> None:
         """(Re)joined the rotation: slow start ramps its share from here."""
         self.limit.joined(self.clock())
+
+    def drain(self, draining: bool) -> bool:
+        """Takes no new requests (those in flight finish), or back with slow start; returns whether it changed."""
+        if self.draining == draining:
+            return False
+        self.draining = draining
+        if not draining:
+            self.joined()
+        return True
+
+    def load_reported(self, external: int) -> bool:
+        """The node's own load says ``external`` requests of others are on it; returns whether that fell."""
+        fell = external < self.external
+        self.external = external
+        return fell
 
     def explored(self, now: float) -> None:
         """Sent a short text to measure it again: the next look waits for its answer (or another while)."""

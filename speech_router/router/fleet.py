@@ -180,11 +180,8 @@ class Fleet:
 
     def drain(self, ep: Endpoint, draining: bool = True) -> None:
         """Admin drain: no new requests (those in flight finish); undrain brings it back with slow start."""
-        if ep.draining == draining:
+        if not ep.drain(draining):
             return
-        ep.draining = draining
-        if not draining:
-            ep.joined()
         self.listener.draining_changed(ep)
         self._wake(ep)
 

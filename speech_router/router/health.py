@@ -10,6 +10,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
+from typing import Any
 
 from ..types import SynthesisRequest
 from .endpoint import Endpoint
@@ -19,21 +20,21 @@ log = logging.getLogger(__name__)
 OnChange = Callable[[Endpoint], None]
 
 
-async def probe(ep: Endpoint, timeout: float) -> tuple[bool, str]:
-    """One ``health()`` call; raising or timing out means unhealthy, with the reason."""
+async def ask(ep: Endpoint, timeout: float) -> tuple[bool, str, dict[str, Any] | None]:
+    """One ``health()`` call: healthy, why, and what the node reported of itself; raising or timing out means
+    unhealthy, with the reason."""
     try:
         report = await asyncio.wait_for(ep.backend.health(), timeout)
     except asyncio.CancelledError:
         raise
     except TimeoutError:
-        return False, f"health check timed out after {timeout:g}s"
+        return False, f"health check timed out after {timeout:g}s", None
     except Exception as exc:  # noqa: BLE001 - a broken check is an unhealthy endpoint, not a crash
-        return False, f"health check failed: {exc!r}"
-    ep.data = report.data
-    return report.healthy, report.detail
+        return False, f"health check failed: {exc!r}", None
+    return report.healthy, report.detail, report.data
 
 
-async def deep_probe(ep: Endpoint, request: SynthesisRequest, timeout: float) -> tuple[bool, str]:
+async def ask_deep(ep: Endpoint, request: SynthesisRequest, timeout: float) -> tuple[bool, str]:
     """Synthesize ``request`` for real and read the whole answer."""
 
     async def run() -> int:
@@ -55,8 +56,9 @@ async def deep_probe(ep: Endpoint, request: SynthesisRequest, timeout: float) ->
     return (size > 0), ("deep check passed" if size else "deep check: empty audio")
 
 
-def record(ep: Endpoint, healthy: bool, detail: str, on_change: OnChange | None) -> None:
-    changed = ep.record_check(healthy, detail)
+def record(ep: Endpoint, healthy: bool, detail: str, on_change: OnChange | None,
+           data: dict[str, Any] | None = None) -> None:
+    changed = ep.record_check(healthy, detail, data)
     if changed:
         level = logging.INFO if ep.available else logging.WARNING
         log.log(level, "endpoint %s in pool %s is %s%s", ep.name, ep.pool, ep.state, f": {detail}" if detail else "")
@@ -65,8 +67,8 @@ def record(ep: Endpoint, healthy: bool, detail: str, on_change: OnChange | None)
 
 
 async def check_once(ep: Endpoint, on_change: OnChange | None = None) -> None:
-    healthy, detail = await probe(ep, ep.health_check.timeout)
-    record(ep, healthy, detail, on_change)
+    healthy, detail, data = await ask(ep, ep.health_check.timeout)
+    record(ep, healthy, detail, on_change, data)
 
 
 async def run_checks(ep: Endpoint, on_change: OnChange | None = None,
@@ -84,12 +86,13 @@ async def run_checks(ep: Endpoint, on_change: OnChange | None = None,
         await asyncio.sleep(min(step, max(0.0, due - loop.time())) if up else step)
         if ep.available and ep.healthy is not None and loop.time() < due:
             continue  # up, and not due yet
+        data = None
         if deep_request is not None and cfg.deep.enabled and loop.time() >= next_deep:
             next_deep = loop.time() + cfg.deep.interval
-            healthy, detail = await deep_probe(ep, deep_request, max(cfg.timeout, 30.0))
+            healthy, detail = await ask_deep(ep, deep_request, max(cfg.timeout, 30.0))
         else:
-            healthy, detail = await probe(ep, cfg.timeout)
-        record(ep, healthy, detail, on_change)
+            healthy, detail, data = await ask(ep, cfg.timeout)
+        record(ep, healthy, detail, on_change, data)
         due = loop.time() + _jittered(cfg.interval, cfg.jitter)
 
 

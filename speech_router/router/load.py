@@ -104,7 +104,7 @@ class LoadSignals:
         if task is not None:
             task.cancel()
         self._failing.discard(ep)
-        ep.external = 0
+        ep.load_reported(0)
 
     async def aclose(self) -> None:
         tasks = list(self._tasks.values())
@@ -153,9 +153,7 @@ class LoadSignals:
             await asyncio.sleep(interval * self.rng.uniform(1 - JITTER, 1 + JITTER))
 
     def _set(self, ep: Endpoint, external: int) -> None:
-        fell = external < ep.external
-        ep.external = external
-        if fell:  # capacity freed elsewhere: requests waiting in this router may go now
+        if ep.load_reported(external):  # capacity freed elsewhere: requests waiting in this router may go now
             self.wake(ep)
 
     def _failed(self, ep: Endpoint, exc: Exception) -> None:

@@ -25,10 +25,11 @@ from collections.abc import Iterator, Sequence
 from ..config.models import PoolConfig
 from ..errors import NoHealthyEndpoint, QueueFull
 from .breaker import BreakerState
-from .choice import Choice, Decision, View
+from .choice import Choice
 from .clock import Clock
 from .endpoint import Endpoint
 from .ticket import PRIORITIES, Lease, Placement, Ticket
+from .view import Decision, View
 
 #: the most waiting requests one pass decides for (and counts ahead of a new one); beyond, a queue this deep
 #: is served in order as slots free, and a new request's wait is extrapolated
