@@ -212,7 +212,8 @@ class AttemptLoop:
         ep = lease.endpoint
         verify = whole or self._verifies(pool, ep)
         try:
-            response, head, complete = await asyncio.wait_for(self._start(ep, request, verify), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for, which can lose a cancel on 3.11 (router/health.py)
+                response, head, complete = await self._start(ep, request, verify)
             if complete and self.validate is not None:
                 try:
                     self.validate(b"".join(head), response.format, len(request.text))

@@ -1,6 +1,11 @@
 """Active health checks: one task per endpoint calling ``Backend.health()`` every interval (with
 jitter), applying the healthy/unhealthy thresholds; optionally a deep check that synthesizes a
-short text now and then, for nodes whose ``/health`` says "healthy" while synthesis is broken."""
+short text now and then, for nodes whose ``/health`` says "healthy" while synthesis is broken.
+
+Timeouts are ``asyncio.timeout`` blocks, never ``asyncio.wait_for``: on Python 3.11, a task cancelled just as
+the awaited call finished got the call's result from ``wait_for`` and lost the cancellation, so a check loop
+ran on and the router's shutdown waited for it forever (issue #22).
+"""
 
 from __future__ import annotations
 
@@ -20,7 +25,8 @@ OnChange = Callable[[Endpoint], None]
 async def probe(ep: Endpoint, timeout: float) -> tuple[bool, str]:
     """One ``health()`` call; raising or timing out means unhealthy, with the reason."""
     try:
-        report = await asyncio.wait_for(ep.backend.health(), timeout)
+        async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancel (see module doc)
+            report = await ep.backend.health()
     except asyncio.CancelledError:
         raise
     except TimeoutError:
@@ -45,7 +51,8 @@ async def deep_probe(ep: Endpoint, request: SynthesisRequest, timeout: float) ->
         return size
 
     try:
-        size = await asyncio.wait_for(run(), timeout)
+        async with asyncio.timeout(timeout):
+            size = await run()
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001
