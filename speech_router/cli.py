@@ -70,11 +70,11 @@ def _registry() -> Any:
     return pm, backend_registry(pm)
 
 
-def _load(path: str | None) -> Any:
+def _load(path: str | None, host_checks: bool = False) -> Any:
     from .config.loader import load_settings
 
     pm, registry = _registry()
-    return pm, load_settings(path, registry=registry)
+    return pm, load_settings(path, registry=registry, host_checks=host_checks)
 
 
 def prepare(path: str | None) -> tuple[Any, Any, Any]:
@@ -84,13 +84,12 @@ def prepare(path: str | None) -> tuple[Any, Any, Any]:
     raises ``ConfigError`` with every problem found, each with its line in ``path``.
     """
     from .api.app import create_app
-    from .config.checks import host_issues
-    from .config.locations import format_loc, locate
+    from .config.locations import locate
     from .errors import ConfigIssue
 
     try:
-        pm, settings = _load(path)
-        issues = [ConfigIssue(format_loc(loc), msg) for loc, msg in host_issues(settings)]
+        pm, settings = _load(path, host_checks=True)  # the file, the schema and this host's checks: one report
+        issues: list[ConfigIssue] = []
         try:
             app = create_app(settings, pm=pm, config_path=path)
         except ConfigError as exc:
@@ -143,13 +142,13 @@ def _check_config(args: argparse.Namespace) -> int:
     from .api.app import settings_summary
 
     try:
-        _, settings, _ = prepare(args.file)
+        _, settings, app = prepare(args.file)
     except ConfigError as exc:
         errors = _config_errors(exc)
         print(f"{args.file}: {len(errors)} error{'s' if len(errors) != 1 else ''}", *errors, sep="\n",
               file=sys.stderr)
         return 1
-    s = settings_summary(settings)
+    s = settings_summary(settings, app.state.router)  # endpoints as serve builds them (one per local GPU)
     print(f"{args.file}: OK: {s['pools']} pools, {s['endpoints']} endpoints, {len(s['models'])} models "
           f"({', '.join(s['models'])}), {s['voices']} voices")
     return 0

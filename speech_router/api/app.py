@@ -133,6 +133,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
                         headers=getattr(exc, "headers", None))
 
 
-def settings_summary(settings: Settings) -> dict[str, Any]:
-    return {"pools": len(settings.pools), "endpoints": sum(len(p.endpoints) or 1 for p in settings.pools.values()),
+def settings_summary(settings: Settings, router: Router) -> dict[str, Any]:
+    """What ``check-config`` says of a good file: the endpoints are those the router built from it."""
+    return {"pools": len(settings.pools), "endpoints": len(router.endpoints),
             "models": list(settings.models), "voices": len(settings.voices)}

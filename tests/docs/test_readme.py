@@ -13,7 +13,8 @@ one fails ``test_every_block_says_how_it_is_tested``. The kinds:
   to its address, in an empty directory. It must exit 0, and every file it writes must be audio (curl writes an
   error body to ``-o FILE`` too, so the file is checked, not only the exit code).
 - ``ci``: the test command; ``.ci/run`` must run exactly it (it is what runs this test).
-- ``config``: a whole config file; ``check-config``'s checks (those ``serve`` runs) accept it.
+- ``config``: a whole config file; ``check-config``'s checks (those ``serve`` runs) accept it, on a host that has
+  the reference files it names (made for the test).
 - ``pools``: a ``pools:`` fragment; accepted with a model routed to its pools.
 - ``entry-point``, ``plugin``: the plugin example's TOML names the entry-point group the router loads, and its
   Python registers a backend type whose options are validated.
@@ -293,9 +294,11 @@ def test_the_config_blocks_pass_every_check_serve_runs(tmp_path, monkeypatch):
     for name in ROUTER_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     assert of_kind("config")
+    from tests.integration.omni import with_reference_files
+
     for block in of_kind("config"):
         path = tmp_path / "speech-router.yaml"
-        path.write_text(block.body)
+        path.write_text(with_reference_files(block.body, tmp_path))  # the voice files it names exist on its host
         try:
             _, settings, _ = prepare(str(path))
         except ConfigError as exc:
