@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..voices.audio import check_reference_file
+from .datadir import DATA_DIR_ENV, default_voice_directory, unwritable
 
 #: backend types whose endpoints read the voices' reference audio from this host (not from a remote node)
 LOCAL_VOICE_TYPES = frozenset({"indextts2-local"})
@@ -25,10 +26,11 @@ REFERENCE_FILE_TYPES = frozenset({"vllm-omni"})
 Issue = tuple[tuple[Any, ...], str]
 
 
-def host_issues(data: Mapping[str, Any], env: Mapping[str, str] | None = None) -> list[Issue]:
-    """Every problem of the config tree ``data`` on this host, each with its location in the config."""
+def host_issues(data: Mapping[str, Any], env: Mapping[str, str] | None = None, source: str = "") -> list[Issue]:
+    """Every problem of the config tree ``data`` (loaded from ``source``) on this host, each with its location."""
     env = os.environ if env is None else env
-    return [*_key_variables(data, env), *_client_keys(data, env), *_local_files(data), *_reference_files(data)]
+    return [*_key_variables(data, env), *_client_keys(data, env), *_local_files(data), *_reference_files(data),
+            *_voice_store(data, env, source)]
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
@@ -108,6 +110,22 @@ def _reference_files(data: Mapping[str, Any]) -> list[Issue]:
                            f"{path} cannot be used: {exc} (pool {readers[0][0]!r} of type "
                            f"{readers[0][1]['type']!r} sends it from this host)"))
     return issues
+
+
+def _voice_store(data: Mapping[str, Any], env: Mapping[str, str], source: str) -> list[Issue]:
+    """Uploads are kept in ``voice_store.directory``: found unwritable now, not as a 503 on the first upload."""
+    store = _mapping(data.get("voice_store"))
+    if store.get("enabled", True) is False:
+        return []
+    configured = store.get("directory")
+    directory = configured if isinstance(configured, str) and configured else default_voice_directory(source, env)
+    problem = unwritable(directory)
+    if problem is None:
+        return []
+    which = "" if configured else f"the default voice store {directory}: "
+    return [(("voice_store", "directory"), f"{which}{problem}, so uploaded voices cannot be kept; set "
+                                           f"voice_store.directory (or {DATA_DIR_ENV}) to a directory this user "
+                                           "can write, or voice_store.enabled: false")]
 
 
 def _is_file(path: str) -> bool:

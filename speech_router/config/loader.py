@@ -17,6 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from ..errors import ConfigError, ConfigIssue
+from .datadir import default_voice_directory
 from .locations import YamlLines, format_loc
 from .yamlfile import config_text, duplicate_keys
 from .messages import did_you_mean, user_message
@@ -113,10 +114,12 @@ def settings_from_dict(data: dict[str, Any], *, registry: Any = None, env: Mappi
     raw.extend(check_references(data, registry))
     if settings is not None:
         raw.extend(_name_endpoints(settings))
+    if settings is not None and not settings.voice_store.directory:
+        settings.voice_store.directory = default_voice_directory(source, env)
     if host_checks:
         from .checks import host_issues  # reads audio files: not imported by every loader
 
-        raw.extend(host_issues(data, env))
+        raw.extend(host_issues(data, env, source=source))
     raw = _without_follow_ons(raw, [loc for loc, _ in unset])
     if raw or found:
         issues = [*(found or []),

@@ -25,7 +25,6 @@ DEFAULT_VOICE_DIR = "/data/voices"
 DEFAULT_QUEUE_TIMEOUT_S = 10.0
 DEFAULT_DEADLINE_S = 120.0
 DEFAULT_LOAD_SIGNAL_INTERVAL_S = 1.0
-DEFAULT_VOICE_STORE_DIR = "/var/lib/speech-router/voices"
 DEFAULT_VOICE_UPLOAD_BYTES = 10 * 1024 * 1024
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")
@@ -374,8 +373,9 @@ class VoiceStoreConfig(_Strict):
     replica may share, and which index-tts-vllm nodes mount to read them (``node_directory``)."""
 
     enabled: bool = Field(True, description="accept uploads (with the admin key or a key with the voices scope)")
-    directory: str = Field(DEFAULT_VOICE_STORE_DIR, description="where uploaded voices are kept (created on the "
-                                                                "first upload)")
+    directory: str = Field("", description="where uploaded voices are kept (created on the first upload); "
+                                           "empty: $SPEECH_ROUTER_DATA_DIR/voices, else the user's data directory, "
+                                           "one per config (config/datadir.py); the loader fills it in")
     node_directory: str | None = Field(None, description="the same directory as the nodes (and local workers) see "
                                                          "it, for spk_audio_path; default: directory")
     max_bytes: int = Field(DEFAULT_VOICE_UPLOAD_BYTES, ge=1024, description="largest audio file accepted")
