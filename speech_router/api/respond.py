@@ -65,6 +65,8 @@ async def respond(dispatched: Dispatched, plan: Plan, ex: Exchange, cache: Respo
         body = audio_body(resp, fmt, plan.sample_rate, meter, chars=len(sreq.text), whole=not plan.stream)
     headers = {ENDPOINT_HEADER: ep_name, "x-speech-router-pool": pool_name,
                "x-speech-router-attempts": str(dispatched.attempts)}
+    if plan.cache_key is not None and dispatched.fallback_reason:  # not the model's own answer (another pool's
+        plan.cache_key = None  # voice, maybe a substitute voice): never kept for requests once its pools are back
     if plan.cache_key is not None:  # stored once sent completely, in the format sent (before any SSE framing)
         headers[CACHE_HEADER] = ex.cache = "miss"
         body = cache.tee(body, plan.cache_key, lambda data: CachedAudio(

@@ -192,7 +192,10 @@ class EspeakBackend(Backend):
         detect_language: bool = True
 
     def supports_voice(self, voice_params: dict[str, Any]) -> bool:
-        return True  # a voice without an ``espeak`` key is spoken with ``default_voice``
+        """A voice with an ``espeak`` key, or one with no parameters at all (``default_voice`` reads it). A voice
+        that names a speaker for another engine (a reference recording, a node's character, an upstream voice)
+        is not one espeak can speak: its default voice is no fallback for a cloned voice (issue #22)."""
+        return bool(voice_params.get("espeak")) or not voice_params
 
     async def open(self) -> None:
         await self._engine()

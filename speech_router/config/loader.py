@@ -164,7 +164,12 @@ def check_references(data: dict[str, Any], registry: Any) -> list[tuple[tuple[An
     issues: list[tuple[tuple[Any, ...], str]] = []
     pools = data.get("pools") if isinstance(data.get("pools"), dict) else {}
     models = data.get("models") if isinstance(data.get("models"), dict) else {}
+    voice_names = data.get("voices") if isinstance(data.get("voices"), dict) else {}
     for model, route in models.items():
+        substitute = route.get("fallback_voice") if isinstance(route, dict) else None
+        if isinstance(substitute, str) and substitute not in voice_names:
+            issues.append((("models", model, "fallback_voice"),
+                           f"unknown voice {substitute!r}{did_you_mean(substitute, voice_names)} (a configured voice)"))
         names = route.get("pools") if isinstance(route, dict) else route
         names = [names] if isinstance(names, str) else names
         for i, pool in enumerate(names if isinstance(names, list) else []):
