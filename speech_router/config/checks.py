@@ -74,19 +74,26 @@ def _client_keys(data: Mapping[str, Any], env: Mapping[str, str]) -> list[Issue]
     return issues
 
 
+def _reader(data: Mapping[str, Any], types: frozenset[str]) -> str | None:
+    """``pool 'NAME' of type 'TYPE'`` for the first pool of ``types``, which reads voices' files on this host."""
+    return next((f"pool {name!r} of type {pool['type']!r}" for name, pool in _pools(data) if pool.get("type") in types),
+                None)
+
+
 def _local_files(data: Mapping[str, Any]) -> list[Issue]:
     """Reference audio that an engine on this host reads must exist here."""
-    local = [(name, pool) for name, pool in _pools(data) if pool.get("type") in LOCAL_VOICE_TYPES]
-    if not local:
+    reader = _reader(data, LOCAL_VOICE_TYPES)
+    if reader is None:
         return []
     issues = []
     for voice, cfg in _voices(data):
         path = cfg.get("spk_audio_path")
         if isinstance(path, str) and not _is_file(path):
-            issues.append((("voices", voice, "spk_audio_path"),
-                           f"no such file on this host: {path} (pool {local[0][0]!r} of type {local[0][1]['type']!r} "
-                           "reads voices here)"))
-    for name, pool in local:
+            issues.append((("voices", voice, "spk_audio_path"), f"no such file on this host: {path} ({reader} "
+                                                                 "reads voices here)"))
+    for name, pool in _pools(data):
+        if pool.get("type") not in LOCAL_VOICE_TYPES:
+            continue
         warmup = pool.get("warmup_voice")
         if isinstance(warmup, str) and not _is_file(warmup):
             issues.append((("pools", name, "warmup_voice"), f"no such file on this host: {warmup}"))
@@ -95,8 +102,8 @@ def _local_files(data: Mapping[str, Any]) -> list[Issue]:
 
 def _reference_files(data: Mapping[str, Any]) -> list[Issue]:
     """A voice's ``ref_audio_file`` is read here and sent to vllm-omni nodes: it must be usable audio."""
-    readers = [(name, pool) for name, pool in _pools(data) if pool.get("type") in REFERENCE_FILE_TYPES]
-    if not readers:
+    reader = _reader(data, REFERENCE_FILE_TYPES)
+    if reader is None:
         return []
     issues = []
     for voice, cfg in _voices(data):
@@ -107,8 +114,7 @@ def _reference_files(data: Mapping[str, Any]) -> list[Issue]:
             check_reference_file(os.path.abspath(os.path.expanduser(path)))
         except ValueError as exc:
             issues.append((("voices", voice, "ref_audio_file"),
-                           f"{path} cannot be used: {exc} (pool {readers[0][0]!r} of type "
-                           f"{readers[0][1]['type']!r} sends it from this host)"))
+                           f"{path} cannot be used: {exc} ({reader} sends it from this host)"))
     return issues
 
 
