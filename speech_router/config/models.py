@@ -333,9 +333,9 @@ class ModelConfig(_Strict):
     deadline: float = Field(DEFAULT_DEADLINE_S, gt=0, description="overall time for a request: queueing and tries")
     fanout: FanoutConfig = Field(default_factory=FanoutConfig)
     cache: ModelCacheConfig = Field(default_factory=ModelCacheConfig)
-    fallback_voice: str | None = Field(None, description="a configured voice that pools of the route which cannot "
-                                                         "speak the asked voice speak instead; default: none, so a "
-                                                         "cloned voice is never replaced (503 while its pools are down)")
+    fallback_voice: str | None = Field(
+        None, description="a configured voice that pools of the route which cannot speak the asked voice speak "
+                          "instead; default: none, so a cloned voice is never replaced (503 while its pools are down)")
 
     @model_validator(mode="before")
     @classmethod

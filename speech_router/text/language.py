@@ -21,7 +21,8 @@ def _is_kana(code: int) -> bool:
 
 
 def _is_han(code: int) -> bool:
-    return 0x4E00 <= code <= 0x9FFF or 0x3400 <= code <= 0x4DBF or 0xF900 <= code <= 0xFAFF or 0x20000 <= code <= 0x3134F
+    return (0x4E00 <= code <= 0x9FFF or 0x3400 <= code <= 0x4DBF or 0xF900 <= code <= 0xFAFF
+            or 0x20000 <= code <= 0x3134F)
 
 
 def _is_hangul(code: int) -> bool:

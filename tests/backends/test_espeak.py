@@ -273,8 +273,8 @@ async def test_chinese_text_with_an_english_voice_is_chinese_speech(backend: Esp
     known-good Mandarin voice makes it; read by the English voice it was "Chinese letter" per character."""
     text = "你好，世界。"
     spoken = len(await speak(backend, request(text, voice_params={"espeak": voice})))
-    variant = voice.partition("+")[2]
-    mandarin = len(await speak(backend, request(text, voice_params={"espeak": "cmn" + ("+" + variant if variant else "")})))
+    _, plus, variant = voice.partition("+")
+    mandarin = len(await speak(backend, request(text, voice_params={"espeak": "cmn" + plus + variant})))
     letters = len(await speak(make(detect_language=False), request(text, voice_params={"espeak": voice})))
     assert close_to([spoken], mandarin)
     assert letters > 2 * mandarin  # what the English voice alone says: "Chinese letter, Chinese letter, ..."

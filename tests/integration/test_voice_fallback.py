@@ -13,7 +13,7 @@ from typing import Any
 
 from tests.client import Reply, call
 from tests.conftest import fleet_config
-from tests.integration.voice_uploads import ADMIN_KEY, ENV, tone, upload, wait_until
+from tests.integration.voice_uploads import ENV, tone, upload, wait_until
 
 CLONE = "/data/voices/clone.wav"
 
@@ -71,7 +71,7 @@ def test_a_models_fallback_voice_is_spoken_when_the_cloned_voices_pools_are_down
 def test_every_node_down_is_503_with_retry_after_not_one_endpoints_502(nodes, router):
     a, b = nodes(name="a"), nodes(name="b")
     # health checks off: the router still believes in both, so each is tried and refuses the connection
-    srv = router(fleet_config(a.url, b.url, health_check={"enabled": False}), env={"SPEECH_ROUTER_ADMIN_KEY": ADMIN_KEY})
+    srv = router(fleet_config(a.url, b.url, health_check={"enabled": False}))
     a.server.stop()
     b.server.stop()
     r = speak(srv.url, "alloy")
