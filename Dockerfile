@@ -14,6 +14,9 @@
 #   TTS_REMOTE_URL        no config file: one URL or a comma-separated list of index-tts-vllm nodes.
 #   (neither)             the embedded espeak-ng engine answers every OpenAI model name.
 # Secrets: SPEECH_ROUTER_API_KEYS (client keys), SPEECH_ROUTER_ADMIN_KEY (admin API), and any api_key_env.
+# Data: /var/lib/speech-router, a volume the image's user owns (SPEECH_ROUTER_DATA_DIR): uploaded voices go
+# in its voices/ unless the config sets voice_store.directory. Mount a volume there to keep them (compose does;
+# on Kubernetes, whose root filesystem is read-only, the Deployment mounts one).
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -38,13 +41,17 @@ LABEL org.opencontainers.image.title="speech-router" \
 RUN groupadd --system --gid 10001 speech-router \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
             --shell /usr/sbin/nologin speech-router \
- && mkdir -p /etc/speech-router
+ && mkdir -p /etc/speech-router /var/lib/speech-router \
+ && chown 10001:10001 /var/lib/speech-router
 COPY --from=build /opt/speech-router /opt/speech-router
 # Byte code was compiled at install time; nothing is written next to the code, so the root
 # filesystem can be mounted read-only.
 ENV PATH=/opt/speech-router/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    SPEECH_ROUTER_DATA_DIR=/var/lib/speech-router
+# The user's home is /nonexistent: its data directory (~/.local/share) is nowhere to write, this is.
+VOLUME ["/var/lib/speech-router"]
 USER 10001:10001
 EXPOSE 8000
 # /livez answers as long as the process serves HTTP; slim images have no curl, so Python asks.

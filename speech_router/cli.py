@@ -13,6 +13,10 @@ from typing import Any
 from . import __version__
 from .errors import ConfigError
 
+#: where the commands that describe a running router (endpoints, backends, drain, reload) ask by default:
+#: ``serve``'s default port on this host
+DEFAULT_ROUTER_URL = "http://localhost:8000"
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
@@ -35,29 +39,32 @@ def main(argv: list[str] | None = None) -> int:
                                                 "and files it names); exit 1 listing every error")
     check.add_argument("file")
 
-    eps = sub.add_parser("endpoints", help="table of pools and endpoints with live health")
+    # commands that describe or steer a running router ask it: --url, else $SPEECH_ROUTER_URL, else this host's
+    url_help = f"the running router (default: $SPEECH_ROUTER_URL, else {DEFAULT_ROUTER_URL})"
+    eps = sub.add_parser("endpoints", help="pools and endpoints of a running router with live health (its /health)")
+    eps.add_argument("--url", default=None, help=url_help)
     eps.add_argument("--config", "-c", default=None,
-                     help="check the endpoints of this config from here (default: $SPEECH_ROUTER_CONFIG)")
-    eps.add_argument("--url", default=None, help="ask a running router (its /health) instead "
-                                                 "(default: $SPEECH_ROUTER_URL, when --config is not given)")
+                     help="instead, check the endpoints a config file names, from here (no router needed)")
 
     bks = sub.add_parser("backends", help="endpoints of a running router: state, breaker, in-flight, latency "
                                           "(admin API, /admin/endpoints; key from $SPEECH_ROUTER_ADMIN_KEY)")
-    bks.add_argument("--url", default=os.environ.get("SPEECH_ROUTER_URL", "http://127.0.0.1:8000"))
+    bks.add_argument("--url", default=None, help=url_help)
     bks.add_argument("--json", action="store_true", help="print the admin API's JSON")
 
     drain = sub.add_parser("drain", help="stop sending new requests to an endpoint; those in flight finish")
     drain.add_argument("name")
     drain.add_argument("--undo", action="store_true", help="undrain: take new requests again (with slow start)")
-    drain.add_argument("--url", default=os.environ.get("SPEECH_ROUTER_URL", "http://127.0.0.1:8000"))
+    drain.add_argument("--url", default=None, help=url_help)
 
     rld = sub.add_parser("reload", help="ask a running router to reload its configuration")
-    rld.add_argument("--url", default=os.environ.get("SPEECH_ROUTER_URL", "http://127.0.0.1:8000"))
+    rld.add_argument("--url", default=None, help=url_help)
 
     sub.add_parser("worker", help="serve a local engine on one GPU, e.g. `speech-router worker indextts2 --help` "
                                   "(docs/indextts2-local.md)")
 
     args = parser.parse_args(argv)
+    if getattr(args, "url", False) is None and not getattr(args, "config", None):
+        args.url = os.environ.get("SPEECH_ROUTER_URL") or DEFAULT_ROUTER_URL
     commands = {"serve": _serve, "check-config": _check_config, "endpoints": _endpoints, "backends": _backends,
                 "drain": _drain, "reload": _reload}
     return commands[args.command](args)
@@ -70,11 +77,11 @@ def _registry() -> Any:
     return pm, backend_registry(pm)
 
 
-def _load(path: str | None) -> Any:
+def _load(path: str | None, host_checks: bool = False) -> Any:
     from .config.loader import load_settings
 
     pm, registry = _registry()
-    return pm, load_settings(path, registry=registry)
+    return pm, load_settings(path, registry=registry, host_checks=host_checks)
 
 
 def prepare(path: str | None) -> tuple[Any, Any, Any]:
@@ -84,13 +91,12 @@ def prepare(path: str | None) -> tuple[Any, Any, Any]:
     raises ``ConfigError`` with every problem found, each with its line in ``path``.
     """
     from .api.app import create_app
-    from .config.checks import host_issues
-    from .config.locations import format_loc, locate
+    from .config.locations import locate
     from .errors import ConfigIssue
 
     try:
-        pm, settings = _load(path)
-        issues = [ConfigIssue(format_loc(loc), msg) for loc, msg in host_issues(settings)]
+        pm, settings = _load(path, host_checks=True)  # the file, the schema and this host's checks: one report
+        issues: list[ConfigIssue] = []
         try:
             app = create_app(settings, pm=pm, config_path=path)
         except ConfigError as exc:
@@ -143,22 +149,20 @@ def _check_config(args: argparse.Namespace) -> int:
     from .api.app import settings_summary
 
     try:
-        _, settings, _ = prepare(args.file)
+        _, settings, app = prepare(args.file)
     except ConfigError as exc:
         errors = _config_errors(exc)
         print(f"{args.file}: {len(errors)} error{'s' if len(errors) != 1 else ''}", *errors, sep="\n",
               file=sys.stderr)
         return 1
-    s = settings_summary(settings)
+    s = settings_summary(settings, app.state.router)  # endpoints as serve builds them (one per local GPU)
     print(f"{args.file}: OK: {s['pools']} pools, {s['endpoints']} endpoints, {len(s['models'])} models "
           f"({', '.join(s['models'])}), {s['voices']} voices")
     return 0
 
 
 def _endpoints(args: argparse.Namespace) -> int:
-    if args.url is None and args.config is None:  # flags first, then the environment, as the admin commands
-        args.url = os.environ.get("SPEECH_ROUTER_URL") or None
-        args.config = os.environ.get("SPEECH_ROUTER_CONFIG") or None
+    """The running router's endpoints (its /health), or with ``--config`` those a file names, checked from here."""
     if args.url:
         try:
             with urllib.request.urlopen(args.url.rstrip("/") + "/health", timeout=10) as resp:
@@ -166,7 +170,8 @@ def _endpoints(args: argparse.Namespace) -> int:
         except urllib.error.HTTPError as exc:  # 503 still carries the table
             data = json.load(exc)
         except OSError as exc:
-            print(f"speech-router: cannot reach {args.url}: {exc}", file=sys.stderr)
+            print(f"speech-router: cannot reach a router at {args.url}: {exc} (--url names another one; "
+                  "--config FILE checks a config's endpoints from here)", file=sys.stderr)
             return 1
         rows = data["endpoints"]
     else:

@@ -1,6 +1,9 @@
 """Prometheus metrics, on a registry owned by each app (so tests and apps never share counters).
 
 Labels stay bounded: API route paths, configured model, pool and endpoint names, status codes.
+No ``*_created`` series: prometheus-client would add one per counter and histogram series (the time it first
+appeared), doubling what Prometheus stores for what no dashboard or alert reads; they are turned off for the
+process (``disable_created_metrics``, as ``PROMETHEUS_DISABLE_CREATED_SERIES=True`` would).
 """
 
 from __future__ import annotations
@@ -8,8 +11,10 @@ from __future__ import annotations
 import platform
 
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector,
-                               generate_latest)
+                               disable_created_metrics, generate_latest)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+disable_created_metrics()
 
 RTF_BUCKETS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 5, 10)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)

@@ -60,6 +60,9 @@ class SynthesisRequest:
     passthrough: dict[str, Any] | None = None
     #: seconds the client will wait (its deadline header); it can only shorten the model's deadline
     timeout: float | None = None
+    #: the model's ``fallback_voice`` (name, parameters): what a pool of the route that cannot speak ``voice``
+    #: speaks instead; None: such a pool is skipped (a cloned voice is never replaced without being asked)
+    fallback_voice: tuple[str, dict[str, Any]] | None = None
 
 
 @dataclass

@@ -33,6 +33,7 @@ from ..voice_sync import VoiceDistributor
 from .auth import Authenticator
 from .errors import error_response, openai_error
 from .gate import Gate, exchange_of
+from .known_series import create_known_series
 from .observe import RequestMetrics
 from .reload import Reloader
 from .spec import ErrorShape, RouteTable
@@ -63,11 +64,13 @@ def create_app(settings: Settings | None = None, *, pm: pluggy.PluginManager | N
     cache = SpeechCache(AudioCache(settings.cache, metrics), metrics)
     metrics.config_loaded_timestamp.set_to_current_time()
     metrics.config_last_reload_success.set(1)
+    create_known_series(metrics, router, settings, auth)  # at 0: panels and alerts have data on a fresh router
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         log.info("configuration: %s (%d pools, %d endpoints, models: %s)", settings.source or "given",
                  len(router.pools), len(router.endpoints), ", ".join(settings.models))
+        log_auth(auth, settings)
         if settings.source == "embedded default":
             log.warning("no config file and no TTS_REMOTE_URL: serving with the embedded espeak engine only "
                         "(set TTS_REMOTE_URL or --config to route to GPU nodes)")
@@ -102,10 +105,22 @@ def create_app(settings: Settings | None = None, *, pm: pluggy.PluginManager | N
     return app
 
 
+def log_auth(auth: Authenticator, settings: Settings) -> None:
+    """One line at start: whether clients need a key (never a key itself: their number, and the admin API's)."""
+    admin = "on" if auth.admin_enabled else f"off (no {settings.server.auth.admin_key_env})"
+    if auth.enabled:
+        log.info("client authentication: on (%d key%s); admin API: %s", len(auth.keys),
+                 "" if len(auth.keys) == 1 else "s", admin)
+    else:
+        log.warning("client authentication: off: anyone who can reach the port can use it (set %s to turn it on); "
+                    "admin API: %s", settings.server.auth.keys_env, admin)
+
+
 def _refresh_state(state: AppState) -> Callable[[Settings, Settings], Awaitable[None]]:
     """What else follows the settings after a reload: what is worked out once per configuration."""
     async def refresh(old: Settings, new: Settings) -> None:
         state.tts_url_model = _tts_url_model(state.router)
+        create_known_series(state.metrics, state.router, new, state.auth)  # the pools and endpoints it added
         if new.cache != old.cache:
             await state.cache.store.resize(new.cache)
 
@@ -133,6 +148,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
                         headers=getattr(exc, "headers", None))
 
 
-def settings_summary(settings: Settings) -> dict[str, Any]:
-    return {"pools": len(settings.pools), "endpoints": sum(len(p.endpoints) or 1 for p in settings.pools.values()),
+def settings_summary(settings: Settings, router: Router) -> dict[str, Any]:
+    """What ``check-config`` says of a good file: the endpoints are those the router built from it."""
+    return {"pools": len(settings.pools), "endpoints": len(router.endpoints),
             "models": list(settings.models), "voices": len(settings.voices)}

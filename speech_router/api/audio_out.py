@@ -35,6 +35,8 @@ class AudioMeter:
 
     samples: int = 0
     sample_rate: int = 0
+    #: samples the router encoded, at the output rate (0 when the backend's bytes passed through)
+    encoded: int = 0
 
     @property
     def seconds(self) -> float:
@@ -66,15 +68,16 @@ def passes_through(resp: AudioResponse, fmt: str, sample_rate: int | None) -> bo
 
 
 async def audio_body(resp: AudioResponse, fmt: str, sample_rate: int | None, meter: AudioMeter,
-                     chars: int | None = None) -> AsyncIterator[bytes]:
+                     chars: int | None = None, *, whole: bool = False) -> AsyncIterator[bytes]:
     """The client's bytes, produced as the backend's bytes arrive.
 
     With ``chars`` (the text's length), audio past ``max_audio_seconds(chars)`` fails the request: a node's
-    header cannot make a small answer into hours of output.
+    header cannot make a small answer into hours of output. ``whole``: a finished file is wanted, so a
+    transcoded one comes out at the end, with the length in its header (FLAC's STREAMINFO, mp3's LAME tag).
     """
     cap = max_audio_seconds(chars) if chars is not None else None
     try:
-        async for out in _convert(resp, fmt, sample_rate, meter, cap):
+        async for out in _convert(resp, fmt, sample_rate, meter, cap, whole):
             if cap is not None and meter.seconds > cap:
                 raise BackendFailed(f"backend sent more than {cap:g} s of audio for {chars} characters")
             yield out
@@ -84,7 +87,7 @@ async def audio_body(resp: AudioResponse, fmt: str, sample_rate: int | None, met
 
 
 async def _convert(resp: AudioResponse, fmt: str, sample_rate: int | None, meter: AudioMeter,
-                   cap: float | None = None) -> AsyncIterator[bytes]:
+                   cap: float | None = None, whole: bool = False) -> AsyncIterator[bytes]:
     chunks = resp.chunks
     if passes_through(resp, fmt, sample_rate):
         async for chunk in _metered(chunks, resp, meter):
@@ -111,7 +114,7 @@ async def _convert(resp: AudioResponse, fmt: str, sample_rate: int | None, meter
             if len(pcm) % 2:
                 pcm, pending = pcm[:-1], pcm[-1:]
         if encoder is None:
-            encoder = make_encoder(fmt, rate, output_rate(fmt, rate, sample_rate))
+            encoder = make_encoder(fmt, rate, output_rate(fmt, rate, sample_rate), whole=whole)
             meter.sample_rate = rate
             piece = 2 * max(1, round(rate * PIECE_S))
         if cap is not None and (meter.samples + len(pcm) // 2) / rate > cap:  # before encoding any of it
@@ -135,6 +138,7 @@ async def _convert(resp: AudioResponse, fmt: str, sample_rate: int | None, meter
     if encoder is None:
         raise BackendFailed("backend sent no audio")
     tail = encoder.finish() if fmt in _INLINE else await asyncio.to_thread(encoder.finish)
+    meter.encoded = encoder.samples_out
     if tail:
         yield tail
 

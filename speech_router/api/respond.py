@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from ..audio import FORMATS
+from ..audio import FORMATS, flac
 from ..audio.validate import max_audio_seconds
 from ..cache import CachedAudio
 from ..errors import BackendError, BackendFailed, ClientDisconnected, DeadlineExceeded
@@ -60,16 +60,19 @@ async def respond(dispatched: Dispatched, plan: Plan, ex: Exchange, cache: Speec
     ex.dispatched(pool_name, ep_name, dispatched.attempts, dispatched.fallback_reason, dispatched.queued)
     meter = AudioMeter()
     passthrough = passes_through(resp, fmt, plan.sample_rate)
-    body = passed(resp, meter, len(sreq.text)) if passthrough else audio_body(resp, fmt, plan.sample_rate, meter,
-                                                                               chars=len(sreq.text))
+    if passthrough:
+        body = passed(resp, meter, len(sreq.text))
+    else:  # a finished file (stream: false) is encoded whole: its header says its length
+        body = audio_body(resp, fmt, plan.sample_rate, meter, chars=len(sreq.text), whole=not plan.stream)
     headers = {ENDPOINT_HEADER: ep_name, "x-speech-router-pool": pool_name,
                "x-speech-router-attempts": str(dispatched.attempts)}
+    if plan.cache_key is not None and dispatched.fallback_reason:  # not the model's own answer (another pool's
+        plan.cache_key = None  # voice, maybe a substitute voice): never kept for requests once its pools are back
     if plan.cache_key is not None:  # stored once sent completely, in the format sent (before any SSE framing)
         headers[CACHE_HEADER] = ex.cache = "miss"
-        fix = fmt == "wav" and not passthrough
         body = cache.tee(body, plan.cache_key, lambda data: CachedAudio(
-            fix_wav_sizes(data) if fix else data, FORMATS[fmt].content_type, fmt, meter.sample_rate or None,
-            seconds=meter.seconds), chars=len(sreq.text))
+            data if passthrough else finished(data, fmt, meter), FORMATS[fmt].content_type, fmt,
+            meter.sample_rate or None, seconds=meter.seconds), chars=len(sreq.text))
     if plan.sse:
         body = sse_events(body, len(sreq.text), meter)
     if dispatched.fallback_reason:
@@ -196,6 +199,15 @@ async def one_chunk(data: bytes) -> AsyncIterator[bytes]:
 async def _close(body: AsyncIterator[bytes]) -> None:
     with contextlib.suppress(Exception):
         await body.aclose()  # type: ignore[attr-defined]
+
+
+def finished(data: bytes, fmt: str, meter: AudioMeter) -> bytes:
+    """A streamed answer kept whole (by the cache) as a finished file: its header says its length."""
+    if fmt == "wav":
+        return fix_wav_sizes(data)
+    if fmt == "flac":
+        return flac.with_total_samples(data, meter.encoded)
+    return data
 
 
 def fix_wav_sizes(data: bytes) -> bytes:

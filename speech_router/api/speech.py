@@ -65,6 +65,12 @@ def check_model(request: Request, settings: Settings, model: str) -> None:
     exchange_of(request.scope).model = model  # a configured name: safe as a metric label
 
 
+def fallback_voice(settings: Settings, model: str) -> tuple[str, dict[str, Any]] | None:
+    """The model's ``fallback_voice``, with its parameters: what pools that cannot speak the asked voice speak."""
+    name = settings.models[model].fallback_voice
+    return None if name is None else (name, settings.voices[name].params())
+
+
 def check_text(settings: Settings, text: str, param: str) -> None:
     if not text.strip():
         raise RequestInvalid(f"Invalid '{param}': the text is empty.", param=param, code="empty_input")
@@ -91,7 +97,8 @@ async def openai_speech(request: Request, state: AppState) -> Plan:
     emotion = Emotion(EmotionMethod.TEXT, text=body.instructions) if body.instructions else Emotion()
     sreq = SynthesisRequest(text=body.input, model=body.model, voice=voice, voice_params=params, emotion=emotion,
                             speed=body.speed, response_format=body.response_format,
-                            request_id=exchange_of(request.scope).request_id)
+                            request_id=exchange_of(request.scope).request_id,
+                            fallback_voice=fallback_voice(settings, body.model))
     return Plan(sreq, body.response_format, sse=body.stream_format == "sse")
 
 
@@ -121,7 +128,8 @@ async def native(request: Request, state: AppState) -> Plan:
     sreq = SynthesisRequest(text=body.text, model=model, voice=body.voice, voice_params=params, emotion=emotion,
                             speed=body.speed, response_format=body.format,
                             max_text_tokens_per_sentence=body.max_text_tokens_per_sentence, lang=body.lang,
-                            request_id=exchange_of(request.scope).request_id)
+                            request_id=exchange_of(request.scope).request_id,
+                            fallback_voice=fallback_voice(settings, model))
     return Plan(sreq, body.format, body.sample_rate, stream=body.stream)
 
 

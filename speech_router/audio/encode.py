@@ -49,8 +49,11 @@ class WavEncoder(PcmEncoder):
         return wav_header(self.sample_rate, 1, len(data) if self._finished else None) + data
 
 
-def make_encoder(fmt: str, input_rate: int, output_rate: int | None = None) -> StreamEncoder:
+def make_encoder(fmt: str, input_rate: int, output_rate: int | None = None, *, whole: bool = False) -> StreamEncoder:
     """A fresh encoder for one response.
+
+    ``whole``: the bytes are read only at ``finish()`` (a finished file, not a stream), so the codec's headers
+    come out final, as from ``encode_all``.
 
     `output_rate=None` resolves to `formats.output_rate(fmt, input_rate, None)`; an explicit rate is
     used as given after checking that the codec can write it (mp3 and opus only take a few rates).
@@ -61,16 +64,20 @@ def make_encoder(fmt: str, input_rate: int, output_rate: int | None = None) -> S
     spec = formats.audio_format(fmt)
     formats.positive_rate(input_rate)  # any positive rate can be resampled from
     rate = formats.output_rate(fmt, input_rate, None) if output_rate is None else formats.check_rate(fmt, output_rate)
+    encoder: StreamEncoder
     if fmt == "pcm":
-        return PcmEncoder(spec.content_type, input_rate, rate)
-    if fmt == "wav":
-        return WavEncoder(spec.content_type, input_rate, rate)
-    if fmt == "aac":
-        return AacEncoder(spec.content_type, input_rate, rate)
-    if fmt == "opus" and pyav_opus_available():
-        return PyavOpusEncoder(spec.content_type, input_rate, rate)
-    assert fmt in SNDFILE_FORMATS
-    return SndfileEncoder(fmt, spec.content_type, input_rate, rate)
+        encoder = PcmEncoder(spec.content_type, input_rate, rate)
+    elif fmt == "wav":
+        encoder = WavEncoder(spec.content_type, input_rate, rate)
+    elif fmt == "aac":
+        encoder = AacEncoder(spec.content_type, input_rate, rate)
+    elif fmt == "opus" and pyav_opus_available():
+        encoder = PyavOpusEncoder(spec.content_type, input_rate, rate)
+    else:
+        assert fmt in SNDFILE_FORMATS
+        encoder = SndfileEncoder(fmt, spec.content_type, input_rate, rate)
+    encoder._whole = whole
+    return encoder
 
 
 def encode_all(pcm: bytes, input_rate: int, fmt: str, output_rate: int | None = None) -> bytes:
@@ -80,7 +87,6 @@ def encode_all(pcm: bytes, input_rate: int, fmt: str, output_rate: int | None = 
     and MD5, and the LAME/Xing frame that gives mp3 players the duration and gapless trimming (so a
     whole mp3 stays VBR, while a streamed one is CBR).
     """
-    encoder = make_encoder(fmt, input_rate, output_rate)
-    encoder._whole = True
+    encoder = make_encoder(fmt, input_rate, output_rate, whole=True)
     encoder.write(pcm)
     return encoder.finish()

@@ -128,7 +128,7 @@ class SndfileEncoder(StreamEncoder):
 
     def _encode(self, samples: np.ndarray) -> None:
         if not self._wrote and self._fmt == "mp3" and not self._whole:
-            # Decided here, not in __init__: encode_all sets _whole after construction. A whole file
+            # Decided here, not in __init__: make_encoder sets _whole after construction. A whole file
             # keeps VBR, as its LAME/Xing frame is written and carries the length.
             self.constant_bitrate = _set_mp3_constant_bitrate(self._file, self.sample_rate)
         self._wrote = True

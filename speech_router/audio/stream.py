@@ -29,8 +29,9 @@ class StreamEncoder:
             soxr.ResampleStream(input_rate, output_rate, 1, dtype="int16") if input_rate != output_rate else None
         )
         self._odd = b""  # a half sample split across write() calls
+        self.samples_out = 0  # samples encoded so far, at the output rate
         self._finished = False
-        # Set by encode_all: output is only read at finish(), so headers can be patched in place.
+        # Set by make_encoder(whole=True): output is only read at finish(), so headers can be patched in place.
         self._whole = False
 
     def __repr__(self) -> str:
@@ -48,6 +49,7 @@ class StreamEncoder:
         if self._resampler is not None and samples.size:
             samples = self._resampler.resample_chunk(samples)
         if samples.size:
+            self.samples_out += samples.size
             self._encode(samples)
         return b"" if self._whole else self._drain()
 
@@ -58,6 +60,7 @@ class StreamEncoder:
         if self._resampler is not None:
             tail = self._resampler.resample_chunk(np.zeros(0, dtype=np.int16), last=True)
             if tail.size:
+                self.samples_out += tail.size
                 self._encode(tail)
         self._odd = b""  # half a sample cannot be played; drop it
         self._finished = True

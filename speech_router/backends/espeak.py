@@ -6,6 +6,9 @@ initialised once per process. The worker pushes each buffer onto the request's a
 espeak makes it, so audio streams; it never waits for the consumer, so a slow client cannot hold
 the engine. Closing the stream early makes the synth callback abort at its next buffer.
 
+Languages: a text is read run by run, each by a voice of its language (``espeak_voices``), so Chinese text
+sent with an English voice is Chinese speech.
+
 Speed: espeak's rate is ``round(175 * speed)`` words per minute. espeak cannot go below 80 wpm (it
 silently plays slower requests at 80), so speeds under ~0.46 are made at 80 wpm and lengthened by
 sonic, the pitch-keeping time scaler libespeak-ng embeds for its own rates above 450 wpm. Where the
@@ -29,6 +32,7 @@ from ..plugins.hookspecs import hookimpl
 from ..types import AudioResponse, HealthReport, SynthesisRequest
 from .base import Backend, Capabilities
 from .espeak_lib import EE_OK, RATE_MINIMUM, RATE_NORMAL, Engine, EngineUnavailable
+from .espeak_voices import plan
 
 DEFAULT_VOICE = "en-us"
 
@@ -89,13 +93,17 @@ def plan_rate(speed: float, can_stretch: bool) -> tuple[int, float | None]:
 
 
 class _Job:
-    """One synthesis: made on the event loop, run on the worker, read back through ``queue``."""
+    """One synthesis: made on the event loop, run on the worker, read back through ``queue``.
 
-    def __init__(self, text: str, voice: str, wpm: int, stretch: float | None, endpoint: str) -> None:
+    ``parts`` are ``(voice, text)`` in order (``espeak_voices.plan``): each is read by its voice, one after
+    the other, into one stream.
+    """
+
+    def __init__(self, parts: list[tuple[str, str]], wpm: int, stretch: float | None, endpoint: str) -> None:
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[object] = asyncio.Queue()
         self.cancelled = threading.Event()
-        self.text, self.voice, self.wpm, self.stretch, self.endpoint = text, voice, wpm, stretch, endpoint
+        self.parts, self.wpm, self.stretch, self.endpoint = parts, wpm, stretch, endpoint
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -121,11 +129,11 @@ class _Job:
     def _run(self, engine: Engine) -> None:
         if self.cancelled.is_set():
             return
-        if not engine.set_voice(self.voice):
-            message = f"espeak has no voice {self.voice!r} (try en-us, en-gb, cmn or a variant like en-us+f3)"
-            self.put(BackendRejected(message, endpoint=self.endpoint, status=400))
-            return
-        engine.set_rate(self.wpm)
+        for voice in dict.fromkeys(voice for voice, _ in self.parts):  # every voice exists before a sample is made
+            if not engine.set_voice(voice):
+                message = f"espeak has no voice {voice!r} (try en-us, en-gb, cmn or a variant like en-us+f3)"
+                self.put(BackendRejected(message, endpoint=self.endpoint, status=400))
+                return
         self.put(_STARTED)
         stretcher = engine.stretcher(self.stretch) if self.stretch is not None else None
 
@@ -134,8 +142,14 @@ class _Job:
                 pcm = stretcher.process(pcm)
             return not self.put(pcm) if pcm else self.cancelled.is_set()
 
+        status = EE_OK
         try:
-            status = engine.synth(self.text, on_samples)
+            for voice, text in self.parts:
+                if status != EE_OK or self.cancelled.is_set():
+                    break
+                engine.set_voice(voice)
+                engine.set_rate(self.wpm)
+                status = engine.synth(text, on_samples)
             if stretcher is not None and not self.cancelled.is_set():
                 tail = stretcher.flush()
                 if tail:
@@ -173,9 +187,15 @@ class EspeakBackend(Backend):
     class Options(Backend.Options):
         #: the espeak voice for requests whose voice has no ``espeak`` key
         default_voice: str = DEFAULT_VOICE
+        #: read each run of Chinese, Japanese, Korean or other text with a voice of its language (the
+        #: configured voice's variant kept; see ``espeak_voices``); false: the configured voice reads it all
+        detect_language: bool = True
 
     def supports_voice(self, voice_params: dict[str, Any]) -> bool:
-        return True  # a voice without an ``espeak`` key is spoken with ``default_voice``
+        """A voice with an ``espeak`` key, or one with no parameters at all (``default_voice`` reads it). A voice
+        that names a speaker for another engine (a reference recording, a node's character, an upstream voice)
+        is not one espeak can speak: its default voice is no fallback for a cloned voice (issue #22)."""
+        return bool(voice_params.get("espeak")) or not voice_params
 
     async def open(self) -> None:
         await self._engine()
@@ -189,7 +209,8 @@ class EspeakBackend(Backend):
             raise BackendRejected(f"the espeak voice must be a name, got {voice!r}", endpoint=self.name, status=400)
         engine = await self._engine()
         wpm, stretch = plan_rate(request.speed, engine.can_stretch)
-        job = _Job(text, voice, wpm, stretch, self.name)
+        parts = plan(text, voice, lang=request.lang, detect=self.options.detect_language)  # type: ignore[attr-defined]
+        job = _Job(parts, wpm, stretch, self.name)
         _worker().submit(job.run, engine)
         try:
             first = await job.queue.get()  # voice accepted, or why not

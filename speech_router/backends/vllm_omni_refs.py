@@ -26,14 +26,13 @@ import os
 import posixpath
 from dataclasses import dataclass
 
-import soundfile as sf
 
 from ..errors import Unavailable
+from ..voices.audio import MAX_REFERENCE_FILE_BYTES, check_reference_file
 
 log = logging.getLogger(__name__)
 
-MAX_REFERENCE_BYTES = 10 * 1024 * 1024
-MIN_SECONDS, MAX_SECONDS = 1.0, 30.0
+MAX_REFERENCE_BYTES = MAX_REFERENCE_FILE_BYTES
 URL_SCHEMES = ("http://", "https://", "data:", "file://")
 _MIME = {"WAV": "audio/wav", "FLAC": "audio/flac", "OGG": "audio/ogg", "MP3": "audio/mpeg"}
 
@@ -77,21 +76,13 @@ class ReferenceFiles:
             return cached.url
 
     def _read(self, path: str) -> str:
+        kind = check_reference_file(path, self.max_bytes)  # the same check check-config runs
         try:
-            size = os.path.getsize(path)
-            if size > self.max_bytes:
-                raise ValueError(f"{size} bytes, over the {self.max_bytes} byte limit")
-            info = sf.info(path)
             with open(path, "rb") as f:
                 data = f.read(self.max_bytes + 1)
         except OSError as exc:
             raise ValueError(exc.strerror or repr(exc)) from None
-        except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-            raise ValueError(f"not audio libsndfile can read ({exc})") from None
-        seconds = info.frames / info.samplerate if info.samplerate else 0.0
-        if not MIN_SECONDS <= seconds <= MAX_SECONDS:
-            raise ValueError(f"{seconds:.1f} s long; vllm-omni takes {MIN_SECONDS:g}-{MAX_SECONDS:g} s")
-        mime = _MIME.get(info.format, "application/octet-stream")
+        mime = _MIME.get(kind, "application/octet-stream")
         return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 

@@ -17,7 +17,9 @@ import yaml
 from pydantic import ValidationError
 
 from ..errors import ConfigError, ConfigIssue
+from .datadir import default_voice_directory
 from .locations import YamlLines, format_loc
+from .yamlfile import config_text, duplicate_keys
 from .messages import did_you_mean, user_message
 from .models import DEFAULT_VOICE_DIR, PoolConfig, Settings, VoiceConfig
 
@@ -55,37 +57,50 @@ def expand_env(value: Any, env: Mapping[str, str], loc: tuple[Any, ...] = (), is
 
 
 def load_settings(path: str | os.PathLike[str] | None = None, *, registry: Any = None,
-                  env: Mapping[str, str] | None = None) -> Settings:
-    """Load the config from ``path``, else from ``TTS_REMOTE_URL``, else the embedded default."""
+                  env: Mapping[str, str] | None = None, host_checks: bool = False) -> Settings:
+    """Load the config from ``path``, else from ``TTS_REMOTE_URL``, else the embedded default.
+
+    ``host_checks``: also what this host must have (``checks.host_issues``), reported with the rest.
+    """
     env = os.environ if env is None else env
     if path is not None:
-        return load_file(path, registry=registry, env=env)
+        return load_file(path, registry=registry, env=env, host_checks=host_checks)
     if env.get("TTS_REMOTE_URL", "").strip():
-        return settings_from_dict(remote_config(env), registry=registry, env=env, source="TTS_REMOTE_URL")
-    return settings_from_dict(embedded_config(), registry=registry, env=env, source="embedded default")
+        return settings_from_dict(remote_config(env), registry=registry, env=env, source="TTS_REMOTE_URL",
+                                  host_checks=host_checks)
+    return settings_from_dict(embedded_config(), registry=registry, env=env, source="embedded default",
+                              host_checks=host_checks)
 
 
-def load_file(path: str | os.PathLike[str], *, registry: Any = None, env: Mapping[str, str] | None = None) -> Settings:
+def load_file(path: str | os.PathLike[str], *, registry: Any = None, env: Mapping[str, str] | None = None,
+              host_checks: bool = False) -> Settings:
+    """A config file, or a Kubernetes ConfigMap holding one (its ``data.config.yaml``)."""
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        found = config_text(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError([ConfigIssue("", f"cannot read config: {exc.strerror or exc}")], source=source) from None
+    except ValueError as exc:
+        raise ConfigError([ConfigIssue("", str(exc))], source=source) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.safe_load(found.text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
+        line = mark.line + 1 + found.offset if mark is not None else None
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([ConfigIssue("", f"invalid YAML: {problem}", line)], source=source) from None
     if not isinstance(data, dict):
         raise ConfigError([ConfigIssue("", "the config must be a mapping with pools and models")], source=source)
-    return settings_from_dict(data, registry=registry, env=env, source=source, lines=YamlLines(text))
+    return settings_from_dict(data, registry=registry, env=env, source=source,
+                              lines=YamlLines(found.text, found.offset), host_checks=host_checks,
+                              found=duplicate_keys(found.text, found.offset))
 
 
 def settings_from_dict(data: dict[str, Any], *, registry: Any = None, env: Mapping[str, str] | None = None,
-                       source: str = "", lines: YamlLines | None = None) -> Settings:
-    """Validate a config tree. Raises ``ConfigError`` listing every problem once, with its location."""
+                       source: str = "", lines: YamlLines | None = None, host_checks: bool = False,
+                       found: list[ConfigIssue] | None = None) -> Settings:
+    """Validate a config tree. Raises ``ConfigError`` listing every problem once, with its location:
+    ``found`` (the file's own, such as repeated keys), the schema's, and with ``host_checks`` this host's."""
     env = os.environ if env is None else env
     unset: list[tuple[tuple[Any, ...], str]] = []
     data = expand_env(data, env, (), unset)
@@ -99,9 +114,16 @@ def settings_from_dict(data: dict[str, Any], *, registry: Any = None, env: Mappi
     raw.extend(check_references(data, registry))
     if settings is not None:
         raw.extend(_name_endpoints(settings))
+    if settings is not None and not settings.voice_store.directory:
+        settings.voice_store.directory = default_voice_directory(source, env)
+    if host_checks:
+        from .checks import host_issues  # reads audio files: not imported by every loader
+
+        raw.extend(host_issues(data, env, source=source))
     raw = _without_follow_ons(raw, [loc for loc, _ in unset])
-    if raw:
-        issues = [ConfigIssue(format_loc(loc), msg, lines.line(loc) if lines else None) for loc, msg in raw]
+    if raw or found:
+        issues = [*(found or []),
+                  *(ConfigIssue(format_loc(loc), msg, lines.line(loc) if lines else None) for loc, msg in raw)]
         issues.sort(key=lambda issue: issue.line or 0)
         raise ConfigError(issues, source=source)
     assert settings is not None
@@ -142,7 +164,12 @@ def check_references(data: dict[str, Any], registry: Any) -> list[tuple[tuple[An
     issues: list[tuple[tuple[Any, ...], str]] = []
     pools = data.get("pools") if isinstance(data.get("pools"), dict) else {}
     models = data.get("models") if isinstance(data.get("models"), dict) else {}
+    voice_names = data.get("voices") if isinstance(data.get("voices"), dict) else {}
     for model, route in models.items():
+        substitute = route.get("fallback_voice") if isinstance(route, dict) else None
+        if isinstance(substitute, str) and substitute not in voice_names:
+            issues.append((("models", model, "fallback_voice"),
+                           f"unknown voice {substitute!r}{did_you_mean(substitute, voice_names)} (a configured voice)"))
         names = route.get("pools") if isinstance(route, dict) else route
         names = [names] if isinstance(names, str) else names
         for i, pool in enumerate(names if isinstance(names, list) else []):
@@ -185,6 +212,7 @@ def _check_pool(name: str, pool: dict[str, Any], registry: Any) -> list[tuple[tu
     if backend_cls.capabilities.needs_url and isinstance(endpoints, list):
         if not endpoints and not misspelt:  # a misspelt `endpoints` was reported as an unknown key
             issues.append((("pools", name, "endpoints"), f"type {kind!r} needs at least one endpoint"))
+        seen: dict[str, int] = {}
         for i, ep in enumerate(endpoints):
             if isinstance(ep, dict) and not ep.get("url"):
                 issues.append((("pools", name, "endpoints", i, "url"), f"required for type {kind!r}"))
@@ -192,7 +220,18 @@ def _check_pool(name: str, pool: dict[str, Any], registry: Any) -> list[tuple[tu
                 problem = _url_shape(ep["url"], kind, backend_cls.capabilities.request_paths)
                 if problem:
                     issues.append((("pools", name, "endpoints", i, "url"), problem))
+                elif (first := seen.setdefault(_same_node(ep["url"]), i)) != i:
+                    issues.append((("pools", name, "endpoints", i, "url"), f"the same URL as endpoints[{first}]: "
+                                   "a node listed twice in a pool gets twice its share of requests"))
     return issues
+
+
+def _same_node(url: str) -> str:
+    """A URL as the node it reaches: scheme and host in any case, with or without a trailing slash."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url.strip())
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}{parts.path.rstrip('/')}?{parts.query}"
 
 
 def _url_shape(url: str, kind: str, request_paths: tuple[str, ...]) -> str | None:

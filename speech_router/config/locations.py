@@ -39,10 +39,13 @@ def locate(exc: ConfigError, path: str | os.PathLike[str] | None) -> ConfigError
     """``exc`` with a line for each of its issues in ``path`` that has none (issues found after loading)."""
     if path is None or exc.source not in ("", str(path)):
         return exc
+    from .yamlfile import config_text  # imports this module
+
     try:
-        lines = YamlLines(Path(path).read_text(encoding="utf-8"))
-    except OSError:
+        found = config_text(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return exc
+    lines = YamlLines(found.text, found.offset)
     issues = [ConfigIssue(i.loc, i.message, i.line if i.line or not i.loc else lines.line(parse_loc(i.loc)))
               for i in exc.issues]
     return ConfigError(sorted(issues, key=lambda issue: issue.line or 0), source=str(path))
@@ -51,7 +54,8 @@ def locate(exc: ConfigError, path: str | os.PathLike[str] | None) -> ConfigError
 class YamlLines:
     """Maps a location in the parsed YAML back to its line number, using the composed node tree."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, offset: int = 0) -> None:
+        self.offset = offset  # lines of the file before the config's first (a ConfigMap's)
         try:
             self.root = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.YAMLError:
@@ -74,4 +78,4 @@ class YamlLines:
                 best = node.start_mark.line + 1
             else:
                 break
-        return best
+        return best + self.offset if best is not None else None

@@ -27,7 +27,6 @@ DEFAULT_VOICE_DIR = "/data/voices"
 DEFAULT_QUEUE_TIMEOUT_S = 10.0
 DEFAULT_DEADLINE_S = 120.0
 DEFAULT_LOAD_SIGNAL_INTERVAL_S = 1.0
-DEFAULT_VOICE_STORE_DIR = "/var/lib/speech-router/voices"
 DEFAULT_VOICE_UPLOAD_BYTES = 10 * 1024 * 1024
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")
@@ -345,6 +344,9 @@ class ModelConfig(_Strict):
     deadline: float = Field(DEFAULT_DEADLINE_S, gt=0, description="overall time for a request: queueing and tries")
     fanout: FanoutConfig = Field(default_factory=FanoutConfig)
     cache: ModelCacheConfig = Field(default_factory=ModelCacheConfig)
+    fallback_voice: str | None = Field(
+        None, description="a configured voice that pools of the route which cannot speak the asked voice speak "
+                          "instead; default: none, so a cloned voice is never replaced (503 while its pools are down)")
 
     @model_validator(mode="before")
     @classmethod
@@ -385,8 +387,9 @@ class VoiceStoreConfig(_Strict):
     replica may share, and which index-tts-vllm nodes mount to read them (``node_directory``)."""
 
     enabled: bool = Field(True, description="accept uploads (with the admin key or a key with the voices scope)")
-    directory: str = Field(DEFAULT_VOICE_STORE_DIR, description="where uploaded voices are kept (created on the "
-                                                                "first upload)")
+    directory: str = Field("", description="where uploaded voices are kept (created on the first upload); "
+                                           "empty: $SPEECH_ROUTER_DATA_DIR/voices, else the user's data directory, "
+                                           "one per config (config/datadir.py); the loader fills it in")
     node_directory: str | None = Field(None, description="the same directory as the nodes (and local workers) see "
                                                          "it, for spk_audio_path; default: directory")
     max_bytes: int = Field(DEFAULT_VOICE_UPLOAD_BYTES, ge=1024, description="largest audio file accepted")

@@ -152,7 +152,8 @@ class EmulatorState:
                 raise NodeStopped
             return
         try:
-            await asyncio.wait_for(stopped.wait(), seconds)
+            async with asyncio.timeout(seconds):  # not wait_for: on 3.11 it can lose a cancel (router/health.py)
+                await stopped.wait()
         except TimeoutError:
             return
         raise NodeStopped

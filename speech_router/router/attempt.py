@@ -42,6 +42,7 @@ from .events import RouterListener
 from .hedge import Hedging
 from .outlier import Outcome
 from .pool import Pool
+from .spoken import as_spoken_by, unreachable
 from .ticket import Lease, Ticket
 
 log = logging.getLogger(__name__)
@@ -126,11 +127,11 @@ class AttemptLoop:
         i = -1
         while (i := i + 1) < len(route):
             pool = route[i]
-            if i > 0 and request.passthrough is None and pool.endpoints \
-                    and not pool.endpoints[0].backend.supports_voice(request.voice_params):
+            spoken = request if i == 0 else as_spoken_by(pool, request)  # router/spoken.py
+            if spoken is None:
                 continue
             try:
-                result = await self.in_pool(pool, request, deadline=deadline, priority=priority, errors=errors,
+                result = await self.in_pool(pool, spoken, deadline=deadline, priority=priority, errors=errors,
                                             last_pool=i == len(route) - 1, whole=whole, spread=spread)
             except (Unavailable, BackendError) as exc:
                 if isinstance(exc, DeadlineExceeded) or (isinstance(exc, BackendError) and retry_reason(exc) is None):
@@ -151,7 +152,18 @@ class AttemptLoop:
     async def in_pool(self, pool: Pool, request: SynthesisRequest, *, deadline: float, priority: str,
                       errors: list[str], last_pool: bool = True, whole: bool = False,
                       spread: bool = False) -> Dispatched:
-        """Tries on the pool's endpoints (each at most once) until one answers."""
+        """Tries on the pool's endpoints (each at most once) until one answers; a pool none of whose endpoints
+        could be reached is unavailable (503), not one endpoint's failure (router/spoken.py)."""
+        failures: list[BackendError] = []
+        try:
+            return await self._tries(pool, request, deadline=deadline, priority=priority, errors=errors,
+                                     failures=failures, last_pool=last_pool, whole=whole, spread=spread)
+        except BackendUnavailable as exc:
+            raise unreachable(pool, failures) or exc from None
+
+    async def _tries(self, pool: Pool, request: SynthesisRequest, *, deadline: float, priority: str,
+                     errors: list[str], failures: list[BackendError], last_pool: bool, whole: bool,
+                     spread: bool) -> Dispatched:
         retry = pool.config.retry
         pool.budget.request()
         chars = len(request.text)
@@ -188,6 +200,7 @@ class AttemptLoop:
                                                   whole=whole)
             except BackendError as exc:
                 last = exc
+                failures.append(exc)
                 errors.append(f"{exc.endpoint or lease.endpoint.name}: {exc.message}")
                 if isinstance(exc, BackendRejected):
                     if exc.try_elsewhere and not elsewhere and attempts < retry.max_attempts:
@@ -220,7 +233,8 @@ class AttemptLoop:
         ep = lease.endpoint
         verify = whole or self._verifies(pool, ep)
         try:
-            response, head, complete = await asyncio.wait_for(self._start(ep, request, verify), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for, which can lose a cancel on 3.11 (router/health.py)
+                response, head, complete = await self._start(ep, request, verify)
             if complete and self.validate is not None:
                 try:
                     self.validate(head.pieces(), response.format, len(request.text))

@@ -2,7 +2,12 @@
 jitter), applying the healthy/unhealthy thresholds; an endpoint that is down is checked every
 ``unhealthy_interval`` (2 s) instead, so a node (or a whole fleet) that comes back is in rotation within
 seconds, not a whole interval later; optionally a deep check that synthesizes a short text now and then,
-for nodes whose ``/health`` says "healthy" while synthesis is broken."""
+for nodes whose ``/health`` says "healthy" while synthesis is broken.
+
+Timeouts are ``asyncio.timeout`` blocks, never ``asyncio.wait_for``: on Python 3.11, a task cancelled just as
+the awaited call finished got the call's result from ``wait_for`` and lost the cancellation, so a check loop
+ran on and the router's shutdown waited for it forever (issue #22).
+"""
 
 from __future__ import annotations
 
@@ -24,7 +29,8 @@ async def ask(ep: Endpoint, timeout: float) -> tuple[bool, str, dict[str, Any] |
     """One ``health()`` call: healthy, why, and what the node reported of itself; raising or timing out means
     unhealthy, with the reason."""
     try:
-        report = await asyncio.wait_for(ep.backend.health(), timeout)
+        async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancel (see module doc)
+            report = await ep.backend.health()
     except asyncio.CancelledError:
         raise
     except TimeoutError:
@@ -48,7 +54,8 @@ async def ask_deep(ep: Endpoint, request: SynthesisRequest, timeout: float) -> t
         return size
 
     try:
-        size = await asyncio.wait_for(run(), timeout)
+        async with asyncio.timeout(timeout):
+            size = await run()
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001

@@ -109,7 +109,8 @@ class Pool:
         self._arm()
         taken = False
         try:
-            result = await asyncio.wait_for(asyncio.shield(placed), ticket.limit)
+            async with asyncio.timeout(ticket.limit):  # not wait_for, which can lose a cancel on 3.11 (health.py)
+                result = await asyncio.shield(placed)
             if result is None:
                 return await self.acquire(Ticket(ticket.chars, ticket.priority, ticket.exclude, ticket.allow_panic,
                                                  ticket.limit))  # retired meanwhile: raises NoHealthyEndpoint

@@ -16,6 +16,19 @@ from ..errors import RequestInvalid
 _LANG = re.compile(r"[A-Za-z][A-Za-z/_-]{0,23}")
 
 
+def _is_kana(code: int) -> bool:
+    return 0x3040 <= code <= 0x30FF or 0x31F0 <= code <= 0x31FF
+
+
+def _is_han(code: int) -> bool:
+    return (0x4E00 <= code <= 0x9FFF or 0x3400 <= code <= 0x4DBF or 0xF900 <= code <= 0xFAFF
+            or 0x20000 <= code <= 0x3134F)
+
+
+def _is_hangul(code: int) -> bool:
+    return 0xAC00 <= code <= 0xD7AF or 0x1100 <= code <= 0x11FF or 0x3130 <= code <= 0x318F
+
+
 def guess_lang(text: str) -> str:
     """``ja`` when the text has kana; ``zh`` when its CJK characters are at least as many as its words in
     other scripts (a Chinese character carries about what a word does); else ``en``."""
@@ -23,7 +36,7 @@ def guess_lang(text: str) -> str:
     in_word = False
     for ch in text:
         code = ord(ch)
-        is_kana = 0x3040 <= code <= 0x30FF or 0x31F0 <= code <= 0x31FF
+        is_kana = _is_kana(code)
         is_cjk = 0x4E00 <= code <= 0x9FFF or 0x3400 <= code <= 0x4DBF or 0xF900 <= code <= 0xFAFF
         kana += is_kana
         cjk += is_cjk
@@ -44,3 +57,40 @@ def request_lang(lang: str | None, text: str, *, param: str = "lang") -> str:
         raise RequestInvalid(f"Invalid '{param}': {lang[:32]!r} is not a language code (zh, en, ja, es, yue, ...).",
                              param=param)
     return value.lower()
+
+
+#: what ``language_runs`` calls text in any other script (Latin, Cyrillic...): the voice's own language
+OTHER = "other"
+
+
+def _script(ch: str, kana_in_text: bool) -> str | None:
+    """The language a character's script says (``zh``, ``ja``, ``ko``, ``other``); None for digits,
+    punctuation and spaces, which belong to the run around them."""
+    code = ord(ch)
+    if _is_kana(code):
+        return "ja"
+    if _is_han(code):
+        return "ja" if kana_in_text else "zh"  # kanji among kana are Japanese
+    if _is_hangul(code):
+        return "ko"
+    return OTHER if ch.isalpha() else None
+
+
+def language_runs(text: str) -> list[tuple[str, str]]:
+    """``text`` cut where its script changes: ``[(lang, piece), ...]`` in order, ``lang`` one of ``zh``, ``ja``,
+    ``ko`` or ``OTHER``; digits, punctuation and spaces stay with the run they follow (or the first run).
+    ``"Hello 你好, world"`` is ``[("other", "Hello "), ("zh", "你好, "), ("other", "world")]``."""
+    kana = any(_is_kana(ord(ch)) for ch in text)
+    runs: list[tuple[str, str]] = []
+    lang: str | None = None
+    start = 0
+    for i, ch in enumerate(text):
+        script = _script(ch, kana)
+        if script is None or script == lang:
+            continue
+        if lang is not None:
+            runs.append((lang, text[start:i]))
+            start = i
+        lang = script
+    runs.append((lang or OTHER, text[start:]))
+    return runs

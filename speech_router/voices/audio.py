@@ -12,6 +12,7 @@ Every refusal is a ``RequestInvalid`` naming ``audio_sample``: the client sent i
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,3 +94,25 @@ def _read_mono(f: sf.SoundFile, rate: int) -> np.ndarray:
                          f"{MAX_SECONDS:g} s of speech.", "audio_too_long")
         blocks.append(np.nan_to_num(block.mean(axis=1), nan=0.0, posinf=1.0, neginf=-1.0))
     return np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
+
+
+#: the largest reference file read from the router's host (vllm-omni's upload limit)
+MAX_REFERENCE_FILE_BYTES = 10 * 1024 * 1024
+
+
+def check_reference_file(path: str, max_bytes: int = MAX_REFERENCE_FILE_BYTES) -> str:
+    """A reference file on this host the router reads itself: libsndfile's format name (``WAV``, ``FLAC``...)
+    when it is audio of 1-30 s within ``max_bytes``; else ``ValueError`` saying why it cannot be used."""
+    try:
+        size = os.path.getsize(path)
+        if size > max_bytes:
+            raise ValueError(f"{size} bytes, over the {max_bytes} byte limit")
+        info = sf.info(path)
+    except OSError as exc:
+        raise ValueError(exc.strerror or repr(exc)) from None
+    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        raise ValueError(f"not audio libsndfile can read ({exc})") from None
+    seconds = info.frames / info.samplerate if info.samplerate else 0.0
+    if not MIN_SECONDS <= seconds <= MAX_SECONDS:
+        raise ValueError(f"{seconds:.1f} s long; vllm-omni takes {MIN_SECONDS:g}-{MAX_SECONDS:g} s")
+    return str(info.format)

@@ -128,7 +128,8 @@ async def _health(request: Request) -> Response:
     state = _state(request)
     body = state.snapshot()
     with contextlib.suppress(Exception):  # a stuck driver must not stall /health
-        mem = await asyncio.wait_for(asyncio.to_thread(gpu_memory, state.engine.config.device), HEALTH_GPU_TIMEOUT_S)
+        async with asyncio.timeout(HEALTH_GPU_TIMEOUT_S):  # not wait_for (router/health.py)
+            mem = await asyncio.to_thread(gpu_memory, state.engine.config.device)
         if mem is not None:
             body["gpu_memory_used_bytes"], body["gpu_memory_total_bytes"] = mem
     return JSONResponse(body, status_code=200 if body["status"] == "healthy" else 503)

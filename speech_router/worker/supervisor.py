@@ -233,9 +233,10 @@ class Supervisor:
     @staticmethod
     async def _drain(reader: asyncio.Task[None]) -> None:
         """Let the reader take what is left in the pipe, for a short while; then stop it."""
-        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-            await asyncio.wait_for(asyncio.shield(reader), READER_GRACE_S)
-        reader.cancel()
+        try:
+            await asyncio.wait({reader}, timeout=READER_GRACE_S)  # a cancel of the caller still propagates
+        finally:
+            reader.cancel()
 
     def _tick(self) -> float:
         return max(0.02, min(0.5, self.spec.hang_timeout / 4, self.spec.startup_timeout / 4))
@@ -310,7 +311,8 @@ class Supervisor:
     async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
         self._signal(proc, signal.SIGTERM)
         try:
-            await asyncio.wait_for(proc.wait(), self.spec.stop_timeout)
+            async with asyncio.timeout(self.spec.stop_timeout):  # not wait_for (router/health.py)
+                await proc.wait()
         except TimeoutError:
             log.warning("worker %s (pid %s) did not stop within %gs; killing it", self.name, proc.pid,
                         self.spec.stop_timeout)

@@ -259,3 +259,44 @@ def test_registers_through_the_hook() -> None:
     assert EspeakBackend.capabilities.formats == frozenset({"pcm"})
     assert not EspeakBackend.capabilities.needs_url
     assert EspeakBackend.Options().default_voice == "en-us"
+
+
+def make(**options: object) -> EspeakBackend:
+    return EspeakBackend(EndpointConfig(name="e"), EspeakBackend.Options(**options),  # type: ignore[arg-type]
+                         BackendContext(pool_name="p", pool=PoolConfig(type="espeak")))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("voice", ["en-us", "en-gb+m2"])
+async def test_chinese_text_with_an_english_voice_is_chinese_speech(backend: EspeakBackend, voice: str) -> None:
+    """README's SDK example: Chinese text, voice ``alloy`` (``en-us``). Read as Chinese it is as long as the
+    known-good Mandarin voice makes it; read by the English voice it was "Chinese letter" per character."""
+    text = "你好，世界。"
+    spoken = len(await speak(backend, request(text, voice_params={"espeak": voice})))
+    _, plus, variant = voice.partition("+")
+    mandarin = len(await speak(backend, request(text, voice_params={"espeak": "cmn" + plus + variant})))
+    letters = len(await speak(make(detect_language=False), request(text, voice_params={"espeak": voice})))
+    assert close_to([spoken], mandarin)
+    assert letters > 2 * mandarin  # what the English voice alone says: "Chinese letter, Chinese letter, ..."
+
+
+@pytest.mark.anyio
+async def test_mixed_text_is_read_run_by_run_each_in_its_language(backend: EspeakBackend) -> None:
+    english, chinese = "Hello there, ", "你好，世界。"
+    mixed = len(await speak(backend, request(english + chinese, voice_params={"espeak": "en-us"})))
+    parts = [len(await speak(backend, request(english, voice_params={"espeak": "en-us"}))),
+             len(await speak(backend, request(chinese, voice_params={"espeak": "cmn"})))]
+    assert close_to([mixed], sum(parts))
+
+
+def test_a_configured_voice_reads_its_own_language_and_lends_its_variant_to_the_others() -> None:
+    from speech_router.backends.espeak_voices import plan
+
+    assert plan("Hello 你好，world", "en-us+f3") == [("en-us+f3", "Hello "), ("cmn+f3", "你好，"), ("en-us+f3", "world")]
+    assert plan("你好 hello", "yue") == [("yue", "你好 "), ("en-us", "hello")]  # Cantonese reads Chinese as configured
+    assert plan("Guten Tag 你好", "de") == [("de", "Guten Tag "), ("cmn", "你好")]
+    assert plan("こんにちは世界", "en-us") == [("ja", "こんにちは世界")]  # kanji among kana are Japanese
+    assert plan("2024年", "en-us") == [("cmn", "2024年")]  # digits go with the run they are in
+    assert plan("你好 hello", "en-us", lang="zh") == [("cmn", "你好 hello")]  # the client named the language
+    assert plan("你好 hello", "en-us", detect=False) == [("en-us", "你好 hello")]
+    assert plan("Hello world.", "en-us") == [("en-us", "Hello world.")]  # one language: one call, as before

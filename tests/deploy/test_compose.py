@@ -48,9 +48,24 @@ def mounts(service: dict[str, Any]) -> dict[str, Path]:
     out = {}
     for volume in service.get("volumes", []):
         host, target = volume.split(":")[:2]
-        out[target] = (COMPOSE_DIR / host).resolve()
+        if host.startswith((".", "/")):
+            out[target] = (COMPOSE_DIR / host).resolve()
     return out
 
+
+def named_volumes(service: dict[str, Any]) -> dict[str, str]:
+    """Container path -> volume name, for the named volumes (``name:/y``) of a service."""
+    return {volume.split(":")[1]: volume.split(":")[0] for volume in service.get("volumes", [])
+            if not volume.startswith((".", "/"))}
+
+
+def test_the_router_keeps_uploaded_voices_in_a_volume_at_the_images_data_directory():
+    """The image's user has no home to write in: uploads go to SPEECH_ROUTER_DATA_DIR, a volume here."""
+    from tests.deploy.test_manifests import image_data_dir
+
+    volumes = named_volumes(services()["router"])
+    assert image_data_dir() in volumes
+    assert volumes[image_data_dir()] in compose()["volumes"]
 
 def emulated_nodes() -> dict[str, Any]:
     """Service name -> parsed emulator arguments, for the services that run ``python -m speech_router.emulator``."""

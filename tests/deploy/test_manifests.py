@@ -343,6 +343,33 @@ def test_dockerfile_installs_every_audio_format_on_a_slim_python():
         "aac needs PyAV: the image installs the aac extra"
 
 
+def image_data_dir() -> str:
+    """The image's data directory (``SPEECH_ROUTER_DATA_DIR``), where uploaded voices go by default."""
+    (value,) = [part.split("=", 1)[1] for env in instructions("ENV") for part in shlex.split(env.replace("\\", " "))
+                if part.startswith("SPEECH_ROUTER_DATA_DIR=")]
+    return value
+
+
+def test_the_image_keeps_its_data_in_a_volume_its_user_owns():
+    """The image's user has home /nonexistent: its default data directory would be unwritable, so the image
+    names one (a declared volume, owned by that user) and the router puts uploaded voices there."""
+    from speech_router.config.datadir import default_voice_directory
+
+    data = image_data_dir()
+    assert any(data in json.loads(volume) for volume in instructions("VOLUME"))
+    assert any(f"chown {image_uid()}:" in run and data in run for run in instructions("RUN"))
+    assert default_voice_directory("/etc/speech-router/config.yaml", {"SPEECH_ROUTER_DATA_DIR": data,
+                                                                      "HOME": "/nonexistent"}) == f"{data}/voices"
+
+
+def test_the_pod_mounts_a_writable_volume_at_the_images_data_directory(k8s):
+    """The root filesystem is read-only (and Kubernetes ignores the image's VOLUME): the Deployment mounts one."""
+    mount = next(m for m in container(k8s)["volumeMounts"] if m["mountPath"] == image_data_dir())
+    assert not mount.get("readOnly")
+    volume = next(v for v in pod_spec(k8s)["volumes"] if v["name"] == mount["name"])
+    assert "emptyDir" in volume or "persistentVolumeClaim" in volume
+
+
 def test_dockerfile_sets_no_config_path_by_default():
     """A configured config file that is missing stops the router, so the image leaves SPEECH_ROUTER_CONFIG
     unset and starts on TTS_REMOTE_URL or the embedded engine when nothing is mounted."""

@@ -13,7 +13,8 @@ one fails ``test_every_block_says_how_it_is_tested``. The kinds:
   to its address, in an empty directory. It must exit 0, and every file it writes must be audio (curl writes an
   error body to ``-o FILE`` too, so the file is checked, not only the exit code).
 - ``ci``: the test command; ``.ci/run`` must run exactly it (it is what runs this test).
-- ``config``: a whole config file; ``check-config``'s checks (those ``serve`` runs) accept it.
+- ``config``: a whole config file; ``check-config``'s checks (those ``serve`` runs) accept it, on a host that has
+  the reference files it names (made for the test).
 - ``pools``: a ``pools:`` fragment; accepted with a model routed to its pools.
 - ``entry-point``, ``plugin``: the plugin example's TOML names the entry-point group the router loads, and its
   Python registers a backend type whose options are validated.
@@ -241,6 +242,31 @@ def test_readme_block_runs_against_its_router(block: Block, routers, tmp_path):
         assert is_audio(path), f"{block} wrote {path.name}, which is not audio: {path.read_bytes()[:200]!r}"
 
 
+def wav_seconds(data: bytes) -> float:
+    """A mono 16-bit WAV's length from its bytes (a streamed WAV's header says "unknown length")."""
+    rate = int.from_bytes(data[24:28], "little")
+    return (len(data) - data.index(b"data") - 8) / 2 / rate
+
+
+def test_the_sdk_examples_chinese_text_is_chinese_speech(routers, tmp_path):
+    """The SDK example sends Chinese text with voice ``alloy`` (espeak ``en-us`` on the embedded engine): its
+    hello.wav is as long as the known-good Mandarin voice (``mandarin``: espeak ``cmn``) makes that text, not
+    the English voice's "Chinese letter" for each character (about 2.4 times as long)."""
+    (block,) = [b for b in RUN_BLOCKS if b.lang == "python" and "你好" in b.body]
+    router = routers("embedded")
+    code = block.body.replace("localhost:8000", router.url.removeprefix("http://"))
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    text = re.search(r'input="([^"]*[\u4e00-\u9fff][^"]*)"', block.body).group(1)  # type: ignore[union-attr]
+    body = json.dumps({"model": "indextts2", "voice": "mandarin", "input": text, "response_format": "wav"}).encode()
+    request = urllib.request.Request(router.url + "/v1/audio/speech", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        mandarin = wav_seconds(resp.read())
+    assert wav_seconds((tmp_path / "hello.wav").read_bytes()) == pytest.approx(mandarin, rel=0.02)
+
+
 def test_the_keyed_router_refuses_a_request_without_the_key(routers):
     """README says: without a key that request gets 401."""
     router = routers("keys")
@@ -268,9 +294,11 @@ def test_the_config_blocks_pass_every_check_serve_runs(tmp_path, monkeypatch):
     for name in ROUTER_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     assert of_kind("config")
+    from tests.integration.omni import with_reference_files
+
     for block in of_kind("config"):
         path = tmp_path / "speech-router.yaml"
-        path.write_text(block.body)
+        path.write_text(with_reference_files(block.body, tmp_path))  # the voice files it names exist on its host
         try:
             _, settings, _ = prepare(str(path))
         except ConfigError as exc:

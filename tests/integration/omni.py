@@ -6,6 +6,7 @@ import base64
 import contextlib
 import io
 import json
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,17 @@ def reference_wav(path: Path, seconds: float = 2.0, hz: float = 180.0) -> bytes:
     sf.write(buf, (np.sign(np.sin(2 * np.pi * hz * t)) * 6000).astype(np.int16), rate, format="WAV")
     path.write_bytes(buf.getvalue())
     return buf.getvalue()
+
+
+def with_reference_files(text: str, directory: Path) -> str:
+    """A config's text as on the host it was written for: each ``ref_audio_file`` it names (read by the router
+    and checked before serving) becomes a reference WAV made in ``directory``; lines stay where they were."""
+    def made(match: re.Match[str]) -> str:
+        path = directory / f"reference-{abs(hash(match.group(2)))}.wav"
+        reference_wav(path)
+        return match.group(1) + str(path)
+
+    return re.sub(r"(ref_audio_file:\s*)([^\s,}#]+)", made, text)
 
 
 def spoken_hz(reference: bytes) -> float:

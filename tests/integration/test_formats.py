@@ -17,6 +17,7 @@ import numpy as np
 import openai
 import pytest
 
+from speech_router.audio import flac
 from tests.conftest import fleet_config, openai_client
 from speech_router.emulator import audio as emu_audio
 
@@ -140,6 +141,25 @@ async def test_native_synthesize_format_rate_and_stream(fleet):
         async with session.post(fleet.url + "/synthesize", json=body) as resp:
             assert resp.headers.get("transfer-encoding") == "chunked"
             assert decode(await resp.read(), "mp3")[0] == 22050
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("source", ["fleet", "embedded"])
+async def test_a_finished_flac_says_its_length_and_a_streamed_one_says_unknown(source, request):
+    """STREAMINFO's total_samples is what players show as the duration; 0 means unknown (a stream's header left
+    before its audio was made)."""
+    url = request.getfixturevalue(source).url
+    model = "indextts2" if source == "fleet" else "tts-1"
+    async with aiohttp.ClientSession() as session:
+        answers = {}
+        for stream in (False, True):
+            body = {"text": TEXT, "voice": "alloy", "model": model, "format": "flac", "stream": stream}
+            async with session.post(url + "/synthesize", json=body) as resp:
+                assert resp.status == 200
+                answers[stream] = await resp.read()
+    rate, _, seconds, _ = decode(answers[False], "flac")
+    assert flac.total_samples(answers[False]) == round(seconds * rate) > 0
+    assert flac.total_samples(answers[True]) == 0
 
 
 def test_unsupported_format_and_speed_give_400(fleet):

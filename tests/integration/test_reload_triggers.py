@@ -19,9 +19,10 @@ CONFIG = "pools: {cpu: {type: espeak}}\nmodels: {m: [cpu]}\nserver: {watch_confi
 
 
 def reloads(url: str) -> dict[str, float]:
+    """The reloads counted so far, by labels (every trigger and result is exported from the start, at 0)."""
     out: dict[str, float] = {}
     for line in call(url + "/metrics").body.decode().splitlines():
-        if line.startswith("speech_router_config_reloads_total{"):
+        if line.startswith("speech_router_config_reloads_total{") and float(line.rsplit(" ", 1)[1]):
             out[line.split("{", 1)[1].split("}", 1)[0]] = float(line.rsplit(" ", 1)[1])
     return out
 
