@@ -49,8 +49,10 @@ LONG_QUANTILE = 0.9
 LENGTH_MEMORY = 256
 #: the share of the pool's slots in use from which quick endpoints are spared for long texts
 SPARE_FROM = 0.5
-#: expected times this close count as equal
+#: expected times this close count as equal: within 5 %, or within 20 ms (below that it is transport and noise, not
+#: synthesis: equal quick nodes share sequential requests instead of one winning by a millisecond)
 TIE_TOLERANCE = 0.05
+TIE_SECONDS = 0.02
 #: choosing among free endpoints, a full one's expected time counts this much more than an idle one's (GPUs batch)
 CROWDING = 0.3
 #: the least remaining time assumed for a request already past its estimate, as a share of that estimate
@@ -271,7 +273,7 @@ class Choice:
         # busy do not show; a crowded endpoint wins over an idle one only when it is clearly quicker
         crowded = {ep: cost * (1 + CROWDING * ep.busy / ep.cap()) for ep, cost in costs.items()}
         low = min(crowded.values())
-        near = [ep for ep in free if crowded[ep] <= low * (1 + TIE_TOLERANCE) + 1e-9]
+        near = [ep for ep in free if crowded[ep] <= max(low * (1 + TIE_TOLERANCE), low + TIE_SECONDS)]
         if affinity is not None:  # endpoints that served the voice lately, if about as quick and hardly busier
             fewest = min(ep.busy for ep in near)
             warm = [ep for ep in free if affinity in ep.recent_voices and crowded[ep] <= low * AFFINITY_TOLERANCE
