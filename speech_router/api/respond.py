@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from .. import tracing
 from ..audio import FORMATS
 from ..audio.validate import max_audio_seconds
 from ..cache import CachedAudio
@@ -60,8 +61,13 @@ async def respond(dispatched: Dispatched, plan: Plan, ex: Exchange, cache: Speec
     ex.dispatched(pool_name, ep_name, dispatched.attempts, dispatched.fallback_reason, dispatched.queued)
     meter = AudioMeter()
     passthrough = passes_through(resp, fmt, plan.sample_rate)
-    body = passed(resp, meter, len(sreq.text)) if passthrough else audio_body(resp, fmt, plan.sample_rate, meter,
-                                                                               chars=len(sreq.text))
+    if passthrough:
+        body = passed(resp, meter, len(sreq.text))
+    elif (trace := tracing.current()) is not None and trace.recording:  # in a span, with the time it worked
+        body = trace.transcoding(resp, fmt, lambda: audio_body(resp, fmt, plan.sample_rate, meter,
+                                                               chars=len(sreq.text)))
+    else:
+        body = audio_body(resp, fmt, plan.sample_rate, meter, chars=len(sreq.text))
     headers = {ENDPOINT_HEADER: ep_name, "x-speech-router-pool": pool_name,
                "x-speech-router-attempts": str(dispatched.attempts)}
     if plan.cache_key is not None:  # stored once sent completely, in the format sent (before any SSE framing)
