@@ -397,11 +397,12 @@ class CacheConfig(_Strict):
 
 
 class TracingConfig(_Strict):
-    """OpenTelemetry traces (docs/tracing.md), read at start-up. Off unless ``enabled`` or the standard variables
-    ask for them (``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_TRACES_EXPORTER=otlp``); ``OTEL_*`` configure the rest."""
+    """OpenTelemetry traces (docs/tracing.md), read at start-up. Off unless ``enabled``, ``url`` or the standard
+    variables ask for them (``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_TRACES_EXPORTER=otlp``); ``OTEL_*`` configure
+    the rest."""
 
-    enabled: bool | None = Field(None, description="true or false; unset: on when OTEL_EXPORTER_OTLP_ENDPOINT (or "
-                                                   "OTEL_TRACES_EXPORTER=otlp) is set")
+    enabled: bool | None = Field(None, description="true or false; unset: on when `url`, OTEL_EXPORTER_OTLP_ENDPOINT "
+                                                   "or OTEL_TRACES_EXPORTER=otlp is set")
     url: str | None = Field(None, description="the OTLP collector's base URL, e.g. http://collector:4318; default: "
                                               "OTEL_EXPORTER_OTLP_ENDPOINT, else the SDK's default")
     sample_ratio: float | None = Field(None, ge=0, le=1, description="share of new traces recorded (a client's "

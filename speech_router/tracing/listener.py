@@ -3,7 +3,8 @@
 Registered only when tracing is on (``Router(listeners=...)``), so with tracing off the core calls no method
 here. Each event is attributed to the scope of the task that reports it (``speech_router.tracing.current``);
 events reported where no request is traced (health checks, a timer) are dropped. See ``scope`` for why
-``picked`` is not used.
+``picked`` is not used: ``attempt_started`` (reported in the request's task) opens an attempt's span with the
+lease's placement; where the core does not report it, the node call or the try's end opens it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from ..router.endpoint import Endpoint, Finished
 from ..router.events import RouterListener
 from ..router.outlier import Outcome
+from ..router.ticket import Lease
 from . import attrs as a
 from . import current
 
@@ -35,6 +37,13 @@ class TracingListener(RouterListener):
     def queue_rejected(self, pool: str, reason: str) -> None:
         if (scope := current()) is not None:
             scope.queue_refused(pool, reason)
+
+    def attempt_started(self, pool: str, lease: Lease) -> None:
+        scope = current()
+        if scope is not None and scope.recording:
+            scope.attempt_started(lease.endpoint.name, {
+                a.POOL: pool, a.PLACEMENT: lease.placement.value, a.PROBE: lease.probe, a.PANIC: lease.panic,
+                **({a.PREDICTED: round(lease.predicted, 4)} if lease.predicted is not None else {})})
 
     def attempt_finished(self, endpoint: Endpoint, outcome: Outcome, finished: Finished | None) -> None:
         scope = current()

@@ -105,6 +105,13 @@ class Scope:
                                       attributes=attributes)
         return _Attempt(span, start)
 
+    def attempt_started(self, endpoint: str, attributes: dict[str, Any]) -> None:
+        """The core says a try begins (in this request's task): its span opens now, with the lease's facts."""
+        attempt = self.attempts.get(endpoint)
+        if attempt is None:
+            attempt = self.attempts[endpoint] = self._attempt(endpoint, time.time_ns())
+        attempt.span.set_attributes(attributes)
+
     def node_call(self, endpoint: str, url: str | None, headers: dict[str, str]) -> None:
         """A request to ``endpoint``'s node: a client span under the attempt, its ``traceparent`` in ``headers``."""
         if not self.recording:  # not sampled: the node still learns the trace and that it is not sampled
@@ -195,7 +202,7 @@ class Scope:
     def close(self) -> None:
         """End what is still open (a try whose end was never reported, a queue left without a slot) and the span."""
         now = time.time_ns()
-        for endpoint, attempt in self.attempts.items():
+        for attempt in self.attempts.values():
             attempt.span.set_attribute(a.OUTCOME, "unfinished")
             if attempt.node is not None:
                 attempt.node.end(end_time=now)

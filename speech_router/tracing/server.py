@@ -56,10 +56,11 @@ class Request:
                                      a.ATTEMPTS: ex.attempts, a.CACHE: ex.cache, a.PRIORITY: ex.priority,
                                      a.VOICE: ex.voice[:MAX_VALUE_CHARS] if isinstance(ex.voice, str) else None}
             span.set_attributes({k: v for k, v in found.items() if v is not None})
-            if status >= 500 or ex.disconnected:
-                error = str(status) if status >= 500 else "client_disconnected"
-                span.set_attribute(a.ERROR_TYPE, error)
-                span.set_status(Status(StatusCode.ERROR, error))
+            if status >= 500:  # a server span's error (a 4xx is the client's, and so is leaving early)
+                span.set_attribute(a.ERROR_TYPE, str(status))
+                span.set_status(Status(StatusCode.ERROR, str(status)))
+            if ex.disconnected:
+                span.add_event("client disconnected")
         self.scope.close()
 
 

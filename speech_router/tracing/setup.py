@@ -1,6 +1,6 @@
 """Turning tracing on: which settings ask for it, and the SDK's provider, sampler and exporter for one app.
 
-On when ``tracing.enabled: true``, or when it is unset and ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or
+On when ``tracing.enabled: true`` or ``tracing.url`` is set, or when neither is and ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or
 ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, or ``OTEL_TRACES_EXPORTER=otlp|console``) is set; never with
 ``OTEL_SDK_DISABLED=true`` or ``enabled: false``. The standard variables configure the rest: the service
 name (``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``), the sampler (``OTEL_TRACES_SAMPLER`` and
@@ -21,7 +21,7 @@ from ..config.models import TracingConfig
 from ..errors import ConfigError, ConfigIssue
 
 if TYPE_CHECKING:
-    from starlette.types import Scope
+    from starlette.types import Scope as AsgiScope
 
     from ..api.spec import ApiRoute
     from .server import Request
@@ -39,7 +39,7 @@ def wanted(config: TracingConfig, env: Mapping[str, str]) -> bool:
     """Whether the config or the environment turns tracing on (see the module's docstring)."""
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true" or config.enabled is False:
         return False
-    if config.enabled:
+    if config.enabled or config.url:
         return True
     exporter = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
     if exporter:
@@ -133,7 +133,7 @@ class Tracing:
         provider.add_span_processor(processor)
         return cls(provider, exporter=exporter)
 
-    def start(self, scope: Scope, route: ApiRoute | None, request_id: str) -> Request | None:
+    def start(self, scope: AsgiScope, route: ApiRoute | None, request_id: str) -> Request | None:
         """The server span of a request (``server.start_request``), or None when the request is not traced."""
         return self._start(self.tracer, scope, route, request_id)
 

@@ -27,6 +27,7 @@ UNSET = TracingConfig()
     (UNSET, {"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, False),
     (UNSET, {"OTEL_SDK_DISABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, False),
     (ON, {}, True),
+    (TracingConfig(url="http://collector:4318"), {}, True),
     (ON, {"OTEL_SDK_DISABLED": "true"}, False),
     (TracingConfig(enabled=False), {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, False),
 ])
