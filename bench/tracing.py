@@ -11,9 +11,11 @@ side from the working tree, identical but for their environment:
 
 Requests are sequential on one kept-alive connection per router (`POST /v1/audio/speech`, a short text), one
 router after the other in a rotating order (so whatever else runs on the machine falls on all of them alike), in
-rounds, each after waiting (up to ``--quiet-wait`` s) for the machine to be under 25 % busy. Per row: the median and p90 latency seen by the client, and the router
-process's CPU time per request (user + system from /proc, the exporter's thread included). The report gives the
-medians over rounds and the difference to ``off``, with the load average before and after.
+rounds, each after waiting (up to ``--quiet-wait`` s) for the machine to be under 25 % busy. Per row: the median
+and p90 latency seen by the client, and the router process's CPU time per request (user + system from /proc, the
+exporter's thread included). The report gives the medians over rounds and the differences (``off`` against
+``before``, the ``on`` rows against ``off``), with the load average before and after; and the tracing work of one
+request timed alone in this process (``hooks_cost``).
 """
 
 from __future__ import annotations

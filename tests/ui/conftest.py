@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from speech_router.emulator.index_tts_vllm import EmulatorConfig
-from tests.conftest import Node, SharedFleet, fleet_config, serve_router
+from tests.conftest import SharedFleet, shared_fleet
 from tests.ui.cdp import Browser, find_browser
 
 ADMIN_KEY = "page-admin-key"
@@ -22,23 +21,12 @@ ENV = {"SPEECH_ROUTER_ADMIN_KEY": ADMIN_KEY}
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedFleet]:
     """Two emulated nodes ("a", "b") behind a router with the admin key, a client key and a voice store."""
-    nodes = [Node(EmulatorConfig(name=name)) for name in ("a", "b")]
-    for node in nodes:
-        node.server.start()
-    try:
-        config = fleet_config(*(n.url for n in nodes))
-        config["server"] = {"auth": {"keys": [{"name": "web", "key_env": "PAGE_CLIENT_KEY"},
-                                              {"name": "voices", "key_env": "PAGE_VOICES_KEY", "scopes": ["voices"]}]}}
-        config["voice_store"] = {"directory": str(tmp_path_factory.mktemp("voices"))}
-        env = {**ENV, "PAGE_CLIENT_KEY": CLIENT_KEY, "PAGE_VOICES_KEY": VOICES_KEY}
-        srv = serve_router(config, env=env)
-        try:
-            yield SharedFleet(nodes, srv)
-        finally:
-            srv.stop()
-    finally:
-        for node in nodes:
-            node.server.stop()
+    keys = [{"name": "web", "key_env": "PAGE_CLIENT_KEY"},
+            {"name": "voices", "key_env": "PAGE_VOICES_KEY", "scopes": ["voices"]}]
+    with shared_fleet("a", "b", server={"auth": {"keys": keys}},
+                      env={**ENV, "PAGE_CLIENT_KEY": CLIENT_KEY, "PAGE_VOICES_KEY": VOICES_KEY},
+                      more={"voice_store": {"directory": str(tmp_path_factory.mktemp("voices"))}}) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
