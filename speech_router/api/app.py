@@ -79,6 +79,8 @@ def create_app(settings: Settings | None = None, *, pm: pluggy.PluginManager | N
         if settings.source == "embedded default":
             log.warning("no config file and no TTS_REMOTE_URL: serving with the embedded espeak engine only "
                         "(set TTS_REMOTE_URL or --config to route to GPU nodes)")
+        if tracing is not None:
+            log.info("traces on: %s", tracing)
         await router.start()
         for result in pm.hook.startup(router=router):
             if hasattr(result, "__await__"):

@@ -25,6 +25,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from ..types import AudioResponse
 from . import SCOPE
 from . import attrs as a
+from .transcode import Clocked, transcoding
 
 PROPAGATOR = TraceContextTextMapPropagator()
 #: outcomes of a try that are no failure of it (the client left, a hedge lost)
@@ -90,7 +91,7 @@ class Scope:
         """The transcoder's output (``transcoder()``, reading ``resp``) in a span: its time, and ``busy_s``, the part
         not spent waiting for the node's audio."""
         resp.chunks = source = Clocked(resp.chunks)
-        return _transcoding(self, transcoder(), source, {a.TRANSCODE_FROM: resp.format, a.TRANSCODE_TO: fmt})
+        return transcoding(self.record, transcoder(), source, {a.TRANSCODE_FROM: resp.format, a.TRANSCODE_TO: fmt})
 
     # -- attempts ---------------------------------------------------------------------------------------------
 
@@ -239,52 +240,3 @@ class SegmentSpan:
         if outcome == "failed":
             self.scope.span.set_status(Status(StatusCode.ERROR, getattr(exc, "message", None) or outcome))
         self.scope.close()
-
-
-class Clocked:
-    """An async iterator that adds up the time spent waiting for its source (``waited``, ns)."""
-
-    def __init__(self, source: Any) -> None:
-        self.source = source
-        self.waited = 0
-
-    def __aiter__(self) -> Clocked:
-        return self
-
-    async def __anext__(self) -> bytes:
-        start = time.perf_counter_ns()
-        try:
-            chunk: bytes = await self.source.__anext__()
-            return chunk
-        finally:
-            self.waited += time.perf_counter_ns() - start
-
-    async def aclose(self) -> None:
-        aclose = getattr(self.source, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-
-async def _transcoding(scope: Scope, body: AsyncIterator[bytes], source: Clocked,
-                       attributes: dict[str, Any]) -> AsyncIterator[bytes]:
-    start, inside, error = time.time_ns(), 0, None
-    iterator = aiter(body)
-    try:
-        while True:
-            began = time.perf_counter_ns()
-            try:
-                chunk = await anext(iterator)
-            except StopAsyncIteration:
-                break
-            except Exception as exc:
-                error = type(exc).__name__
-                raise
-            finally:
-                inside += time.perf_counter_ns() - began
-            yield chunk
-    finally:
-        aclose = getattr(body, "aclose", None)
-        if aclose is not None:
-            await aclose()
-        attributes[a.TRANSCODE_BUSY] = round(max(0, inside - source.waited) / 1e9, 6)
-        scope.record("transcode", start, time.time_ns(), attributes, error)

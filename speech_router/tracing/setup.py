@@ -112,7 +112,7 @@ class Tracing:
         self.exporter = exporter
 
     def __repr__(self) -> str:
-        return f"Tracing(exporter={self.exporter!r})"
+        return f"Tracing(exporter={self.exporter!r}, sampler={self.provider.sampler.get_description()!r})"
 
     @classmethod
     def from_config(cls, config: TracingConfig, env: Mapping[str, str], *, processor: Any = None) -> Tracing:
