@@ -29,9 +29,10 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY speech_router ./speech_router
 # The aac extra adds PyAV, for aac (and the faster opus); libsndfile in the soundfile wheel writes
-# mp3, flac and ogg/opus; wav and pcm need no codec. All six formats are then available.
+# mp3, flac and ogg/opus; wav and pcm need no codec. All six formats are then available. The tracing extra
+# (OpenTelemetry SDK, OTLP over HTTP) stays unimported until OTEL_EXPORTER_OTLP_ENDPOINT turns traces on.
 RUN python -m venv /opt/speech-router \
- && /opt/speech-router/bin/pip install ".[aac]"
+ && /opt/speech-router/bin/pip install ".[aac,tracing]"
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="speech-router" \

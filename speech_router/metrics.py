@@ -13,6 +13,8 @@ import platform
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector,
                                disable_created_metrics, generate_latest)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 
 disable_created_metrics()
 
@@ -180,8 +182,9 @@ class Metrics:
             except KeyError:
                 pass
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, openmetrics: bool = False) -> bytes:
+        """The text format; or OpenMetrics, the one that carries the latency histograms' trace exemplars."""
+        return openmetrics_latest(self.registry) if openmetrics else generate_latest(self.registry)
 
 
 def _version() -> str:

@@ -124,14 +124,16 @@ class SharedFleet:
 
 @contextlib.contextmanager
 def shared_fleet(*names: str, server: dict[str, Any] | None = None, env: dict[str, str] | None = None,
-                 pm: Any = None) -> Iterator[SharedFleet]:
-    """Start nodes ``names`` and a router over them (``fleet_config`` plus ``server`` settings); stop all at the end."""
+                 pm: Any = None, more: dict[str, Any] | None = None) -> Iterator[SharedFleet]:
+    """Start nodes ``names`` and a router over them (``fleet_config`` plus ``server`` settings and ``more``
+    top-level sections); stop all at the end."""
     started = [Node(EmulatorConfig(name=name)) for name in names]
     for node in started:
         node.server.start()
     try:
         config = fleet_config(*(n.url for n in started))
         config["server"] = server or {}
+        config.update(more or {})
         srv = serve_router(config, pm, env=env)
         try:
             yield SharedFleet(started, srv)

@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from ..metrics import Metrics
+from ..router.ticket import PRIORITIES
 from .errors import openai_error
 from .state import app_state
 
@@ -20,13 +22,31 @@ REDACTED = "***"
 
 
 def _listing(request: Request, key: str) -> JSONResponse:
-    """Every endpoint with its state, breaker, in-flight count, weights and learned latency."""
-    router = app_state(request).router
-    rows = [{**ep.describe(), "retired": False} for ep in router.endpoints]
-    rows += [{**ep.describe(), "retired": True} for ep in router.retiring]
-    pools = {name: {"type": pool.backend_type, "queue_depth": pool.queue_depth(), "healthy": pool.healthy}
+    """Every endpoint with its state, breaker, in-flight count, weights, learned latency and attempts by outcome;
+    every pool with its queue by priority."""
+    state = app_state(request)
+    router = state.router
+    attempts = attempts_by_endpoint(state.metrics)
+    rows = [{**ep.describe(), "retired": False, "attempts": attempts.get((ep.pool, ep.name), {})}
+            for ep in router.endpoints]
+    rows += [{**ep.describe(), "retired": True, "attempts": attempts.get((ep.pool, ep.name), {})}
+             for ep in router.retiring]
+    pools = {name: {"type": pool.backend_type, "queue_depth": pool.queue_depth(), "healthy": pool.healthy,
+                    "queue": {priority: pool.queue_depth(priority) for priority in PRIORITIES}}
              for name, pool in router.pools.items()}
     return JSONResponse({key: rows, "pools": pools})
+
+
+def attempts_by_endpoint(metrics: Metrics) -> dict[tuple[str, str], dict[str, int]]:
+    """``speech_router_endpoint_attempts_total`` as (pool, endpoint) -> {outcome: count} (outcomes seen), read in one
+    pass."""
+    found: dict[tuple[str, str], dict[str, int]] = {}
+    for family in metrics.attempts.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total") and sample.value:  # series start at 0: only outcomes seen
+                labels = sample.labels
+                found.setdefault((labels["pool"], labels["endpoint"]), {})[labels["outcome"]] = int(sample.value)
+    return found
 
 
 async def endpoints(request: Request) -> JSONResponse:

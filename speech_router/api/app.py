@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 from starlette.applications import Starlette
@@ -29,6 +29,7 @@ from ..errors import SpeechRouterError
 from ..metrics import Metrics
 from ..plugins.manager import BackendRegistry, backend_registry, create_plugin_manager
 from ..router.dispatch import Router
+from ..tracing import build_tracing
 from ..voice_sync import VoiceDistributor
 from .auth import Authenticator
 from .errors import error_response, openai_error
@@ -40,15 +41,20 @@ from .spec import ErrorShape, RouteTable
 from .state import AppState
 from .table import ROUTES
 
+if TYPE_CHECKING:
+    from ..tracing.setup import Tracing
+
 log = logging.getLogger("speech_router")
 
 
 def create_app(settings: Settings | None = None, *, pm: pluggy.PluginManager | None = None,
                config_path: str | None = None, env: Mapping[str, str] | None = None,
-               routes: RouteTable = ROUTES) -> Starlette:
+               routes: RouteTable = ROUTES, tracing: Tracing | None = None) -> Starlette:
     """Build the app from ``settings`` (or load them from ``config_path``, ``TTS_REMOTE_URL`` or the default).
 
-    ``env`` (default ``os.environ``) is where client and admin keys are read from (``app.state.env``).
+    ``env`` (default ``os.environ``) is where client and admin keys, and the ``OTEL_*`` variables, are read from
+    (``app.state.env``). ``tracing``: the app's tracing when the caller made it (tests: an in-memory exporter);
+    by default it is built from ``settings.tracing`` and ``env`` (None: off).
     """
     env = os.environ if env is None else env
     pm = pm or create_plugin_manager()
@@ -59,7 +65,9 @@ def create_app(settings: Settings | None = None, *, pm: pluggy.PluginManager | N
     metrics = Metrics()
     # uploaded voices onto vllm-omni nodes, including those that join or come back (upload mode)
     distributor = VoiceDistributor(lambda: router.settings, lambda: router.endpoints, metrics)
-    router = Router(settings, registry, metrics, listeners=[distributor])
+    tracing = tracing or build_tracing(settings.tracing, env)
+    router = Router(settings, registry, metrics,
+                    listeners=[distributor] + ([tracing.listener] if tracing is not None else []))
     router.fleet.load_signals.observer = metrics
     cache = SpeechCache(AudioCache(settings.cache, metrics), metrics)
     metrics.config_loaded_timestamp.set_to_current_time()
@@ -74,6 +82,8 @@ def create_app(settings: Settings | None = None, *, pm: pluggy.PluginManager | N
         if settings.source == "embedded default":
             log.warning("no config file and no TTS_REMOTE_URL: serving with the embedded espeak engine only "
                         "(set TTS_REMOTE_URL or --config to route to GPU nodes)")
+        if tracing is not None:
+            log.info("traces on: %s", tracing)
         await router.start()
         for result in pm.hook.startup(router=router):
             if hasattr(result, "__await__"):
@@ -88,6 +98,8 @@ def create_app(settings: Settings | None = None, *, pm: pluggy.PluginManager | N
             await distributor.aclose()
             await router.aclose()
             await cache.aclose()
+            if tracing is not None:
+                await tracing.aclose()
 
     app = Starlette(
         routes=[Route(route.path, route.handler, methods=list(route.methods), name=route.operation_id)
@@ -100,7 +112,7 @@ def create_app(settings: Settings | None = None, *, pm: pluggy.PluginManager | N
         settings=settings, router=router, metrics=metrics, request_metrics=RequestMetrics(metrics), auth=auth,
         cache=cache, pm=pm, registry=registry, routes=routes, env=env, created=int(time.time()),
         tts_url_model=_tts_url_model(router), voice_distributor=distributor,
-        prepare_hooks=bool(pm.hook.prepare_request.get_hookimpls()))
+        prepare_hooks=bool(pm.hook.prepare_request.get_hookimpls()), tracing=tracing)
     reloader = state.reloader = Reloader(state, config_path, on_applied=[_refresh_state(state)])
     return app
 

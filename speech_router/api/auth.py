@@ -155,6 +155,8 @@ class Authenticator:
         An unknown path under ``/admin/`` is the admin's (a 404 only for the admin key)."""
         if route is Access.ADMIN or route is Access.VOICES:
             return route
+        if route is Access.PAGE:  # static files: the key is typed into the page, which then calls the API
+            return Access.OPEN
         if route is None and path.startswith(ADMIN_PREFIX):
             return Access.ADMIN
         return Access.OPEN if path in self.open_paths else Access.CLIENT

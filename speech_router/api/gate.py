@@ -9,7 +9,9 @@ For each HTTP request it
    error shape;
 4. opens the request's ``observe.Exchange`` (``scope["state"]["exchange"]``), notes status, bytes and first
    byte on the way out, and hands it to the observer when the response is done: metrics and the access line;
-5. answers an error nobody expected with a 500 in the route's shape (logged once with the request id), and ends
+5. opens the request's server span when tracing is on (``speech_router.tracing``), its trace id on the
+   ``Exchange`` (the access line, the latency exemplars);
+6. answers an error nobody expected with a 500 in the route's shape (logged once with the request id), and ends
    a response cut on purpose (``StreamAborted``) quietly; a request the HTTP edge answered itself while the app
    had it (408: its body stopped arriving) is logged and counted with that status (``edge.EDGE_STATUS``).
 
@@ -90,6 +92,9 @@ class Gate:
         scope_state_["request_id"] = request_id
         scope_state_["exchange"] = ex
         id_header = (b"x-request-id", request_id.encode("latin-1"))
+        traced = state.tracing.start(scope, route, request_id) if state.tracing is not None else None
+        if traced is not None:
+            ex.trace_id, ex.trace_sampled = traced.trace_id, traced.sampled
 
         async def send_observed(message: Message) -> None:
             kind = message["type"]
@@ -153,6 +158,8 @@ class Gate:
                 ex.status, ex.complete, ex.disconnected = edge_status, True, False  # the edge answered (408)
             finish(ex, state.request_metrics, failed=failed, access_log=state.settings.server.access_log,
                    open_path=access is Access.OPEN)
+            if traced is not None:
+                traced.finish(ex)
 
 
 async def _refuse(decision: Decision, shape: ErrorShape, metrics: Metrics, scope: Scope, receive: Receive,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from ..metrics import CONTENT_TYPE
+from ..metrics import CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE
 from ..plugins.manager import get_plugins
 from .state import app_state
 
@@ -46,6 +46,8 @@ async def metrics(request: Request) -> Response:
         state.metrics.inflight.labels(ep.pool, ep.name).set(ep.inflight)
     for model in state.settings.models:
         state.metrics.model_healthy.labels(model).set(1 if state.router.model_healthy(model) else 0)
+    if "application/openmetrics-text" in request.headers.get("accept", ""):  # Prometheus asks for it: exemplars
+        return Response(state.metrics.render(openmetrics=True), media_type=OPENMETRICS_CONTENT_TYPE)
     return PlainTextResponse(state.metrics.render(), media_type=CONTENT_TYPE)
 
 

@@ -65,6 +65,9 @@ class Exchange:
     ttfb: float | None = None
     complete: bool = False
     disconnected: bool = False
+    #: the request's trace (when tracing is on): in the access line; an exemplar of its latency when sampled
+    trace_id: str | None = None
+    trace_sampled: bool = False
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -137,10 +140,11 @@ class RequestMetrics:
             self.metrics.stream_errors.labels(route.metric, ex.model).inc()
         if not ex.pool:  # refused before any endpoint or the cache answered
             return
-        children.duration.observe(total)
+        exemplar = {"trace_id": ex.trace_id} if ex.trace_sampled and ex.trace_id else None
+        children.duration.observe(total, exemplar)
         children.audio.inc(ex.audio_seconds)
         if ex.ttfb is not None and ex.status == 200:
-            children.ttfb.observe(ex.ttfb)
+            children.ttfb.observe(ex.ttfb, exemplar)
         if ex.cache == "hit":
             return
         children.characters.inc(ex.chars or 0)
@@ -188,6 +192,7 @@ def access_line(ex: Exchange, *, outcome: str, total: float) -> str:
         "ttfb_s": _round(ex.ttfb),
         "total_s": _round(total),
         "bytes": ex.sent,
+        "trace_id": ex.trace_id,
     }
     return json.dumps(record, ensure_ascii=True, separators=(",", ":"))
 

@@ -177,7 +177,7 @@ SECURITY_SCHEMES = {
 
 #: the schemes a route's access accepts (any one of them)
 SECURITY: dict[Access, tuple[str, ...]] = {Access.OPEN: (), Access.CLIENT: ("apiKey",), Access.ADMIN: ("adminKey",),
-                                           Access.VOICES: ("adminKey", "voicesKey")}
+                                           Access.VOICES: ("adminKey", "voicesKey"), Access.PAGE: ()}
 #: each error shape's body
 ERROR_BODIES: dict[ErrorShape, type[BaseModel]] = {ErrorShape.OPENAI: Error, ErrorShape.TTS_URL: TtsUrlError}
 

@@ -197,6 +197,7 @@ class Reloader:
         except ConfigError as exc:
             return self._refused(trigger, exc)
         restart = [f"server.{k}" for k in RESTART_ONLY if getattr(old.server, k) != getattr(new.server, k)]
+        restart += ["tracing"] if new.tracing != old.tracing else []
         for key in restart:
             log.warning("reload (%s): %s changed; it takes effect after a restart", trigger, key)
         if new.model_dump() == old.model_dump():

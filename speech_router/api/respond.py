@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from .. import tracing
 from ..audio import FORMATS, flac
 from ..audio.validate import max_audio_seconds
 from ..cache import CachedAudio
@@ -62,6 +63,9 @@ async def respond(dispatched: Dispatched, plan: Plan, ex: Exchange, cache: Speec
     passthrough = passes_through(resp, fmt, plan.sample_rate)
     if passthrough:
         body = passed(resp, meter, len(sreq.text))
+    elif (trace := tracing.current()) is not None and trace.recording:  # in a span, with the time it worked
+        body = trace.transcoding(resp, fmt, lambda: audio_body(resp, fmt, plan.sample_rate, meter,
+                                                               chars=len(sreq.text), whole=not plan.stream))
     else:  # a finished file (stream: false) is encoded whole: its header says its length
         body = audio_body(resp, fmt, plan.sample_rate, meter, chars=len(sreq.text), whole=not plan.stream)
     headers = {ENDPOINT_HEADER: ep_name, "x-speech-router-pool": pool_name,

@@ -37,6 +37,7 @@ class Access(enum.Enum):
     CLIENT = "client"
     ADMIN = "admin"  # the admin key only
     VOICES = "voices"  # the admin key, or a client key with the ``voices`` scope
+    PAGE = "page"  # the fleet page's files: open to anyone whatever ``open_paths`` says (they hold no data)
 
 
 class ErrorShape(enum.Enum):

@@ -7,7 +7,7 @@ where an untyped ``app.state`` was read; handlers and middleware read it through
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
 from starlette.datastructures import State
@@ -23,6 +23,9 @@ from ..voice_sync import VoiceDistributor
 from .auth import Authenticator
 from .observe import RequestMetrics
 from .spec import RouteTable
+
+if TYPE_CHECKING:
+    from ..tracing.setup import Tracing
 
 
 class ReloadReport(Protocol):
@@ -65,11 +68,13 @@ class AppState(State):
     prepare_hooks: bool
     reloader: Reloads
     voice_distributor: VoiceDistributor
+    #: OpenTelemetry traces, when on (``speech_router.tracing.build_tracing``); None: off, nothing is traced
+    tracing: Tracing | None
     #: the OpenAPI document and the settings it was built for (``openapi.openapi_json``)
     openapi: tuple[Settings, dict[str, Any]] | None
 
     def __init__(self, **parts: Any) -> None:
-        super().__init__({"openapi": None, "tts_url_model": None, **parts})
+        super().__init__({"openapi": None, "tts_url_model": None, "tracing": None, **parts})
 
     def __repr__(self) -> str:
         return f"AppState({', '.join(sorted(self._state))})"

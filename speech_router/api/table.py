@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from . import admin, info, openapi, speech, voices
+from . import admin, info, openapi, speech, ui, voices
 from .openapi import ANY_OBJECT, AUDIO, SSE, VOICE_FORM, Health, ModelList, Plugin, Status, json_content, ref
 from .schemas import SpeechRequest, SynthesizeRequest, TtsUrlRequest
 from .spec import Access, ApiRoute, Doc, ErrorShape, RouteTable
@@ -30,6 +30,8 @@ _ENDPOINTS = Doc("Every endpoint's state", "admin", json_content(ANY_OBJECT), er
 _DRAIN = Doc("Stop sending new requests to an endpoint", "admin", json_content(ANY_OBJECT),
              errors=(*ADMIN_ERRORS, 404))
 _UNDRAIN = replace(_DRAIN, summary="Send new requests to an endpoint again")
+_PAGE = Doc("The fleet page and playground (off with server.ui: false)", "operations",
+            {"text/html": {"schema": {"type": "string"}}}, errors=(404,))
 
 
 def _old(doc: Doc) -> Doc:
@@ -77,6 +79,12 @@ ROUTES = RouteTable([
              Doc("Prometheus metrics", "operations", {"text/plain": {"schema": {"type": "string"}}})),
     ApiRoute("/openapi.json", ("GET",), openapi.openapi_json, "get_openapi_json", Access.OPEN,
              Doc("This document", "operations", json_content(ANY_OBJECT))),
+    # the fleet page (speech_router.api.ui): static files that call the routes above with the key typed into them
+    ApiRoute("/ui", ("GET",), ui.page, "get_ui", Access.PAGE, _PAGE),
+    ApiRoute("/ui/{name}", ("GET",), ui.asset, "get_ui_name", Access.PAGE,
+             replace(_PAGE, summary="The fleet page's scripts and style sheet",
+                     ok={"text/javascript": {"schema": {"type": "string"}}, "text/css": {"schema": {"type": "string"}}},
+                     errors=(404,))),
     # admin
     ApiRoute("/admin/endpoints", ("GET",), admin.endpoints, "get_admin_endpoints", Access.ADMIN, _ENDPOINTS),
     ApiRoute("/admin/endpoints/{name:path}/drain", ("POST",), admin.drain, "post_admin_endpoints_name_drain",

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from .. import tracing
 from ..errors import BackendError, BackendFailed, BackendOverloaded, BackendRejected, BackendTimeout, BackendUnavailable
 
 if TYPE_CHECKING:
@@ -64,13 +65,15 @@ class HttpSessions:
 
 
 def request_headers(endpoint: EndpointConfig, pool: PoolConfig, request_id: str = "") -> dict[str, str]:
-    """Pool headers, then endpoint headers, then the API key read from the environment (never logged)."""
+    """Pool headers, then endpoint headers, then the API key read from the environment (never logged); a synthesis
+    (``request_id``) also gets ``traceparent`` when its request is traced."""
     headers = {**pool.headers, **endpoint.headers}
     key_env = endpoint.api_key_env or pool.api_key_env
     if key_env and os.environ.get(key_env):
         headers["Authorization"] = f"Bearer {os.environ[key_env]}"
-    if request_id:
+    if request_id:  # a synthesis (health checks and voice uploads pass none): traced when its request is
         headers["x-request-id"] = request_id
+        tracing.node_request(headers, endpoint.name or "", endpoint.url)
     return headers
 
 
@@ -124,6 +127,7 @@ async def raise_for_status(resp: aiohttp.ClientResponse, endpoint: str, client_m
     ``client_mistake`` lets a backend type recognise a client's mistake in an answer that does not say so
     by its status (index-tts-vllm answers every error as 500): it is then never counted against the node.
     """
+    tracing.node_status(endpoint, resp.status)
     if resp.status < 300:
         return
     if resp.status < 400:  # a redirect, not followed: said by its status (its Location may carry anything)

@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from .. import tracing
 from ..audio.validate import InvalidAudio, check_audio
 from ..config.models import Settings
 from ..metrics import Metrics
@@ -52,8 +54,12 @@ class SpeechCache:
         return cache_key(sreq, kind="response", fmt=fmt, sample_rate=sample_rate, extra={"fanout": fanout})
 
     async def lookup(self, model: str, kind: str, key: str) -> CachedAudio | None:
+        trace = tracing.current()
+        start = time.time_ns() if trace is not None else 0
         entry = await self.store.get(key)
         self.metrics.cache_lookups.labels(model, kind, "hit" if entry is not None else "miss").inc()
+        if trace is not None:
+            trace.cache_lookup(kind, entry is not None, start)
         return entry
 
     # -- segments -------------------------------------------------------------------------------------------

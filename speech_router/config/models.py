@@ -109,6 +109,8 @@ class ServerConfig(_Strict):
         default_factory=list, description="/tts_url drop-in: reference paths a client may send must start with one "
                                           "of these; empty forwards them unchanged, as the node would accept them")
     auth: AuthConfig = Field(default_factory=lambda: AuthConfig())
+    ui: bool = Field(True, description="serve the fleet page and playground at /ui (it holds no data: it asks the API "
+                                       "with the key typed into it)")
 
 
 class TimeoutConfig(_Strict):
@@ -408,6 +410,21 @@ class CacheConfig(_Strict):
     max_entry_bytes: int = Field(16 * 1024 * 1024, gt=0, description="larger answers are not cached")
 
 
+class TracingConfig(_Strict):
+    """OpenTelemetry traces (docs/tracing.md), read at start-up. Off unless ``enabled``, ``url`` or the standard
+    variables ask for them (``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_TRACES_EXPORTER=otlp``); ``OTEL_*`` configure
+    the rest."""
+
+    enabled: bool | None = Field(None, description="true or false; unset: on when `url`, OTEL_EXPORTER_OTLP_ENDPOINT "
+                                                   "or OTEL_TRACES_EXPORTER=otlp is set")
+    url: str | None = Field(None, description="the OTLP collector's base URL, e.g. http://collector:4318; default: "
+                                              "OTEL_EXPORTER_OTLP_ENDPOINT, else the SDK's default")
+    sample_ratio: float | None = Field(None, ge=0, le=1, description="share of new traces recorded (a client's "
+                                                                     "sampled traceparent is always followed); "
+                                                                     "default: OTEL_TRACES_SAMPLER, else all")
+    service_name: str | None = Field(None, description="default: OTEL_SERVICE_NAME, else speech-router")
+
+
 class Settings(_Strict):
     """The whole configuration."""
 
@@ -418,6 +435,7 @@ class Settings(_Strict):
     voice_dir: VoiceDirConfig | None = None
     cache: CacheConfig = Field(default_factory=CacheConfig)
     voice_store: VoiceStoreConfig = Field(default_factory=VoiceStoreConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
     #: where the config came from, for logs ("file examples/x.yaml", "TTS_REMOTE_URL", "embedded default")
     source: str = Field("", exclude=True)
 

@@ -22,6 +22,7 @@ import dataclasses
 import itertools
 from collections.abc import Awaitable, Callable, Iterator
 
+from .. import tracing
 from ..audio import InvalidAudio
 from ..audio.pcm import decode_pcm, resample_pcm
 from ..cache.speech import SpeechCache
@@ -144,13 +145,15 @@ class _Segments:
 
     async def _run(self, index: int, text: str) -> SegmentAudio:
         async with self._gate:
-            try:
-                segment = await self._synthesize(index, text)
-            except (BackendError, Unavailable):
-                self._metrics.segments.labels(self._model, "failed").inc()
-                for later in self.tasks[index + 1:]:  # the stream ends here: free their slots for others
-                    later.cancel()
-                raise
+            with tracing.segment(index, len(text), len(self.texts)) as span:  # its own span, when traced
+                try:
+                    segment = await self._synthesize(index, text)
+                except (BackendError, Unavailable):
+                    self._metrics.segments.labels(self._model, "failed").inc()
+                    for later in self.tasks[index + 1:]:  # the stream ends here: free their slots for others
+                        later.cancel()
+                    raise
+                span.done("cached" if segment.cached else "ok")
         self._metrics.segments.labels(self._model, "cached" if segment.cached else "ok").inc()
         self.attempts += segment.attempts
         if self.result is not None:

@@ -231,6 +231,7 @@ class AttemptLoop:
         out of it then is no failure of the endpoint (a client's short deadline must not trip breakers).
         """
         ep = lease.endpoint
+        self.listener.attempt_started(pool.name, lease)  # in the request's own task (traces open its span)
         verify = whole or self._verifies(pool, ep)
         try:
             async with asyncio.timeout(timeout):  # not wait_for, which can lose a cancel on 3.11 (router/health.py)

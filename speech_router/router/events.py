@@ -35,6 +35,10 @@ class RouterListener(SchedulerListener):
     def draining_changed(self, endpoint: Endpoint) -> None:
         """The endpoint was drained or undrained."""
 
+    def attempt_started(self, pool: str, lease: Lease) -> None:
+        """A try begins on ``lease.endpoint``, reported in the request's own task, before the backend is called
+        (traces open the attempt's span here, with the lease's placement)."""
+
     def attempt_finished(self, endpoint: Endpoint, outcome: Outcome, finished: Finished | None) -> None:
         """A try ended and gave its slot back."""
 
@@ -94,6 +98,10 @@ class Listeners(RouterListener):
     def draining_changed(self, endpoint: Endpoint) -> None:
         for listener in self.listeners:
             listener.draining_changed(endpoint)
+
+    def attempt_started(self, pool: str, lease: Lease) -> None:
+        for listener in self.listeners:
+            listener.attempt_started(pool, lease)
 
     def attempt_finished(self, endpoint: Endpoint, outcome: Outcome, finished: Finished | None) -> None:
         for listener in self.listeners:

@@ -205,6 +205,19 @@ def test_grafana_gets_the_prometheus_data_source_and_the_shipped_dashboard():
     assert (variable["type"], variable["query"]) == ("datasource", "prometheus")  # picks the default source
 
 
+def test_traces_go_to_jaeger_and_the_latency_exemplars_open_them():
+    router, prometheus, jaeger = (services()[name] for name in ("router", "prometheus", "jaeger"))
+    endpoint = router["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    assert endpoint == "http://jaeger:4318"  # OTLP over HTTP, the tracing extra's exporter (the image installs it)
+    assert "jaeger" in router["depends_on"] and jaeger["ports"] == ["127.0.0.1:16686:16686"]
+    assert "--enable-feature=exemplar-storage" in prometheus["command"]
+    files = mounts(services()["grafana"])["/etc/grafana/provisioning/datasources"]
+    (prom,) = yaml.safe_load((files / "prometheus.yaml").read_text())["datasources"]
+    (traces,) = yaml.safe_load((files / "jaeger.yaml").read_text())["datasources"]
+    assert (traces["type"], traces["url"]) == ("jaeger", "http://jaeger:16686")
+    assert prom["jsonData"]["exemplarTraceIdDestinations"] == [{"name": "trace_id", "datasourceUid": traces["uid"]}]
+
+
 # --- the documented load command -----------------------------------------------------------------------------
 
 

@@ -292,6 +292,15 @@ def test_dashboard_shows_latency_p50_and_p99_per_model_and_per_endpoint(metric: 
                 (metric, quantile, by)
 
 
+def test_latency_panels_link_traced_requests_through_exemplars() -> None:
+    """The router puts a sampled request's trace id on these histograms (tests/tracing): the panels show them."""
+    for panel in dashboard_panels(load_dashboard()):
+        for target in panel.get("targets", []):
+            if metric_names(target["expr"]) & {"speech_router_request_duration_seconds_bucket",
+                                                 "speech_router_time_to_first_byte_seconds_bucket"}:
+                assert target.get("exemplar") is True, (panel["title"], target["refId"])
+
+
 def test_dashboard_is_importable_with_its_variables() -> None:
     dashboard = load_dashboard()
     assert dashboard["schemaVersion"] >= 36 and dashboard["uid"] and dashboard["title"]

@@ -18,7 +18,8 @@ from tests.conftest import fleet_config, serve_router
 from tests.integration.test_auth import ALICE, SPEECH
 
 FIELDS = {"ts", "request_id", "method", "path", "status", "outcome", "client", "priority", "model", "voice", "chars",
-          "endpoint", "backend", "pool", "attempts", "fallback", "queue_wait_s", "ttfb_s", "total_s", "bytes"}
+          "endpoint", "backend", "pool", "attempts", "fallback", "queue_wait_s", "ttfb_s", "total_s", "bytes",
+          "trace_id"}
 
 
 class Lines(logging.Handler):
