@@ -270,7 +270,7 @@ class Watch:
 
     def __init__(self, sim: Sim, interval: float = 0.05, until: float = math.inf) -> None:
         self.sim, self.interval, self.until = sim, interval, until
-        self.idle_waits: dict[int, float] = {}
+        self.idle_waits: dict[Ticket, float] = {}  # by the ticket itself: an id() may be reused once it is gone
         sim.at(sim.clock(), self._sample)
 
     @property
@@ -281,7 +281,7 @@ class Watch:
         sim = self.sim
         if any(ep.busy == 0 and ep.in_rotation for ep in sim.pool.endpoints):
             for ticket in sim.pool.scheduler.waiting():
-                self.idle_waits[id(ticket)] = self.idle_waits.get(id(ticket), 0.0) + self.interval
+                self.idle_waits[ticket] = self.idle_waits.get(ticket, 0.0) + self.interval
         now = sim.clock()
         if now + self.interval <= self.until:
             sim.at(now + self.interval, self._sample)
