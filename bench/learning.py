@@ -18,7 +18,7 @@ hang: 4 nodes x 4 slots at speed 1, Poisson load at 60 %; at `--hang-at` seconds
 
 Every child listens on 127.0.0.1 and is stopped however the run ends; every run is bounded by `--duration`.
 
-    python -m bench.learning                                  # both scenarios, ~8 minutes; writes bench/results/learning.md
+    python -m bench.learning              # both scenarios, ~12 minutes; writes bench/results/learning.md
     python -m bench.learning --scenario hang --duration 40 --out /tmp/learning.md
 """
 
@@ -70,7 +70,8 @@ class Bench:
             nodes=spec["nodes"], slots=spec["slots"], speeds=spec["speeds"], base_ms=spec["base_ms"],
             per_char_ms=spec["per_char_ms"], sigma=spec["sigma"], seed=self.args.seed, jitter_by_text=True))
 
-    def router(self, tag: str, policy: str, fleet: FleetProc, ready: tuple[str, ...] = ("/readyz",)) -> tuple[str, Child]:
+    def router(self, tag: str, policy: str, fleet: FleetProc,
+               ready: tuple[str, ...] = ("/readyz",)) -> tuple[str, Child]:
         impl: RouterImpl = self.impls[policy]
         config = router_yaml(fleet.nodes, POLICIES["full"], {"log_level": "info", "log_format": "json"}, fanout=False)
         port = free_port()
@@ -259,8 +260,8 @@ def report(results: dict[str, Any], args: argparse.Namespace, command: str, wall
                   "| router | requests | errors | longest client wait | p99 during the hang | "
                   "node0's share 10-20 s after recovery (capacity 0.25) |", "|---|--:|--:|--:|--:|--:|"]
         for policy, r in results["hang"].items():
-            lines.append(f"| {policy} | {r['count']} | {r['errors']} | {r['longest']:.2f} s | {r['p99_during']:.2f} s | "
-                         f"{r['share_after']:.2f} |")
+            lines.append(f"| {policy} | {r['count']} | {r['errors']} | {r['longest']:.2f} s | "
+                         f"{r['p99_during']:.2f} s | {r['share_after']:.2f} |")
         lines.append("")
     return "\n".join(lines)
 

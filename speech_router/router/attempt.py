@@ -26,7 +26,6 @@ the endpoint. Nothing is retried once a byte has reached the client.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field

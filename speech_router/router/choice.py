@@ -42,7 +42,7 @@ from .breaker import BreakerState
 from .clock import Clock
 from .endpoint import Endpoint
 from .ticket import Placement, Ticket
-from .view import Decision, Prior, SlotPlan, View
+from .view import Decision, Prior, View
 
 #: texts this long (this quantile of recent lengths) set the time budget a short text may take elsewhere
 LONG_QUANTILE = 0.9

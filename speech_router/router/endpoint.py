@@ -175,8 +175,9 @@ class Endpoint:
         """New routing settings from a reload, keeping what was learned (the limit's bound, the breaker's
         thresholds, the balancer's knobs)."""
         self.weight = weight
-        if max_concurrency != self.max_concurrency or balancer.adaptive_concurrency != self.balancer.adaptive_concurrency:
-            self.model = self.model.resized(max_concurrency, balancer.adaptive_concurrency)
+        adaptive = balancer.adaptive_concurrency
+        if max_concurrency != self.max_concurrency or adaptive != self.balancer.adaptive_concurrency:
+            self.model = self.model.resized(max_concurrency, adaptive)
         self.max_concurrency = max_concurrency
         self.limit.maximum, self.limit.adaptive = max_concurrency, balancer.adaptive_concurrency
         self.limit.slow_start = balancer.slow_start

@@ -138,7 +138,8 @@ class Pool:
         predicted = self.scheduler.timeout_basis(lease.endpoint, chars, run.n if run else lease.endpoint.inflight)
         if predicted is None:
             return retry.per_try_timeout_cap
-        return min(retry.per_try_timeout_cap, max(retry.per_try_timeout_floor, retry.per_try_timeout_factor * predicted))
+        factor = retry.per_try_timeout_factor
+        return min(retry.per_try_timeout_cap, max(retry.per_try_timeout_floor, factor * predicted))
 
     def suspect_hedge_delay(self, ep: Endpoint, chars: int) -> float:
         """How long a try on a suspect waits before a second try elsewhere: a little more than its peers are

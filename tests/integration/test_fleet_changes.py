@@ -61,27 +61,36 @@ async def test_a_fleet_that_slows_down_is_followed_and_nobody_is_ejected(nodes, 
     assert total(srv.url, "speech_router_ejections") == 0
 
 
-async def test_a_node_added_under_load_takes_its_share_within_seconds(nodes, file_router):  # noqa: F811
-    a, b = nodes(name="a", delay_s=0.2, slots=2), nodes(name="b", delay_s=0.2, slots=2)
-    srv, path = file_router(pool_config(a.url, max_concurrency=2))
+async def served_around_a_reload(srv: Any, path: Any, after: dict[str, Any], clients: int,
+                                 body: dict[str, Any] | None = None) -> tuple[list[tuple[float, int, str]], float]:
+    """``clients`` clients sending one request after another for a second, then ``after`` reloaded, for three more
+    seconds: every (when answered, status, endpoint), and when the reload was applied."""
     results: list[tuple[float, int, str]] = []
     stop = asyncio.Event()
 
     async def client(session: aiohttp.ClientSession) -> None:
         while not stop.is_set():
-            status, headers, _ = await post(session, srv.url)
+            status, headers, _ = await post(session, srv.url, body)
             results.append((time.monotonic(), status, headers.get("x-speech-router-endpoint", "")))
 
     async with aiohttp.ClientSession() as session:
-        clients = [asyncio.create_task(client(session)) for _ in range(6)]  # 6 at once on one 2-slot node
+        tasks = [asyncio.create_task(client(session)) for _ in range(clients)]
         await asyncio.sleep(1.0)
-        write(path, pool_config(a.url, b.url, max_concurrency=2))
-        status, body, _ = await asyncio.to_thread(call, srv.url + "/admin/reload", "POST")
-        assert status == 200 and body["changes"]["added"], body
+        write(path, after)
+        status, reply, _ = await asyncio.to_thread(call, srv.url + "/admin/reload", "POST")
+        assert status == 200 and reply["changes"]["added"], reply
         joined = time.monotonic()
         await asyncio.sleep(3.0)
         stop.set()
-        await asyncio.gather(*clients)
+        await asyncio.gather(*tasks)
+    return results, joined
+
+
+async def test_a_node_added_under_load_takes_its_share_within_seconds(nodes, file_router):  # noqa: F811
+    a, b = nodes(name="a", delay_s=0.2, slots=2), nodes(name="b", delay_s=0.2, slots=2)
+    srv, path = file_router(pool_config(a.url, max_concurrency=2))
+    # 6 clients at once on one 2-slot node
+    results, joined = await served_around_a_reload(srv, path, pool_config(a.url, b.url, max_concurrency=2), 6)
     assert {status for _, status, _ in results} == {200}
     late = [ep for t, _, ep in results if t > joined + 1.0]
     assert late.count(name_of(b)) >= len(late) / 4  # serving, not idle while requests queue for a

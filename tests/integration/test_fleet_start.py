@@ -15,8 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.integration.test_fleet_changes import SPEECH, pool_config, post
-from tests.integration.test_reload import ADMIN_KEY, backends, call, file_router, write  # noqa: F401 - fixture
+from tests.integration.test_fleet_changes import SPEECH, pool_config, post, served_around_a_reload
+from tests.integration.test_reload import ADMIN_KEY, backends, file_router  # noqa: F401 - fixture
 from tests.integration.test_routing_policy import name_of, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -81,28 +81,12 @@ async def test_a_slow_node_judged_too_slow_at_first_still_takes_the_short_texts_
 async def test_a_node_added_under_light_load_gets_a_request_within_a_second(nodes, file_router):  # noqa: F811
     a, b = nodes(name="a", delay_s=0.1, slots=4), nodes(name="b", delay_s=0.1, slots=4)
     srv, path = file_router(pool_config(a.url, max_concurrency=4))
-    served: list[tuple[float, str]] = []
-    stop = asyncio.Event()
-
-    async def client(session: aiohttp.ClientSession) -> None:
-        while not stop.is_set():
-            status, headers, _ = await post(session, srv.url, text(30))
-            assert status == 200
-            served.append((time.monotonic(), headers["x-speech-router-endpoint"]))
-
-    async with aiohttp.ClientSession() as session:
-        clients = [asyncio.create_task(client(session)) for _ in range(4)]  # one short request after another
-        await asyncio.sleep(1.0)
-        write(path, pool_config(a.url, b.url, max_concurrency=4))
-        status, body, _ = await asyncio.to_thread(call, srv.url + "/admin/reload", "POST")
-        assert status == 200 and body["changes"]["added"], body
-        joined = time.monotonic()
-        await asyncio.sleep(3.0)
-        stop.set()
-        await asyncio.gather(*clients)
-    first = min((t for t, ep in served if ep == name_of(b)), default=None)
+    # four clients, one short request after another
+    served, joined = await served_around_a_reload(srv, path, pool_config(a.url, b.url, max_concurrency=4), 4, text(30))
+    assert {status for _, status, _ in served} == {200}
+    first = min((t for t, _, ep in served if ep == name_of(b)), default=None)
     assert first is not None and first - joined < 1.0
-    later = [ep for t, ep in served if t > joined + 1.0]
+    later = [ep for t, _, ep in served if t > joined + 1.0]
     assert later.count(name_of(b)) >= len(later) / 4  # and a share of the traffic (a half, when equal)
 
 
