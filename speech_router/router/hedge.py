@@ -4,8 +4,9 @@ Every try is hedged when a pool sets ``hedge.enabled`` (after ``hedge.delay``, b
 timeout). A try on an endpoint under suspicion (a timeout since its last answer, or its breaker's
 half-open probe) is hedged in any case, and early: when it has not answered within what its peers take for
 the text, a second try starts on a trusted endpoint with a free slot, so no client waits long on a node
-that may hang. The suspect's try then goes on without the client until it answers or times out, and that
-is the verdict its breaker and estimate learn from (a probe no client waits on).
+that may hang; when no slot is free elsewhere at that moment, it looks again as slots free. The suspect's try
+then goes on without the client until it answers or times out, and that is the verdict its breaker and
+estimate learn from (a probe no client waits on).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from ..types import AudioResponse
 from .events import RouterListener
 from .pool import Pool
 from .ticket import Lease, Ticket
+
+#: when no slot is free elsewhere at the hedge's time, how often to look again (the pool's tick)
+RETRY_S = 0.05
 
 #: one try on a lease, within a timeout (``AttemptLoop.attempt`` for the request being served)
 Try = Callable[[Lease, float], Awaitable[AudioResponse]]
@@ -41,9 +45,16 @@ class Hedging:
         delay = (pool.config.hedge.delay or timeout / 2) if pool.config.hedge.enabled else timeout / 2
         if lease.suspect:
             delay = min(delay, pool.suspect_hedge_delay(lease.endpoint, chars))
+        started = asyncio.get_running_loop().time()
         first = asyncio.create_task(attempt(lease, timeout))
         done, _ = await asyncio.wait({first}, timeout=delay)
-        second_lease = None if done else pool.try_now(Ticket(chars, exclude=frozenset(tried), allow_panic=False))
+        second_lease = None
+        while not done:  # no slot free elsewhere yet: look again as slots free, while the first has time
+            second_lease = pool.try_now(Ticket(chars, exclude=frozenset(tried), allow_panic=False))
+            if second_lease is not None or asyncio.get_running_loop().time() >= started + timeout:
+                break
+            done, _ = await asyncio.wait({first}, timeout=RETRY_S)
+            delay = asyncio.get_running_loop().time() - started
         if second_lease is None:
             return await first, lease
         tried.add(second_lease.endpoint.name)

@@ -195,6 +195,8 @@ class Sim:
         if lease is not None:
             self.hedges += 1
             self._start(request, lease, sibling=job)
+        else:  # nothing free elsewhere yet: the attempt loop looks again as slots free
+            self.at(self.clock() + 0.05, lambda: self._hedge(job))
 
     def _serve(self, node: SimNode) -> None:
         while node.busy < node.slots and node.queue:
