@@ -31,11 +31,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from .config.realtime import WS_MAX_MESSAGE_BYTES
 
 log = logging.getLogger("speech_router.edge")
 
 #: how often a repeated refusal (same reason) is logged at most; the others are counted into the next line
 REFUSAL_LOG_INTERVAL_S = 10.0
+#: WebSocket upgrades (realtime speech, #19): uvicorn's own protocol for them, a message over the hard cap closes
+#: the connection (1009) before the app sees it (the app's smaller limit answers with an error event first), and
+#: no per-message compression (audio does not compress; a compressed message could inflate past any buffer)
+WEBSOCKET_OPTIONS: dict[str, Any] = {"ws": "auto", "ws_max_size": WS_MAX_MESSAGE_BYTES,
+                                     "ws_per_message_deflate": False}
 
 
 @dataclass(frozen=True)
@@ -280,7 +286,7 @@ def uvicorn_options(limits: EdgeLimits) -> dict[str, Any]:
     answered 400) and the idle keep-alive; the other limits then do not apply, and a warning says so.
     """
     options: dict[str, Any] = {"timeout_keep_alive": limits.keepalive_timeout,
-                               "backlog": min(2048, max(128, limits.max_connections))}
+                               "backlog": min(2048, max(128, limits.max_connections)), **WEBSOCKET_OPTIONS}
     if LimitedHttpToolsProtocol is not None:
         options["http"] = protocol_class(limits)
     else:  # pragma: no cover

@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .realtime import RealtimeConfig
+
 DEFAULT_HOST = "0.0.0.0"
 DEFAULT_PORT = 8000
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
@@ -102,6 +104,8 @@ class ServerConfig(_Strict):
         default_factory=list, description="/tts_url drop-in: reference paths a client may send must start with one "
                                           "of these; empty forwards them unchanged, as the node would accept them")
     auth: AuthConfig = Field(default_factory=lambda: AuthConfig())
+    realtime: RealtimeConfig = Field(default_factory=RealtimeConfig, description="realtime speech sessions "
+                                     "(WS /v1/audio/speech/stream): timeouts and limits")
 
 
 class TimeoutConfig(_Strict):
