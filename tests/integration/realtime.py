@@ -6,13 +6,17 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import soundfile as sf
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+
+from speech_router.emulator import audio
 
 PATH = "/v1/audio/speech/stream"
 #: how long a test waits for any one message before it fails (tests assert order, never time)
@@ -146,3 +150,27 @@ async def closed(ws: ClientConnection) -> tuple[int | None, list[dict[str, Any]]
 
 def spoken(sentences: list[Heard]) -> str:
     return " ".join(s.text for s in sentences)
+
+
+#: the receive buffer of the tests' slow readers (small, so that what the kernel holds stays small)
+RCVBUF = 64 * 1024
+
+
+def buffered_sentences(sentence: str) -> int:
+    """How many sentences like ``sentence`` (emulated index-tts-vllm WAVs) the sockets between the router and a
+    reader with ``RCVBUF`` can hold, plus the two processes' buffers: the router synthesizing more than that (and
+    its own ``max_buffered_segments``) ahead of a client that reads nothing would be the router's fault."""
+    try:
+        wmem_max = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    except (OSError, IndexError, ValueError):
+        wmem_max = 4 * 1024 * 1024
+    held = wmem_max + 2 * RCVBUF + 2 * 1024 * 1024  # the router's socket, the client's (doubled), user space
+    return held // (2 * round(audio.duration_s(sentence) * audio.INDEX_TTS_RATE))
+
+
+async def fetch_metrics(url: str) -> str:
+    def get() -> str:
+        with urllib.request.urlopen(url + "/metrics", timeout=10) as resp:
+            return str(resp.read().decode())
+
+    return await asyncio.to_thread(get)

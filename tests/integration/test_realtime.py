@@ -10,7 +10,6 @@ import asyncio
 import socket
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,8 +17,8 @@ import pytest
 from speech_router.emulator import audio
 from speech_router.emulator.index_tts_vllm import EmulatorConfig
 from tests.conftest import Node, fleet_config, serve_router
-from tests.integration.realtime import (closed, next_event, next_sentence, open_session, send, send_tokens, spoken,
-                                        stream_url, utterance)
+from tests.integration.realtime import (RCVBUF, buffered_sentences, closed, fetch_metrics, next_event, next_sentence,
+                                        open_session, send, send_tokens, spoken, stream_url, utterance)
 
 pytestmark = pytest.mark.anyio
 
@@ -117,9 +116,8 @@ async def test_a_client_that_stops_reading_holds_no_endpoint_slot_and_gets_every
     config["server"] = {"realtime": {"max_buffered_segments": 2}}
     url = router(config).url
     sentence = "Sentence number {} is here, and it carries enough words to make its audio long."
-    # what the sockets and the two processes may hold, in sentences; more than that were synthesized ahead only if
-    # the router itself kept them
-    held = socket_buffers(RCVBUF) // (2 * round(audio.duration_s(sentence.format(10)) * audio.INDEX_TTS_RATE))
+    # more than the sockets and the two processes can hold were synthesized ahead only if the router kept them
+    held = buffered_sentences(sentence)
     bound = held + 2 + 1  # + max_buffered_segments + the one being sent
     count = bound + 10
     if count > 150:
@@ -135,18 +133,6 @@ async def test_a_client_that_stops_reading_holds_no_endpoint_slot_and_gets_every
         heard = await utterance(ws)  # now it reads: all of it, in order
     assert [s.text for s in heard.sentences] == sentences
     assert sum(n.served for n in fleet) == count
-
-
-RCVBUF = 64 * 1024
-
-
-def socket_buffers(rcvbuf: int) -> int:
-    """Bytes the kernel and the two processes may buffer between the router's session and the test's reader."""
-    try:
-        wmem_max = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
-    except (OSError, IndexError, ValueError):
-        wmem_max = 4 * 1024 * 1024
-    return wmem_max + 2 * rcvbuf + 2 * 1024 * 1024  # the router's socket, the client's (doubled), user space
 
 
 async def settled(fleet: list[Node]) -> int:
@@ -235,16 +221,6 @@ async def access_lines(caplog: Any, request_id: str) -> list[dict[str, Any]]:
             return mine
         await asyncio.sleep(0.02)
     return []
-
-
-async def fetch_metrics(url: str) -> str:
-    import urllib.request
-
-    def get() -> str:
-        with urllib.request.urlopen(url + "/metrics", timeout=10) as resp:
-            return resp.read().decode()
-
-    return await asyncio.to_thread(get)
 
 
 def test_stream_url_is_the_http_url_with_the_ws_scheme():
