@@ -58,6 +58,9 @@ class VllmOmniConfig(Knobs):
     mel_cap_s: float | None = 60.0  # 2.5: longer single requests are squeezed into this many seconds
     speaker_first_use_s: float = 0.0  # extra engine time the first time a voice is used (speaker conditioning)
     speaker_cache: int = 64  # voices whose conditioning the node keeps (LRU); 0 keeps none
+    #: how a stream is answered: as the request asks (stream_format), or always SSE events (a version that streams
+    #: only so), or always raw bytes (an older version: stream: true is raw, stream_format unknown)
+    stream_shape: Literal["request", "sse", "raw"] = "request"
 
 
 class SpeakerCache:
@@ -167,6 +170,7 @@ class SpeechPlan:
 
     def __init__(self, body: SpeechBody, voice: str, config: VllmOmniConfig, speakers: SpeakerCache) -> None:
         self.body, self.voice, self.speakers = body, voice, speakers
+        self.sse = body.sse_stream if config.stream_shape == "request" else config.stream_shape == "sse"
         self.text = body.input
         self.format = body.response_format
         speed = body.speed or 1.0
@@ -177,7 +181,7 @@ class SpeechPlan:
 
     @property
     def stream_media_type(self) -> str:
-        if self.body.sse_stream:
+        if self.sse:
             return "text/event-stream"
         return "audio/wav" if self.format == "wav" else "audio/pcm"
 
@@ -235,7 +239,7 @@ def _sse(payload: dict[str, object]) -> bytes:
 async def _stream(state: EmulatorState, plan: SpeechPlan) -> AsyncIterator[bytes]:
     """A stream's body; the 200 went out when the request was accepted."""
     config = node_config(state)
-    sse = plan.body.sse_stream
+    sse = plan.sse
     state.in_flight += 1
     try:
         try:
