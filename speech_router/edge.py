@@ -19,6 +19,10 @@ finish their head are all kept. ``bench/edge_limits.py`` measures this (bench/RE
 
 The body size itself (``max_body_bytes``) is refused by the app before a handler reads it (413), and
 uvicorn buffers at most 64 KiB of body per connection before it stops reading.
+
+A WebSocket upgrade (realtime speech) hands the connection to uvicorn's WebSocket protocol once its head is
+complete, so the head limits above apply to the handshake; the session's own limits are the app's
+(``server.realtime``), with ``WEBSOCKET_OPTIONS`` at the protocol. Open sessions count in ``max_connections``.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ async def serve_session(scope: Scope, receive: Receive, send: Send, state: AppSt
     report = SessionReport(given if _SAFE_ID.match(given) else uuid.uuid4().hex, scope["path"])
     authorization, offered = _credentials(scope)
     metrics, hub, key = state.metrics, hub_of(state), None
-    await ws.accept(subprotocol=offered)
+    await ws.accept(subprotocol=offered, headers=[(b"x-request-id", report.request_id.encode("latin-1"))])
     admitted = False
     try:
         key, priority = _admit(state, authorization, report, scope["headers"])

@@ -192,6 +192,7 @@ async def test_metrics_and_one_access_line_per_session(fleet, caplog):
     _, url = fleet
     caplog.set_level("INFO", logger="speech_router.access")
     async with await open_session(url, additional_headers={"x-request-id": "rt-session-1"}) as ws:
+        assert ws.response is not None and ws.response.headers["x-request-id"] == "rt-session-1"
         await send_tokens(ws, "Hello there, my friend. How are you?")
         await utterance(ws)
         await send(ws, {"type": "session.close"})
