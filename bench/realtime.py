@@ -9,7 +9,7 @@ Reported per run: time to first audio after the first sentence's last token was 
 time for that sentence (HTTP, measured first: the issue's target is that time + 50 ms), and the gaps a listener
 playing each sentence as it arrives would hear (``bench._realtime_client``).
 
-Nodes: one `python -m speech_router.emulator --api vllm-omni` process with 5 nodes (4 for the router, 1 alone),
+Nodes: five `python -m speech_router.emulator --api vllm-omni` processes (4 for the router, 1 alone),
 `--slots` engine slots each, a sentence taking `--delay` + `--delay-per-char` x characters (IndexTTS at a
 real-time factor of about 0.25; audio is 60 ms per character). Loopback only, every wait bounded, children
 always stopped. `--out bench/README.md` rewrites the generated block there.
@@ -154,9 +154,12 @@ def main(argv: list[str] | None = None) -> None:
     before, started = load_average(), time.monotonic()
     with stopped_on_exit() as (children, log_dir):
         impl = router_at(args.rev, log_dir / "export")
-        nodes, ports = start_omni_nodes(log_dir, 5, impl, slots=args.slots, delay=args.delay,
-                                        delay_per_char=args.delay_per_char)
-        children.append(nodes)
+        ports = []
+        for i in range(5):  # a process each, as nodes are separate machines (one process would share its GIL)
+            node, (port,) = start_omni_nodes(log_dir, 1, impl, name=f"omni{i}", slots=args.slots, delay=args.delay,
+                                             delay_per_char=args.delay_per_char)
+            children.append(node)
+            ports.append(port)
         voice = log_dir / "alloy.wav"
         ref_url = "data:audio/wav;base64," + base64.b64encode(reference(voice)).decode()
         router_port = free_port()

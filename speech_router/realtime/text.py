@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from ..config.realtime import DEFAULT_SENTENCE_HOLD_MS
 from ..text.chars import CLAUSE_MARKS, CLOSERS, ENDERS, WIDE_CLASS
 from ..text.protect import BEFORE_NUMBERS, NEVER_FINAL, TITLES, protected
 from ..text.segment import split_segments
@@ -45,7 +46,7 @@ class TextCutter:
     """One utterance's text as it arrives; ``feed`` returns the segments it completed."""
 
     def __init__(self, *, max_chars: int, min_chars: int, granularity: Granularity = "sentence",
-                 hold_s: float = 0.025) -> None:
+                 hold_s: float = DEFAULT_SENTENCE_HOLD_MS / 1000) -> None:
         self.max_chars = max_chars
         self.min_chars = min_chars
         self.granularity = granularity
