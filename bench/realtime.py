@@ -68,13 +68,13 @@ def reference(path: Path) -> bytes:
 
 
 def router_yaml(ports: list[int], voice: Path, slots: int) -> str:
-    return yaml.safe_dump({
+    return str(yaml.safe_dump({
         "server": {"access_log": False, "watch_config": False, "log_level": "warning"},
         "pools": {"omni": {"type": "vllm-omni", "endpoints": [{"url": f"http://{HOST}:{p}"} for p in ports],
                            "max_concurrency": slots, "health_check": {"interval": 2.0, "timeout": 2.0}}},
         "models": {"omni": {"pools": ["omni"]}},
         "voices": {"alloy": {"ref_audio_file": str(voice)}},
-    })
+    }))
 
 
 def node_seconds(port: int, ref_url: str, repeats: int = 5) -> float:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import aiohttp
 
@@ -27,7 +27,7 @@ def is_sse(resp: aiohttp.ClientResponse) -> bool:
     return resp.headers.get("Content-Type", "").startswith(SSE_TYPE)
 
 
-async def sse_audio(resp: aiohttp.ClientResponse, endpoint: str) -> AsyncIterator[bytes]:
+async def sse_audio(resp: aiohttp.ClientResponse, endpoint: str) -> AsyncGenerator[bytes, None]:
     """The audio bytes of an SSE answer, delta by delta; ``BackendFailed`` for an error event, a broken event
     or a stream that ends before ``speech.audio.done``. The connection is given back at the end."""
     buffer = b""

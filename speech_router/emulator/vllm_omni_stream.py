@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
@@ -110,7 +111,7 @@ class _Session:
             if not await self._handle(msg):
                 return
 
-    async def _parse(self, message: dict[str, Any]) -> dict[str, Any] | None:
+    async def _parse(self, message: Mapping[str, Any]) -> dict[str, Any] | None:
         raw = message.get("text")
         if raw is None:
             await self._error("WebSocket messages must be text")

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from ..audio import encode_all, output_rate
+from ..audio.encode import encode_all
+from ..audio.formats import output_rate
 
 #: the largest binary message sent (clients' default limits are 1 MiB; smaller frames also keep backpressure fine)
 FRAME_BYTES = 64 * 1024

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import enum
 import json
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
@@ -104,19 +105,18 @@ class InputText(BaseModel):
     text: str
 
 
-#: the messages a client sends after its config
-MessageType = Literal["session.config", "input.text", "input.done", "session.close"]
+#: the messages a client sends
 MESSAGE_TYPES: tuple[str, ...] = ("session.config", "input.text", "input.done", "session.close")
 
 
-def decode(message: dict[str, Any], limit: int, configured: bool) -> dict[str, Any]:
+def decode(message: Mapping[str, object], limit: int, configured: bool) -> dict[str, object]:
     """A client's WebSocket message as a JSON object with a known ``type``.
 
     Raises ``Refusal`` for what ends the session (a binary or oversized message; anything but a valid JSON
     object before the first config) and ``RequestInvalid`` for what only gets an ``error`` event.
     """
     text = message.get("text")
-    if text is None:
+    if not isinstance(text, str):
         raise Refusal("Binary messages are not part of this protocol: send JSON text messages.",
                       code="binary_message", close=CloseCode.UNSUPPORTED, outcome="invalid")
     size = len(text.encode("utf-8", "surrogatepass")) if not text.isascii() else len(text)
@@ -148,40 +148,40 @@ def decode(message: dict[str, Any], limit: int, configured: bool) -> dict[str, A
     return data
 
 
-def session_config(data: dict[str, Any]) -> SessionConfig:
+def session_config(data: dict[str, object]) -> SessionConfig:
     """A ``session.config`` message, validated; ``RequestInvalid`` names the field at fault."""
     return parse(SessionConfig, data)
 
 
-def input_text(data: dict[str, Any]) -> str:
+def input_text(data: dict[str, object]) -> str:
     """The text of an ``input.text`` message; ``RequestInvalid`` when it is not a string."""
     return parse(InputText, data).text
 
 
-def _shown(value: Any) -> str:
+def _shown(value: object) -> str:
     return repr(value)[:64]
 
 
 # --- what the router sends ---------------------------------------------------------------------------------
 
 
-def error_event(message: str, code: str, param: str | None = None, **where: int) -> dict[str, Any]:
+def error_event(message: str, code: str, param: str | None = None, **where: int) -> dict[str, object]:
     """``error``: vllm-omni's ``message``, plus ``code``, ``param`` and the sentence it is about, if any."""
     return {"type": "error", "message": message, "code": code, "param": param, **where}
 
 
-def audio_start(utterance: int, sentence: int, text: str, fmt: str, sample_rate: int) -> dict[str, Any]:
-    event: dict[str, Any] = {"type": "audio.start", "utterance_index": utterance, "sentence_index": sentence,
+def audio_start(utterance: int, sentence: int, text: str, fmt: str, sample_rate: int) -> dict[str, object]:
+    event: dict[str, object] = {"type": "audio.start", "utterance_index": utterance, "sentence_index": sentence,
                              "sentence_text": text, "format": fmt}
     if fmt == "pcm":  # raw samples say nothing about themselves (vllm-omni describes streamed pcm the same way)
         event.update(sample_rate=sample_rate, channels=1)
     return event
 
 
-def audio_done(utterance: int, sentence: int, total_bytes: int, error: bool) -> dict[str, Any]:
+def audio_done(utterance: int, sentence: int, total_bytes: int, error: bool) -> dict[str, object]:
     return {"type": "audio.done", "utterance_index": utterance, "sentence_index": sentence,
             "total_bytes": total_bytes, "error": error}
 
 
-def session_done(utterance: int, sentences: int) -> dict[str, Any]:
+def session_done(utterance: int, sentences: int) -> dict[str, object]:
     return {"type": "session.done", "utterance_index": utterance, "total_sentences": sentences}

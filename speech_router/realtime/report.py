@@ -11,7 +11,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
 
 from ..api.observe import MAX_FIELD_CHARS
 
@@ -44,7 +43,7 @@ class SessionReport:
     bytes: int = 0
 
     def line(self) -> str:
-        record: dict[str, Any] = {
+        record: dict[str, object] = {
             "ts": datetime.fromtimestamp(self.wall, timezone.utc).isoformat(timespec="milliseconds"),
             "request_id": self.request_id,
             "method": "WEBSOCKET",

@@ -28,7 +28,8 @@ from ..errors import RequestInvalid
 from .hub import hub_of
 from .protocol import CloseCode, Refusal, error_event
 from .report import SessionReport
-from .session import Session, farewell
+from .outbox import Outbox
+from .session import Session
 
 log = logging.getLogger("speech_router.realtime")
 
@@ -109,4 +110,4 @@ def _admit(state: AppState, authorization: str | None, report: SessionReport,
 
 async def _refuse(ws: WebSocket, refusal: Refusal) -> None:
     """A refusal before the session ran: its error event, then the close (if the client is still there)."""
-    await farewell(ws, error_event(refusal.message, refusal.code, refusal.param), refusal.close, refusal.code)
+    await Outbox(ws).farewell(error_event(refusal.message, refusal.code, refusal.param), refusal.close, refusal.code)

@@ -2,8 +2,8 @@
 
 Two tasks share the connection. The reader (``run``) takes the client's messages, cuts the text into sentences
 (``TextCutter``) and hands them to the ``Pipeline``, which starts each on the fleet as soon as it is cut; the
-sender (``_deliver``) takes them back in order and sends ``audio.start``, the audio and ``audio.done`` per
-sentence and ``session.done`` per utterance. Every send goes through one lock, a sentence's messages together.
+sender (``outbox.Sender``) takes them back in order and sends ``audio.start``, the audio and ``audio.done`` per
+sentence and ``session.done`` per utterance. Every send goes through one ``Outbox``.
 
 Timeouts: the first ``session.config`` within ``config_timeout``; then the session is idle, and closed, when
 nothing is left to deliver and the client sent nothing for ``idle_timeout``, or when a send has waited
@@ -14,35 +14,27 @@ nothing is left to deliver and the client sent nothing for ``idle_timeout``, or 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import time
+from typing import Any
 
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.types import Message
+from starlette.websockets import WebSocket
 
-from ..api.errors import describe
 from ..api.state import AppState
-from ..errors import RequestInvalid, SpeechRouterError
+from ..errors import RequestInvalid
 from ..fanout import SegmentAudio, segment_synthesizer
-from .audio import Playback, encode_sentence
+from .outbox import ClientGone, Outbox, Sender
 from .pipeline import Pipeline, Sentence, UtteranceEnd
-from .protocol import (CloseCode, Refusal, audio_done, audio_start, decode, error_event, input_text, session_config,
-                       session_done)
+from .protocol import CloseCode, Refusal, decode, error_event, input_text, session_config
 from .report import SessionReport
 from .request import SessionSpeech, session_speech
 from .text import Cut, TextCutter
 
 log = logging.getLogger("speech_router.realtime")
 
-#: how long the last words of a refused session (its error event and close) may wait for the client
-FAREWELL_TIMEOUT_S = 2.0
 #: the reader looks at the timeouts at least this often
 CHECK_INTERVAL_S = 1.0
-
-
-class ClientGone(Exception):
-    """The client closed the connection (a receive said so, or a send failed)."""
 
 
 class Session:
@@ -57,61 +49,60 @@ class Session:
         self.sentences = 0  # sentences cut from it so far
         self.in_utterance = False  # text came since the last input.done
         self.pipeline = Pipeline(self._synthesize, max_ahead=self.limits.max_buffered_segments)
-        self._heard: dict[int, _Heard] = {}  # per utterance: what its listener has heard
-        self._lock = asyncio.Lock()
-        self._touched = time.perf_counter()  # the last message in, or item delivered
-        self._send_since: float | None = None  # a send waits for the client since then
-        self._sender: asyncio.Task[None] | None = None
+        self.outbox = Outbox(ws)
+        self.sender = Sender(self.outbox, self.pipeline, state.metrics, report)
+        self._received = time.perf_counter()  # the last message in
+        self._sending: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"Session({self.report.request_id!r}, utterance={self.utterance}, {self.pipeline!r})"
 
     async def run(self) -> None:
-        sender = self._sender = asyncio.ensure_future(self._deliver())
+        sending = self._sending = asyncio.ensure_future(self.sender.run())
         try:
             if await self._read():
-                await self._drain(sender)
+                await self._drain(sending)
                 self.report.outcome, self.report.close_code = "closed", CloseCode.NORMAL
-                await self._farewell(None, CloseCode.NORMAL, "session.close")
+                await self.outbox.farewell(None, CloseCode.NORMAL, "session.close")
         except Refusal as refusal:
-            await self._stop(sender)
+            await self._stop(sending)
             self.report.outcome, self.report.close_code = refusal.outcome, refusal.close
             event = error_event(refusal.message, refusal.code, refusal.param)
-            await self._farewell(event, refusal.close, refusal.code)
+            await self.outbox.farewell(event, refusal.close, refusal.code)
         except ClientGone:
             self.report.outcome = "client_left"
         finally:
-            await self._stop(sender)
+            await self._stop(sending)
 
     # -- reading ---------------------------------------------------------------------------------------------
 
     async def _read(self) -> bool:
         """Handle messages until ``session.close`` (True); raises ``Refusal`` or ``ClientGone`` otherwise."""
-        assert self._sender is not None
+        assert self._sending is not None
         opened = time.perf_counter()
-        receiving: asyncio.Future[dict[str, object]] | None = None
+        receiving: asyncio.Future[Message] | None = None
         try:
             while True:
                 if receiving is None:
                     receiving = asyncio.ensure_future(self.ws.receive())
-                done, _ = await asyncio.wait({receiving, self._sender}, timeout=self._wait(opened),
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if self._sender in done:
-                    self._sender_ended(self._sender)
+                watched: set[asyncio.Future[Any]] = {receiving, self._sending}
+                done, _ = await asyncio.wait(watched, timeout=self._wait(opened), return_when=asyncio.FIRST_COMPLETED)
+                if self._sending in done:
+                    self._sender_ended(self._sending)
                 if receiving not in done:
                     self._timeouts(opened)
                     continue
                 message, receiving = receiving.result(), None
                 if message["type"] == "websocket.disconnect":
                     raise ClientGone
-                self._touched = time.perf_counter()
+                self._received = time.perf_counter()
                 if await self._handle(message):
                     return True
         finally:
             if receiving is not None:
                 receiving.cancel()
 
-    async def _handle(self, message: dict[str, object]) -> bool:
+    async def _handle(self, message: Message) -> bool:
         """One message; True for ``session.close``. A client's mistake gets an error event, the session goes on."""
         try:
             data = decode(message, self.limits.max_message_bytes, configured=self.speech is not None)
@@ -175,8 +166,7 @@ class Session:
     def _add(self, cuts: list[Cut]) -> None:
         assert self.speech is not None
         for cut in cuts:
-            if self.utterance not in self._heard:
-                self._heard[self.utterance] = _Heard(cut.complete_at)
+            self.sender.utterance_started(self.utterance, cut.complete_at)
             self.pipeline.add(Sentence(self.utterance, self.sentences, cut.text, cut.complete_at, self.speech))
             self.sentences += 1
 
@@ -203,7 +193,11 @@ class Session:
             return max(0.0, opened + self.limits.config_timeout - now)
         due = self.cutter.due() if self.cutter is not None else None
         wait = CHECK_INTERVAL_S if due is None else due - now
-        return max(0.0, min(wait, CHECK_INTERVAL_S, self._touched + self.limits.idle_timeout - now))
+        return max(0.0, min(wait, CHECK_INTERVAL_S, self._quiet_since() + self.limits.idle_timeout - now))
+
+    def _quiet_since(self) -> float:
+        """The last sign of life: a message in, or an item the client took."""
+        return max(self._received, self.sender.delivered_at)
 
     def _timeouts(self, opened: float) -> None:
         now = time.perf_counter()
@@ -217,162 +211,52 @@ class Session:
         if due is not None and now >= due:
             self._add(self.cutter.cut_held())
         self._check_stall(now)
-        if self._send_since is None and self.pipeline.idle and now - self._touched >= self.limits.idle_timeout:
+        idle = self.outbox.waiting_since is None and self.pipeline.idle
+        if idle and now - self._quiet_since() >= self.limits.idle_timeout:
             raise Refusal(f"Idle timeout: no message received for {self.limits.idle_timeout:g} s.",
                           code="idle_timeout", close=CloseCode.POLICY, outcome="timeout")
 
     def _check_stall(self, now: float) -> None:
-        if self._send_since is not None and now - self._send_since >= self.limits.idle_timeout:
+        since = self.outbox.waiting_since
+        if since is not None and now - since >= self.limits.idle_timeout:
             raise Refusal(f"The client read no audio for {self.limits.idle_timeout:g} s.", code="client_not_reading",
                           close=CloseCode.POLICY, outcome="timeout")
-
-    # -- sending ---------------------------------------------------------------------------------------------
-
-    async def _deliver(self) -> None:
-        """The sender: each item in order, as soon as it and all before it are ready."""
-        while True:
-            item = await self.pipeline.next()
-            if isinstance(item, UtteranceEnd):
-                self._heard.pop(item.utterance, None)
-                async with self._lock:
-                    await self._send_json(session_done(item.utterance, item.sentences))
-            else:
-                await self._deliver_sentence(item)
-            self.pipeline.delivered(item)
-            self._touched = time.perf_counter()
-
-    async def _deliver_sentence(self, sentence: Sentence) -> None:
-        await sentence.started.wait()
-        assert sentence.task is not None
-        await asyncio.wait({sentence.task})
-        speech, model, metrics = sentence.speech, sentence.speech.model, self.state.metrics
-        where = {"utterance_index": sentence.utterance, "sentence_index": sentence.index}
-        try:
-            segment = sentence.task.result()
-            audio = await encode_sentence(segment.pcm, segment.sample_rate, speech.fmt)
-        except Exception as exc:  # noqa: BLE001 - the sentence fails, the session goes on (vllm-omni's way)
-            metrics.realtime_segments.labels(model, "failed").inc()
-            self.report.failed += 1
-            status, message, _, param, code, _ = describe(exc)
-            if status >= 500 and not isinstance(exc, SpeechRouterError):
-                log.error("realtime session %s: sentence %d.%d failed", self.report.request_id, sentence.utterance,
-                          sentence.index, exc_info=exc)
-            async with self._lock:
-                await self._send_json(audio_start(sentence.utterance, sentence.index, sentence.text, speech.fmt,
-                                                  24000))
-                await self._send_json(error_event(message, code or "error", param, **where))
-                await self._send_json(audio_done(sentence.utterance, sentence.index, 0, True))
-            return
-        self._account(sentence, segment)
-        heard = self._heard.get(sentence.utterance)
-        async with self._lock:
-            await self._send_json(audio_start(sentence.utterance, sentence.index, sentence.text, speech.fmt,
-                                              audio.sample_rate))
-            for number, frame in enumerate(audio.frames()):
-                await self._send(frame)
-                if number == 0 and heard is not None:
-                    self._heard_now(heard, model, audio.seconds)
-            await self._send_json(audio_done(sentence.utterance, sentence.index, len(audio.data), False))
-        self.report.bytes += len(audio.data)
-        self.report.audio_seconds += audio.seconds
-
-    def _account(self, sentence: Sentence, segment: SegmentAudio) -> None:
-        outcome = "cached" if segment.cached else "ok"
-        self.state.metrics.realtime_segments.labels(sentence.speech.model, outcome).inc()
-        self.report.sentences += 1
-        self.report.attempts += segment.attempts
-        if segment.endpoint is not None:
-            self.report.endpoints.add(segment.endpoint.name)
-
-    def _heard_now(self, heard: _Heard, model: str, seconds: float) -> None:
-        """The first frame of a sentence went out: time to first audio, or the gap before it."""
-        now = time.perf_counter()
-        metrics = self.state.metrics
-        first = heard.playback.end is None
-        gap = heard.playback.play(now, seconds)
-        if first:
-            waited = max(0.0, now - heard.first_complete_at)
-            metrics.realtime_first_audio.labels(model).observe(waited)
-            if self.report.first_audio_s is None:
-                self.report.first_audio_s = waited
-        else:
-            metrics.realtime_gap.labels(model).observe(gap)
-            self.report.max_gap_s = max(self.report.max_gap_s, gap)
 
     async def _send_error(self, exc: RequestInvalid) -> None:
         """A client's mistake as an error event (sent when the client reads, within ``idle_timeout``)."""
         try:
             async with asyncio.timeout(self.limits.idle_timeout):
-                async with self._lock:
-                    await self._send_json(error_event(exc.message, exc.code, exc.param))
+                async with self.outbox.held():
+                    await self.outbox.event(error_event(exc.message, exc.code, exc.param))
         except TimeoutError:
             raise Refusal(f"The client read nothing for {self.limits.idle_timeout:g} s.", code="client_not_reading",
                           close=CloseCode.POLICY, outcome="timeout") from None
 
-    async def _send_json(self, event: dict[str, object]) -> None:
-        await self._send(dumps(event))
-
-    async def _send(self, data: str | bytes) -> None:
-        self._send_since = time.perf_counter()
-        try:
-            if isinstance(data, bytes):
-                await self.ws.send_bytes(data)
-            else:
-                await self.ws.send_text(data)
-        except (WebSocketDisconnect, RuntimeError, OSError):
-            raise ClientGone from None
-        finally:
-            self._send_since = None
-
     # -- ending ----------------------------------------------------------------------------------------------
 
-    async def _drain(self, sender: asyncio.Task[None]) -> None:
+    async def _drain(self, sending: asyncio.Task[None]) -> None:
         """``session.close``: deliver every sentence cut so far (text not cut yet is dropped, as vllm-omni does)."""
         drained = asyncio.ensure_future(self.pipeline.drained())
         try:
             while not drained.done():
-                done, _ = await asyncio.wait({drained, sender}, timeout=CHECK_INTERVAL_S,
+                done, _ = await asyncio.wait({drained, sending}, timeout=CHECK_INTERVAL_S,
                                              return_when=asyncio.FIRST_COMPLETED)
-                if sender in done:
-                    self._sender_ended(sender)
+                if sending in done:
+                    self._sender_ended(sending)
                 self._check_stall(time.perf_counter())
         finally:
             drained.cancel()
 
-    def _sender_ended(self, sender: asyncio.Task[None]) -> None:
-        exc = sender.exception() if not sender.cancelled() else None
+    def _sender_ended(self, sending: asyncio.Task[None]) -> None:
+        exc = sending.exception() if not sending.cancelled() else None
         if isinstance(exc, ClientGone):
             raise ClientGone
         log.error("realtime session %s: the sender failed", self.report.request_id, exc_info=exc)
         raise Refusal("Internal error in the router (logged with the request id).", code="internal_error",
                       close=CloseCode.INTERNAL, outcome="error")
 
-    async def _stop(self, sender: asyncio.Task[None]) -> None:
+    async def _stop(self, sending: asyncio.Task[None]) -> None:
         """Stop sending and cancel every sentence still running (idempotent)."""
-        sender.cancel()
-        await asyncio.gather(sender, return_exceptions=True)
+        sending.cancel()
+        await asyncio.gather(sending, return_exceptions=True)
         await self.pipeline.aclose()
-
-    async def _farewell(self, event: dict[str, object] | None, code: CloseCode, reason: str) -> None:
-        await farewell(self.ws, event, code, reason)
-
-
-async def farewell(ws: WebSocket, event: dict[str, object] | None, code: CloseCode, reason: str) -> None:
-    """The last event and the close, if the client takes them within ``FAREWELL_TIMEOUT_S``."""
-    with contextlib.suppress(TimeoutError, RuntimeError, WebSocketDisconnect, OSError):
-        async with asyncio.timeout(FAREWELL_TIMEOUT_S):
-            if event is not None:
-                await ws.send_text(dumps(event))
-            await ws.close(int(code), reason)
-
-
-def dumps(event: dict[str, object]) -> str:
-    return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
-
-
-class _Heard:
-    """What the listener of one utterance has heard: for time to first audio and the gaps."""
-
-    def __init__(self, first_complete_at: float) -> None:
-        self.first_complete_at = first_complete_at
-        self.playback = Playback()
