@@ -61,7 +61,7 @@ class Pipeline:
         self._undelivered = 0  # items added and not yet given back
         self._empty = asyncio.Event()
         self._empty.set()
-        self.buffered_chars = 0  # text of the sentences not delivered yet
+        self.buffered_chars = 0  # text of the sentences not delivered yet, and 1 for each item
 
     def __repr__(self) -> str:
         return (f"Pipeline(waiting={len(self._waiting)}, started={len(self._started)}, "
@@ -80,8 +80,8 @@ class Pipeline:
         """Queue the next item to deliver; a sentence starts now if the bounds allow."""
         self._undelivered += 1
         self._empty.clear()
+        self.buffered_chars += _weight(item)
         if isinstance(item, Sentence):
-            self.buffered_chars += len(item.text)
             self._waiting.append(item)
         self._items.put_nowait(item)
         self._pump()
@@ -93,8 +93,8 @@ class Pipeline:
     def delivered(self, item: Item) -> None:
         """The sender is done with ``item``; later sentences may start."""
         self._undelivered -= 1
+        self.buffered_chars -= _weight(item)
         if isinstance(item, Sentence):
-            self.buffered_chars -= len(item.text)
             if item in self._started:
                 self._started.remove(item)
         if not self._undelivered:
@@ -121,3 +121,9 @@ class Pipeline:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _weight(item: Item) -> int:
+    """What an item counts against ``max_buffered_chars``: its text, and 1 for the item itself (so a client
+    sending ``input.done`` or one-letter sentences without reading is bounded too)."""
+    return 1 + (len(item.text) if isinstance(item, Sentence) else 0)

@@ -145,18 +145,23 @@ class Session:
         assert self.cutter is not None
         if not text:
             return
-        waiting = self.pipeline.buffered_chars + self.cutter.buffered + len(text)
+        self._check_buffer(len(text))
+        self.in_utterance = True
+        self.report.chars += len(text)
+        self._add(self.cutter.feed(text, time.perf_counter()))
+
+    def _check_buffer(self, more: int) -> None:
+        assert self.cutter is not None
+        waiting = self.pipeline.buffered_chars + self.cutter.buffered + more
         limit = self.limits.max_buffered_chars
         if waiting > limit:
             raise Refusal(f"Too much text waiting: {waiting} characters received and not yet spoken, at most "
                           f"{limit} (server.realtime.max_buffered_chars). Read the audio as it comes.",
                           code="buffer_full", close=CloseCode.POLICY, outcome="buffer_full")
-        self.in_utterance = True
-        self.report.chars += len(text)
-        self._add(self.cutter.feed(text, time.perf_counter()))
 
     def _done(self) -> None:
         assert self.cutter is not None
+        self._check_buffer(1)
         self._add(self.cutter.flush())
         self.pipeline.add(UtteranceEnd(self.utterance, self.sentences))
         self.report.utterances += 1

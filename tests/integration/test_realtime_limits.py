@@ -211,3 +211,4 @@ async def test_a_client_that_reads_nothing_for_the_idle_timeout_is_let_go(nodes,
             raise AssertionError("the session was kept for a client that read nothing")
         code, _ = await closed(ws)
     assert code != 1000
+
