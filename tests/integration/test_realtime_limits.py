@@ -74,13 +74,16 @@ async def test_a_missing_or_unknown_key_is_refused(url, headers):
 
 
 @pytest.mark.parametrize("prefix", ["bearer.", "openai-insecure-api-key."])
-async def test_a_browser_sends_its_key_as_a_subprotocol_and_gets_the_other_one_back(url, prefix):
+async def test_a_browser_sends_its_key_as_a_subprotocol_and_gets_the_other_one_back(url, prefix, caplog):
+    caplog.set_level("DEBUG")
     async with connect(stream_url(url), subprotocols=["speech-router", prefix + BOB]) as ws:
         assert ws.subprotocol == "speech-router"  # never the key
         await send(ws, CONFIG)
         await send_tokens(ws, "Hello from a browser.")
         heard = await utterance(ws)
     assert spoken(heard.sentences) == "Hello from a browser."
+    router_lines = [r for r in caplog.records if not r.name.startswith("websockets.client")]  # not the test's own
+    assert router_lines and not [r for r in router_lines if BOB in r.getMessage()]  # the key is never logged
 
 
 async def test_open_sessions_per_key_are_limited(url):
