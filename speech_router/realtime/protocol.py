@@ -144,7 +144,10 @@ def decode(message: Mapping[str, object], limit: int, configured: bool) -> dict[
         raise RequestInvalid(f"Unknown message type: {_shown(kind)}. Expected one of {', '.join(MESSAGE_TYPES)}.",
                              param="type", code="unknown_message_type")
     if not text.isascii() or "\\u" in text:
-        check_text_everywhere(data)
+        try:
+            check_text_everywhere(data)
+        except RecursionError:
+            raise RequestInvalid("The message is nested too deeply.", code="invalid_json") from None
     return data
 
 
