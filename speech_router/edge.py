@@ -24,6 +24,10 @@ finish their head are all kept. ``bench/edge_limits.py`` measures this (bench/RE
 
 The body size itself (``max_body_bytes``) is refused by the app before a handler reads it (413), and
 uvicorn buffers at most 64 KiB of body per connection before it stops reading.
+
+A WebSocket upgrade (realtime speech) hands the connection to uvicorn's WebSocket protocol once its head is
+complete, so the head limits above apply to the handshake; the session's own limits are the app's
+(``server.realtime``), with ``WEBSOCKET_OPTIONS`` at the protocol. Open sessions count in ``max_connections``.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from .config.realtime import WS_MAX_MESSAGE_BYTES
 from .edge_answers import REASONS, REFUSALS, error_bytes
 from .edge_connections import ConnectionBook, client_key, raise_open_files_limit
 
@@ -40,6 +45,12 @@ __all__ = ["EDGE_STATUS", "EdgeLimits", "LimitedHttpToolsProtocol", "protocol_cl
            "uvicorn_options"]
 
 log = logging.getLogger("speech_router.edge")
+
+#: WebSocket upgrades (realtime speech, #19): uvicorn's own protocol for them, a message over the hard cap closes
+#: the connection (1009) before the app sees it (the app's smaller limit answers with an error event first), and
+#: no per-message compression (audio does not compress; a compressed message could inflate past any buffer)
+WEBSOCKET_OPTIONS: dict[str, Any] = {"ws": "auto", "ws_max_size": WS_MAX_MESSAGE_BYTES,
+                                     "ws_per_message_deflate": False}
 
 #: the scope key where the edge notes the status it answered itself while the app had the request (a 408 for a
 #: body that stopped arriving): the app's observer logs and counts that status, not a 500 for a vanished client
@@ -306,7 +317,7 @@ def uvicorn_options(limits: EdgeLimits) -> dict[str, Any]:
     answered 400) and the idle keep-alive; the other limits then do not apply, and a warning says so.
     """
     options: dict[str, Any] = {"timeout_keep_alive": limits.keepalive_timeout,
-                               "backlog": min(2048, max(128, limits.max_connections))}
+                               "backlog": min(2048, max(128, limits.max_connections)), **WEBSOCKET_OPTIONS}
     if LimitedHttpToolsProtocol is not None:
         options["http"] = protocol_class(limits)
     else:  # pragma: no cover

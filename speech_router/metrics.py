@@ -20,6 +20,8 @@ disable_created_metrics()
 
 RTF_BUCKETS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 5, 10)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
+#: silence heard between two sentences of a realtime session; 0 (ready in time) is its own bucket
+GAP_BUCKETS = (0, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -155,6 +157,24 @@ class Metrics:
         self.voice_node_uploads = Counter(
             "speech_router_voice_node_uploads", "Uploaded voices sent to (or removed from) vllm-omni nodes by the "
             "router, by result (uploaded, deleted, failed)", ["pool", "endpoint", "result"], registry=r)
+
+        # realtime sessions (#19)
+        self.realtime_sessions_open = Gauge(
+            "speech_router_realtime_sessions_open", "Realtime speech sessions (WebSocket) open now", registry=r)
+        self.realtime_sessions = Counter(
+            "speech_router_realtime_sessions", "Realtime sessions ended, by outcome (closed, client_left, timeout, "
+            "or the refusal: unauthorized, rate_limited, too_many_sessions, invalid, invalid_config, too_large, "
+            "buffer_full, error)", ["outcome"], registry=r)
+        self.realtime_segments = Counter(
+            "speech_router_realtime_segments", "Sentences of realtime sessions, by outcome (ok, cached, failed)",
+            ["model", "outcome"], registry=r)
+        self.realtime_first_audio = Histogram(
+            "speech_router_realtime_first_audio_seconds", "Per utterance: from the arrival of its first sentence's "
+            "last character to its first audio sent", ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.realtime_gap = Histogram(
+            "speech_router_realtime_gap_seconds", "Per sentence after an utterance's first: the silence a listener "
+            "playing the audio as it arrives hears before it (0: it came before the one before it ended)",
+            ["model"], buckets=GAP_BUCKETS, registry=r)
 
         # the process itself: which build runs, and prometheus-client's process_* (CPU, memory, open files; Linux)
         # and python_info, on this registry like everything else

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from ..cache import AudioCache
 from ..cache.speech import SpeechCache
@@ -102,8 +102,10 @@ def create_app(settings: Settings | None = None, *, pm: pluggy.PluginManager | N
                 await tracing.aclose()
 
     app = Starlette(
-        routes=[Route(route.path, route.handler, methods=list(route.methods), name=route.operation_id)
-                for route in routes],
+        routes=[*(Route(route.path, route.handler, methods=list(route.methods), name=route.operation_id)
+                  for route in routes),
+                *(WebSocketRoute(route.path, route.handler, name=f"{route.operation_id}_websocket")
+                  for route in routes if route.websocket)],
         middleware=[Middleware(Gate)],
         exception_handlers={SpeechRouterError: _known_error, HTTPException: _http_error},
         lifespan=lifespan,

@@ -157,6 +157,7 @@ ERROR_TEXT = {
     403: "The admin API is off (no admin key), or the key may not write voices (admin key or `voices` scope).",
     404: "No endpoint (admin) or uploaded voice of that name.",
     413: "The body is over `server.max_body_bytes`.",
+    426: "Not a WebSocket handshake: this route speaks WebSocket.",
     429: "The client's rate limit or the pool's queue is full; retry after `Retry-After` seconds.",
     500: "An unexpected error in the router (logged with the request id).",
     502: "The endpoint failed; the message says which.",
@@ -237,7 +238,8 @@ def _operation(path: str, route: ApiRoute, headers: list[dict[str, Any]],
         out["requestBody"] = {"required": True, "content": {"application/json": media}}
     if op.form is not None:
         out["requestBody"] = {"required": True, "content": op.form}
-    responses: dict[str, Any] = {"200": {"description": "OK", "content": op.ok}}
+    status, described = op.status
+    responses: dict[str, Any] = {str(status): {"description": described, "content": op.ok}}
     for status, why in op.also:
         responses[str(status)] = {"description": why, "content": op.ok}
     for status in op.errors:

@@ -60,6 +60,8 @@ class Doc:
     also: tuple[tuple[int, str], ...] = ()  # other statuses answered with the success body: (status, why)
     synthesis_headers: bool = False  # the priority and deadline request headers
     deprecated: bool = False
+    #: the success status and its description (101 for the WebSocket route's upgrade)
+    status: tuple[int, str] = (200, "OK")
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,8 @@ class ApiRoute:
     errors: ErrorShape = ErrorShape.OPENAI
     #: kept for one release under the name it had: the route it stands for
     alias_of: str | None = None
+    #: the handler also serves WebSocket connections on this path (its GET is the handshake)
+    websocket: bool = False
 
     @functools.cached_property
     def serves_itself(self) -> bool:

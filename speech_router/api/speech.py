@@ -59,10 +59,14 @@ async def read_json(request: Request, limit: int) -> Any:
 
 
 def check_model(request: Request, settings: Settings, model: str) -> None:
+    known_model(settings, model)
+    exchange_of(request.scope).model = model  # a configured name: safe as a metric label
+
+
+def known_model(settings: Settings, model: str) -> None:
     if model not in settings.models:
         raise RequestInvalid(f"Model {model!r} not found. Available models: {', '.join(settings.models)}.",
                              param="model", code="model_not_found")
-    exchange_of(request.scope).model = model  # a configured name: safe as a metric label
 
 
 def fallback_voice(settings: Settings, model: str) -> tuple[str, dict[str, Any]] | None:
@@ -110,27 +114,32 @@ async def native(request: Request, state: AppState) -> Plan:
     check_model(request, settings, model)
     check_text(settings, body.text, "text")
     params = resolve_voice(settings, body.voice)
-    emotion = Emotion()
-    if body.emotion is not None:
-        e = body.emotion
-        emotion = Emotion(random=e.random, weight=e.weight)
-        if e.audio is not None:
-            ref_params = resolve_voice(settings, e.audio, param="emotion.audio")
-            if not any(ref_params.get(k) for k in ("spk_audio_path", "ref_audio_file", "ref_audio")):
-                raise RequestInvalid(f"Voice {e.audio!r} has no reference audio (spk_audio_path, ref_audio_file or "
-                                     "ref_audio).", param="emotion.audio")
-            emotion.method, emotion.ref_path = EmotionMethod.REFERENCE_AUDIO, ref_params.get("spk_audio_path")
-            emotion.ref_params = ref_params
-        elif e.vector is not None:
-            emotion.method, emotion.vector = EmotionMethod.VECTOR, e.vector
-        elif e.text is not None:
-            emotion.method, emotion.text = EmotionMethod.TEXT, e.text
+    emotion = native_emotion(settings, body.emotion)
     sreq = SynthesisRequest(text=body.text, model=model, voice=body.voice, voice_params=params, emotion=emotion,
                             speed=body.speed, response_format=body.format,
                             max_text_tokens_per_sentence=body.max_text_tokens_per_sentence, lang=body.lang,
                             request_id=exchange_of(request.scope).request_id,
                             fallback_voice=fallback_voice(settings, model))
     return Plan(sreq, body.format, body.sample_rate, stream=body.stream)
+
+
+def native_emotion(settings: Settings, spec: EmotionSpec | None) -> Emotion:
+    """The native API's ``emotion`` (also a realtime session's): a configured voice's audio, a vector or a text."""
+    if spec is None:
+        return Emotion()
+    emotion = Emotion(random=spec.random, weight=spec.weight)
+    if spec.audio is not None:
+        ref_params = resolve_voice(settings, spec.audio, param="emotion.audio")
+        if not any(ref_params.get(k) for k in ("spk_audio_path", "ref_audio_file", "ref_audio")):
+            raise RequestInvalid(f"Voice {spec.audio!r} has no reference audio (spk_audio_path, ref_audio_file or "
+                                 "ref_audio).", param="emotion.audio")
+        emotion.method, emotion.ref_path = EmotionMethod.REFERENCE_AUDIO, ref_params.get("spk_audio_path")
+        emotion.ref_params = ref_params
+    elif spec.vector is not None:
+        emotion.method, emotion.vector = EmotionMethod.VECTOR, spec.vector
+    elif spec.text is not None:
+        emotion.method, emotion.text = EmotionMethod.TEXT, spec.text
+    return emotion
 
 
 async def tts_url(request: Request, state: AppState) -> Plan:

@@ -14,6 +14,7 @@ from . import admin, info, openapi, speech, ui, voices
 from .openapi import ANY_OBJECT, AUDIO, SSE, VOICE_FORM, Health, ModelList, Plugin, Status, json_content, ref
 from .schemas import SpeechRequest, SynthesizeRequest, TtsUrlRequest
 from .spec import Access, ApiRoute, Doc, ErrorShape, RouteTable
+from .stream import RealtimeRoute
 from .synthesis import SynthesisRoute
 
 CLIENT_ERRORS = (401, 429)
@@ -50,6 +51,11 @@ ROUTES = RouteTable([
     ApiRoute("/tts_url", ("POST",), SynthesisRoute(speech.tts_url), "post_tts_url", Access.CLIENT,
              Doc("index-tts-vllm's /tts_url, routed to a healthy node", "synthesis", {"audio/wav": {}}, TtsUrlRequest,
                  errors=SYNTHESIS_ERRORS, synthesis_headers=True), metric="/tts_url", errors=ErrorShape.TTS_URL),
+    # realtime: text in, audio out, over a WebSocket (speech_router.realtime)
+    ApiRoute("/v1/audio/speech/stream", ("GET",), RealtimeRoute(), "get_v1_audio_speech_stream", Access.CLIENT,
+             Doc("Realtime speech over a WebSocket (vllm-omni's protocol): text streamed in, audio out per sentence",
+                 "synthesis", {}, errors=(401, 426), status=(101, "Switching Protocols: the session "
+                 "runs on the WebSocket (README: Realtime speech)")), websocket=True),
     # discovery
     ApiRoute("/v1/models", ("GET",), info.list_models, "get_v1_models", Access.CLIENT, _MODELS),
     ApiRoute("/models", ("GET",), info.list_models, "get_models", Access.CLIENT,

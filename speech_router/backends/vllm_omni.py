@@ -27,6 +27,7 @@ import dataclasses
 import io
 import logging
 import re
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,7 @@ from .http import client_timeout as read_timeout
 from .indextts25 import SPEED_RANGE_25, Version, VersionOption
 from .vllm_omni_refs import REFERENCE_FILES, URL_SCHEMES, node_file_url
 from .vllm_omni_request import NODE_FORMATS, node_request
+from .vllm_omni_sse import is_sse, sse_audio
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,16 @@ RUNNING, WAITING = "vllm_omni:num_requests_running", "vllm_omni:num_requests_wai
 _V25 = re.compile(r"2[._-]?5(?!\d)")
 #: magic bytes of the formats a whole answer may have
 _MAGIC = {"wav": (b"RIFF",), "flac": (b"fLaC",), "mp3": (b"ID3", b"\xff\xfb", b"\xff\xf3", b"\xff\xf2", b"\xff\xe3")}
+
+
+async def _after(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
+    try:
+        if first:
+            yield first
+        async for chunk in rest:
+            yield chunk
+    finally:
+        await rest.aclose()
 
 
 @dataclass(frozen=True)
@@ -120,13 +132,22 @@ class VllmOmniBackend(Backend):
                                             allow_redirects=FOLLOW_REDIRECTS)
         try:
             await self._raise_for_status(resp)
-            head = await read_prefix(resp, self.name, 4)
-            self._check_audio(resp, plan.format, head)
+            kind = resp.headers.get("Content-Type", "")
+            if plan.stream and is_sse(resp):  # a version that streams only as events
+                events = sse_audio(resp, self.name)
+                head = await anext(events, b"")
+                kind = f"audio/{plan.format}"
+                self._check_audio(kind, plan.format, head)
+                chunks = _after(head, events)
+            else:
+                head = await read_prefix(resp, self.name, 4)
+                self._check_audio(kind, plan.format, head)
+                chunks = iter_body(resp, self.name, head)
         except BaseException:
             resp.release()
             raise
-        return AudioResponse(format=plan.format, chunks=iter_body(resp, self.name, head), sample_rate=SAMPLE_RATE,
-                             content_type=resp.headers.get("Content-Type"),
+        return AudioResponse(format=plan.format, chunks=chunks, sample_rate=SAMPLE_RATE,
+                             content_type=kind,
                              content_length=None if plan.stream else resp.content_length, close=releaser(resp))
 
     async def _raise_for_status(self, resp: aiohttp.ClientResponse) -> None:
@@ -139,8 +160,7 @@ class VllmOmniBackend(Backend):
                                 endpoint=self.name, detail=text, status=404)
         await raise_for_status(resp, self.name)
 
-    def _check_audio(self, resp: aiohttp.ClientResponse, fmt: str, head: bytes) -> None:
-        kind = resp.headers.get("Content-Type", "")
+    def _check_audio(self, kind: str, fmt: str, head: bytes) -> None:
         magic = _MAGIC.get(fmt)
         ok = bool(head) and (head.startswith(magic) if magic else kind.startswith("audio/"))
         if not ok:

@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .realtime import RealtimeConfig
+
 DEFAULT_HOST = "0.0.0.0"
 DEFAULT_PORT = 8000
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
@@ -111,6 +113,8 @@ class ServerConfig(_Strict):
     auth: AuthConfig = Field(default_factory=lambda: AuthConfig())
     ui: bool = Field(True, description="serve the fleet page and playground at /ui (it holds no data: it asks the API "
                                        "with the key typed into it)")
+    realtime: RealtimeConfig = Field(default_factory=RealtimeConfig, description="realtime speech sessions "
+                                     "(WS /v1/audio/speech/stream): timeouts and limits")
 
 
 class TimeoutConfig(_Strict):

@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import uvicorn
+from starlette.routing import WebSocketRoute
 from starlette.types import ASGIApp
 
 START_TIMEOUT_S = 10.0
@@ -98,14 +99,14 @@ class ServerHandle:
         """Serve in a daemon thread and return once the socket accepts connections."""
         if self.running:
             raise RuntimeError(f"{self!r} is already running")
+        options = {"ws": "auto" if _has_websocket(self.app) else "none", **self.options}
         config = uvicorn.Config(
             self.app,
             host=self.host,
             port=self.port,
             lifespan="on",
             log_level="warning",
-            ws="none",
-            **self.options,
+            **options,
         )
         server = _ThreadServer(config)
         thread = threading.Thread(target=server.run, name=f"emulator:{self.port}", daemon=True)
@@ -162,6 +163,12 @@ class ServerHandle:
         if callable(release):
             release()
         server.wake.set()
+
+
+def _has_websocket(app: ASGIApp) -> bool:
+    """Whether the app serves a WebSocket route (the router's realtime route, a vllm-omni node's): only then does
+    uvicorn take upgrades."""
+    return any(isinstance(route, WebSocketRoute) for route in getattr(app, "routes", ()))
 
 
 @contextlib.contextmanager

@@ -5,8 +5,9 @@ references in ``vllm_omni_media``), ``GET /v1/models``, ``GET /health`` (200, or
 is dead; ``health_body: false`` answers 200 with an empty body, as older versions do), ``GET /ready``
 (503 ``{"ready": false}`` while warming up; ``has_ready: false`` for versions without it: 404),
 ``GET /metrics`` with ``vllm_omni:num_requests_running`` / ``..._waiting``, ``GET /load`` (only
-with ``server_load_tracking``), and the voice API ``POST|GET /v1/audio/voices``,
-``DELETE /v1/audio/voices/{name}``.
+with ``server_load_tracking``), the voice API ``POST|GET /v1/audio/voices``,
+``DELETE /v1/audio/voices/{name}``, and the streaming-text WebSocket ``/v1/audio/speech/stream``
+(``vllm_omni_stream``).
 
 Knobs are ``VllmOmniConfig`` (in ``vllm_omni_speech``, with the speech route). Like the real engine
 it has no admission control: ``slots`` requests run (``max_num_seqs``), every other one waits.
@@ -21,7 +22,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from speech_router.emulator.control import build_app, state_of
 from speech_router.emulator.state import EmulatorState, NodeStopped
@@ -29,6 +30,7 @@ from speech_router.emulator.vllm_omni_media import MediaError, VoiceStore, parse
 from speech_router.emulator.vllm_omni_request import OmniError
 from speech_router.emulator.vllm_omni_speech import (SpeakerCache, VllmOmniConfig, authorized, node_config, speech,
                                                      speaker_cache, voice_store)
+from speech_router.emulator.vllm_omni_stream import stream
 
 __all__ = ["VllmOmniConfig", "create_app"]
 
@@ -47,6 +49,7 @@ def create_app(config: VllmOmniConfig | None = None) -> Starlette:
         Route("/ready", _ready, methods=["GET"]),
         Route("/metrics", _metrics, methods=["GET"]),
         Route("/load", _load, methods=["GET"]),
+        WebSocketRoute("/v1/audio/speech/stream", stream),
     ]
     app = build_app(state, routes, exception_handlers={HTTPException: _http_error})
     app.state.voices = VoiceStore()

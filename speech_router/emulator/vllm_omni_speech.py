@@ -58,6 +58,9 @@ class VllmOmniConfig(Knobs):
     mel_cap_s: float | None = 60.0  # 2.5: longer single requests are squeezed into this many seconds
     speaker_first_use_s: float = 0.0  # extra engine time the first time a voice is used (speaker conditioning)
     speaker_cache: int = 64  # voices whose conditioning the node keeps (LRU); 0 keeps none
+    #: how a stream is answered: as the request asks (stream_format), or always SSE events (a version that streams
+    #: only so), or always raw bytes (an older version: stream: true is raw, stream_format unknown)
+    stream_shape: Literal["request", "sse", "raw"] = "request"
 
 
 class SpeakerCache:
@@ -124,24 +127,29 @@ async def speech(request: Request) -> Response:
             data = await request.json()
         except ValueError as exc:
             raise invalid_json(str(exc)) from None
-        body = parse_body(data)
-        check_model(body, config.model)
-        if config.dead:
-            raise OmniError(500, "EngineCore encountered an issue. See stack trace (above) for the root cause.",
-                            "InternalServerError", extra={"request_id": _request_id(), "error_stage_id": 0})
-        check_streaming(body, native_speed=config.version == "2.5")
-        uploaded = voice_store(request).get(body.voice) if body.ref_audio is None else None
-        check_indextts(body, config.version, uploaded is not None)
-        speaker = uploaded.data if uploaded is not None else await _reference(str(body.ref_audio), config)
-        emo_audio = body.extras.get("emo_audio")
-        if isinstance(emo_audio, str):
-            await _reference(emo_audio, config)
+        plan = await accept(data, config, voice_store(request), speaker_cache(request))
     except OmniError as exc:
         return exc.response()
-    plan = _Plan(body, reference_key(speaker), config, speaker_cache(request))
-    if body.streaming:
+    if plan.body.streaming:
         return StreamingResponse(_stream(state, plan), media_type=plan.stream_media_type)
     return await _whole(state, plan)
+
+
+async def accept(data: object, config: VllmOmniConfig, voices: VoiceStore, speakers: SpeakerCache) -> SpeechPlan:
+    """A speech request's checks in vllm-omni's order (``OmniError`` for the first failing one), then its plan."""
+    body = parse_body(data)
+    check_model(body, config.model)
+    if config.dead:
+        raise OmniError(500, "EngineCore encountered an issue. See stack trace (above) for the root cause.",
+                        "InternalServerError", extra={"request_id": _request_id(), "error_stage_id": 0})
+    check_streaming(body, native_speed=config.version == "2.5")
+    uploaded = voices.get(body.voice) if body.ref_audio is None else None
+    check_indextts(body, config.version, uploaded is not None)
+    speaker = uploaded.data if uploaded is not None else await _reference(str(body.ref_audio), config)
+    emo_audio = body.extras.get("emo_audio")
+    if isinstance(emo_audio, str):
+        await _reference(emo_audio, config)
+    return SpeechPlan(body, reference_key(speaker), config, speakers)
 
 
 async def _reference(ref: str, config: VllmOmniConfig) -> bytes:
@@ -157,11 +165,12 @@ def _request_id() -> str:
     return f"speech-{uuid.uuid4().hex}"
 
 
-class _Plan:
+class SpeechPlan:
     """What one accepted request will produce."""
 
     def __init__(self, body: SpeechBody, voice: str, config: VllmOmniConfig, speakers: SpeakerCache) -> None:
         self.body, self.voice, self.speakers = body, voice, speakers
+        self.sse = body.sse_stream if config.stream_shape == "request" else config.stream_shape == "sse"
         self.text = body.input
         self.format = body.response_format
         speed = body.speed or 1.0
@@ -172,7 +181,7 @@ class _Plan:
 
     @property
     def stream_media_type(self) -> str:
-        if self.body.sse_stream:
+        if self.sse:
             return "text/event-stream"
         return "audio/wav" if self.format == "wav" else "audio/pcm"
 
@@ -180,7 +189,7 @@ class _Plan:
         return audio.render(self.text, self.voice, RATE, self.speed).astype("<i2").tobytes()
 
 
-async def _generate(state: EmulatorState, plan: _Plan) -> None:
+async def generate(state: EmulatorState, plan: SpeechPlan) -> None:
     """The engine's part: wait for a slot (no bound on the wait), take the time, maybe fail."""
     config = node_config(state)
     await state.hung()
@@ -192,11 +201,11 @@ async def _generate(state: EmulatorState, plan: _Plan) -> None:
             raise EngineError(OOM)
 
 
-async def _whole(state: EmulatorState, plan: _Plan) -> Response:
+async def _whole(state: EmulatorState, plan: SpeechPlan) -> Response:
     config = node_config(state)
     state.in_flight += 1
     try:
-        await _generate(state, plan)
+        await generate(state, plan)
         samples = audio.render(plan.text, plan.voice, RATE, plan.speed)
         try:
             data = audio.encode(samples, RATE, plan.format)
@@ -226,14 +235,14 @@ def _sse(payload: dict[str, object]) -> bytes:
     return f"event: {kind}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
 
 
-async def _stream(state: EmulatorState, plan: _Plan) -> AsyncIterator[bytes]:
+async def _stream(state: EmulatorState, plan: SpeechPlan) -> AsyncIterator[bytes]:
     """A stream's body; the 200 went out when the request was accepted."""
     config = node_config(state)
-    sse = plan.body.sse_stream
+    sse = plan.sse
     state.in_flight += 1
     try:
         try:
-            await _generate(state, plan)
+            await generate(state, plan)
         except EngineError as exc:
             if not sse:
                 raise  # the connection is cut: the client sees a chunked body without its end
