@@ -93,8 +93,9 @@ class _Session:
     async def run(self) -> None:
         while True:
             try:
-                message = await asyncio.wait_for(self.ws.receive(),
-                                                 CONFIG_TIMEOUT_S if self.config is None else IDLE_TIMEOUT_S)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancel of a stopping server
+                async with asyncio.timeout(CONFIG_TIMEOUT_S if self.config is None else IDLE_TIMEOUT_S):
+                    message = await self.ws.receive()
             except TimeoutError:
                 await self._error("Timeout waiting for session.config" if self.config is None
                                   else "Idle timeout: no message received")
