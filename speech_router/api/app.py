@@ -26,6 +26,7 @@ from ..cache.speech import SpeechCache
 from ..config.loader import load_settings
 from ..config.models import Settings
 from ..errors import SpeechRouterError
+from ..jobs.service import Jobs
 from ..metrics import Metrics
 from ..plugins.manager import BackendRegistry, backend_registry, create_plugin_manager
 from ..router.dispatch import Router
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None, *, pm: pluggy.PluginManager | N
     router = Router(settings, registry, metrics, listeners=[distributor])
     router.fleet.load_signals.observer = metrics
     cache = SpeechCache(AudioCache(settings.cache, metrics), metrics)
+    jobs = Jobs(router, metrics, cache, env)
     metrics.config_loaded_timestamp.set_to_current_time()
     metrics.config_last_reload_success.set(1)
 
@@ -78,9 +80,11 @@ def create_app(settings: Settings | None = None, *, pm: pluggy.PluginManager | N
         state.prepare_hooks = bool(pm.hook.prepare_request.get_hookimpls())  # plugins may register at startup
         reloader.start()
         distributor.start()
+        jobs.start()
         try:
             yield
         finally:
+            await jobs.aclose()
             await reloader.stop()
             await distributor.aclose()
             await router.aclose()
@@ -96,7 +100,7 @@ def create_app(settings: Settings | None = None, *, pm: pluggy.PluginManager | N
     state = app.state = AppState(
         settings=settings, router=router, metrics=metrics, request_metrics=RequestMetrics(metrics), auth=auth,
         cache=cache, pm=pm, registry=registry, routes=routes, env=env, created=int(time.time()),
-        tts_url_model=_tts_url_model(router), voice_distributor=distributor,
+        tts_url_model=_tts_url_model(router), voice_distributor=distributor, jobs=jobs,
         prepare_hooks=bool(pm.hook.prepare_request.get_hookimpls()))
     reloader = state.reloader = Reloader(state, config_path, on_applied=[_refresh_state(state)])
     return app

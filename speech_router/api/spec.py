@@ -59,6 +59,8 @@ class Doc:
     also: tuple[tuple[int, str], ...] = ()  # other statuses answered with the success body: (status, why)
     synthesis_headers: bool = False  # the priority and deadline request headers
     deprecated: bool = False
+    ok_status: int = 200  # the success status (202 for an accepted job)
+    params: tuple[dict[str, Any], ...] = ()  # query and header parameters, as OpenAPI writes them
 
 
 @dataclass(frozen=True)

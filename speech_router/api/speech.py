@@ -85,7 +85,7 @@ async def openai_speech(request: Request, state: AppState) -> Plan:
     check_text(settings, body.input, "input")
     voice = body.voice_name
     params = resolve_voice(settings, voice)
-    emotion = Emotion(EmotionMethod.TEXT, text=body.instructions) if body.instructions else Emotion()
+    emotion = emotion_from(settings, None, body.instructions)
     sreq = SynthesisRequest(text=body.input, model=body.model, voice=voice, voice_params=params, emotion=emotion,
                             speed=body.speed, response_format=body.response_format,
                             request_id=exchange_of(request.scope).request_id)
@@ -100,26 +100,33 @@ async def native(request: Request, state: AppState) -> Plan:
     check_model(request, settings, model)
     check_text(settings, body.text, "text")
     params = resolve_voice(settings, body.voice)
-    emotion = Emotion()
-    if body.emotion is not None:
-        e = body.emotion
-        emotion = Emotion(random=e.random, weight=e.weight)
-        if e.audio is not None:
-            ref_params = resolve_voice(settings, e.audio, param="emotion.audio")
-            if not any(ref_params.get(k) for k in ("spk_audio_path", "ref_audio_file", "ref_audio")):
-                raise RequestInvalid(f"Voice {e.audio!r} has no reference audio (spk_audio_path, ref_audio_file or "
-                                     "ref_audio).", param="emotion.audio")
-            emotion.method, emotion.ref_path = EmotionMethod.REFERENCE_AUDIO, ref_params.get("spk_audio_path")
-            emotion.ref_params = ref_params
-        elif e.vector is not None:
-            emotion.method, emotion.vector = EmotionMethod.VECTOR, e.vector
-        elif e.text is not None:
-            emotion.method, emotion.text = EmotionMethod.TEXT, e.text
+    emotion = emotion_from(settings, body.emotion)
     sreq = SynthesisRequest(text=body.text, model=model, voice=body.voice, voice_params=params, emotion=emotion,
                             speed=body.speed, response_format=body.format,
                             max_text_tokens_per_sentence=body.max_text_tokens_per_sentence, lang=body.lang,
                             request_id=exchange_of(request.scope).request_id)
     return Plan(sreq, body.format, body.sample_rate, stream=body.stream)
+
+
+def emotion_from(settings: Settings, spec: EmotionSpec | None, instructions: str | None = None,
+                 param: str = "emotion") -> Emotion:
+    """The native ``emotion`` object (``param`` names it in errors), else OpenAI's ``instructions`` as emotion
+    text, else the speaker's own emotion."""
+    if spec is None:
+        return Emotion(EmotionMethod.TEXT, text=instructions) if instructions else Emotion()
+    emotion = Emotion(random=spec.random, weight=spec.weight)
+    if spec.audio is not None:
+        ref_params = resolve_voice(settings, spec.audio, param=f"{param}.audio")
+        if not any(ref_params.get(k) for k in ("spk_audio_path", "ref_audio_file", "ref_audio")):
+            raise RequestInvalid(f"Voice {spec.audio!r} has no reference audio (spk_audio_path, ref_audio_file or "
+                                 "ref_audio).", param=f"{param}.audio")
+        emotion.method, emotion.ref_path = EmotionMethod.REFERENCE_AUDIO, ref_params.get("spk_audio_path")
+        emotion.ref_params = ref_params
+    elif spec.vector is not None:
+        emotion.method, emotion.vector = EmotionMethod.VECTOR, spec.vector
+    elif spec.text is not None:
+        emotion.method, emotion.text = EmotionMethod.TEXT, spec.text
+    return emotion
 
 
 async def tts_url(request: Request, state: AppState) -> Plan:

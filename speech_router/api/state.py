@@ -16,6 +16,7 @@ from starlette.types import Scope
 
 from ..config.models import Settings
 from ..cache.speech import SpeechCache
+from ..jobs.service import Jobs
 from ..metrics import Metrics
 from ..plugins.manager import BackendRegistry
 from ..router.dispatch import Router
@@ -65,6 +66,8 @@ class AppState(State):
     prepare_hooks: bool
     reloader: Reloads
     voice_distributor: VoiceDistributor
+    #: long-form jobs: the store, the files and the runner (off while ``jobs.directory`` is not set)
+    jobs: Jobs
     #: the OpenAPI document and the settings it was built for (``openapi.openapi_json``)
     openapi: tuple[Settings, dict[str, Any]] | None
 
