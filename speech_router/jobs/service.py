@@ -194,7 +194,7 @@ class Jobs:
         """The joined audio of the whole job or of one item; ``JobNotDone`` until there is one."""
         _, files, _ = self._on()
         record = await self.find(owner, job_id)
-        if record.state is not JobState.SUCCEEDED and not (record.state is JobState.FAILED and item is not None):
+        if record.state not in (JobState.SUCCEEDED, JobState.FAILED):  # a failed job keeps its items that succeeded
             raise JobNotDone(f"Job {job_id} is {record.state.value}: its audio is there once it has succeeded.",
                              param=None, code="job_not_done")
         from ..audio.formats import FORMATS
@@ -205,5 +205,6 @@ class Jobs:
         path = files.output_path(job_id, item if items > 1 else None, FORMATS[record.spec.response_format].extension)
         if not path.is_file():
             which = f"item {item}" if item is not None else "the whole job"
-            raise JobNotDone(f"Job {job_id} has no audio for {which}: it failed.", param=None, code="no_audio")
+            raise JobNotDone(f"Job {job_id} has no audio for {which}: it failed (items that succeeded have theirs: "
+                             "?item=N).", param=None, code="no_audio")
         return path, record

@@ -41,8 +41,8 @@ def job_view(record: JobRecord, progress: list[ItemProgress] | None, now: float)
 def _item(record: JobRecord, p: ItemProgress) -> dict[str, Any]:
     if p.error is not None:
         status = JobState.FAILED.value
-    elif p.segments_done == p.segments:
-        status = JobState.SUCCEEDED.value if record.state is JobState.SUCCEEDED else JobState.RUNNING.value
+    elif p.segments_done == p.segments and record.state in (JobState.SUCCEEDED, JobState.FAILED):
+        status = JobState.SUCCEEDED.value  # its audio is there (``?item=``)
     elif record.state.open:
         status = JobState.RUNNING.value if p.segments_done else JobState.QUEUED.value
     else:
