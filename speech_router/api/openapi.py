@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse
 from .. import __version__
 from ..audio import FORMATS
 from ..config.models import ServerConfig, Settings
-from .job_schemas import JOB_MODELS
+from .job_schemas import JOB_MODELS, JobRequest
 from .schemas import SpeechRequest, SynthesizeRequest, TtsUrlRequest
 from .spec import Access, ApiRoute, Content, ErrorShape, RouteTable
 from .state import app_state
@@ -275,6 +275,7 @@ def _examples(settings: Settings | None) -> dict[type[BaseModel], dict[str, Any]
     out: dict[type[BaseModel], dict[str, Any]] = {
         SpeechRequest: {"model": model, "input": EXAMPLE_TEXT, "voice": voice, "response_format": "wav"},
         SynthesizeRequest: {"model": model, "text": EXAMPLE_TEXT, "voice": voice},
+        JobRequest: {"model": model, "input": EXAMPLE_TEXT, "voice": voice, "response_format": "wav"},
     }
     spk_audio_path = config.params().get("spk_audio_path")
     if isinstance(spk_audio_path, str):
