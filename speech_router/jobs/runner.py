@@ -171,7 +171,7 @@ class JobRunner:
         for work in self.work.values():
             pool = self._pool(work)
             if pool is not None:
-                mine[pool.name] = mine.get(pool.name, 0) + len(work.in_flight)
+                mine[pool.name] = mine.get(pool.name, 0) + len(work.holding)
         free = {name: self.budget.free(pool, mine.get(name, 0), config) for name, pool in self.router.pools.items()}
         self.budget.forget(set(self.router.pools))
         ready = [w for w in self.work.values() if w.finishing is None]
@@ -187,6 +187,7 @@ class JobRunner:
                 if segment is None:
                     continue
                 free[pool.name] -= 1
+                work.holding.add(segment)
                 work.in_flight[segment] = asyncio.create_task(self._segment(work, segment))
                 started = True
 
@@ -212,11 +213,14 @@ class JobRunner:
                 work.fail(failure)
                 await self.store.fail_item(work.job_id, failure.item, failure.error)
         finally:
+            work.holding.discard(segment)
             work.in_flight.pop(segment, None)
             self._wake.set()
 
     async def _do_segment(self, work: JobWork, segment: Segment) -> None:
         pcm, rate = await work.synthesize(self.router, segment, self._cache_for(work))
+        work.holding.discard(segment)  # its slot is free again: the next segment may start while this one is kept
+        self._wake.set()
         if self.files.free_bytes() - len(pcm) < self.config.min_free_disk_bytes:
             raise DiskFull(f"less than jobs.min_free_disk_bytes ({self.config.min_free_disk_bytes}) free")
         try:

@@ -53,6 +53,8 @@ class JobWork:
         self.pending: deque[Segment] = deque(pending)
         self.delayed: list[tuple[float, Segment]] = []
         self.in_flight: dict[Segment, asyncio.Task[None]] = {}
+        #: those of them still being synthesized (they may hold an endpoint slot; the others are being kept)
+        self.holding: set[Segment] = set()
         self.tries: dict[Segment, int] = {}
         self.failed: dict[int, dict[str, str]] = {}
         self.last_progress = clock()
@@ -139,6 +141,7 @@ class JobWork:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.in_flight.clear()
+        self.holding.clear()
 
     async def stop(self) -> None:
         """Stop everything: the segments and the joining of the audio."""
