@@ -148,9 +148,12 @@ def test_a_job_takes_every_free_slot_yet_leaves_room_for_interactive_requests(no
         seen = list(picks.seen)
     first = next(i for i, (priority, _) in enumerate(seen) if priority == "interactive")
     assert max(busy for _, busy in seen[:first]) == 3, "alone, the job used every slot of the fleet"
-    # once interactive traffic is seen (1 request at a time), the job keeps that much plus `headroom` (1) free:
-    # never again are all 3 slots busy, so every next interactive request finds a free one at once
-    assert len(seen) - first > 20 and max(busy for _, busy in seen[first + 1:]) <= 2, seen[first:]
+    # once interactive traffic is seen, the job leaves `headroom` (1) slot free beyond those the client uses: the
+    # segments it starts do not take the last slot, so the next interactive request finds one at once (a segment
+    # started just as an interactive request arrives may still get it: the runner decides before the scheduler
+    # places; without the headroom nearly every segment would take it)
+    later = [busy for priority, busy in seen[first + 1:] if priority == "batch"]
+    assert len(later) > 10 and sum(busy == 3 for busy in later) <= 2, seen[first:]
     assert wait(srv.url, job["id"])["status"] == "succeeded"
 
 
