@@ -67,6 +67,12 @@ class JobUrls(BaseModel):
     content: str
 
 
+class JobWebhook(BaseModel):
+    url: str
+    status: Literal["waiting", "pending", "delivered", "failed"] = Field(
+        description="waiting: the job has not ended; pending: being sent; failed: every try was refused")
+
+
 class JobProgress(BaseModel):
     segments_done: int
     segments_total: int
@@ -103,6 +109,7 @@ class JobSummary(BaseModel):
     error: JobErrorDetail | None
     metadata: dict[str, str]
     urls: JobUrls
+    webhook: JobWebhook | None
 
 
 class JobObject(JobSummary):

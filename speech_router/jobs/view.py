@@ -24,6 +24,8 @@ def job_view(record: JobRecord, progress: list[ItemProgress] | None, now: float)
         "response_format": spec.response_format, "created_at": record.created, "started_at": record.started,
         "finished_at": record.finished, "expires_at": record.expires, "error": record.error,
         "metadata": spec.metadata, "urls": job_urls(record.id),
+        "webhook": None if spec.webhook_url is None else {"url": spec.webhook_url,
+                                                          "status": record.webhook or "waiting"},
     }
     if progress is None:
         return view
