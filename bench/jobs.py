@@ -227,7 +227,8 @@ def report(args: argparse.Namespace, results: dict[str, Any], load_avg: tuple[fl
         ok = "**met**" if i["ratio"] <= P99_TARGET else "**missed**"
         lines += [f"Interactive load: Poisson {args.rate:g}/s, 20-200 characters, {args.duration:g} s x "
                   f"{args.rounds} rounds each, on the 4 nodes.", "",
-                  "| interactive requests | count | errors | p50 (ms) | p90 (ms) | p99 (ms) |", "|---|---|---|---|---|---|"]
+                  "| interactive requests | count | errors | p50 (ms) | p90 (ms) | p99 (ms) |",
+                  "|---|---|---|---|---|---|"]
         for name in ("without", "with"):
             r = i[name]
             lines.append(f"| {name} a job running | {r['count']} | {r['errors']} | {r['p50'] * 1000:.0f} | "

@@ -112,6 +112,8 @@ def _refresh_state(state: AppState) -> Callable[[Settings, Settings], Awaitable[
         state.tts_url_model = _tts_url_model(state.router)
         if new.cache != old.cache:
             await state.cache.store.resize(new.cache)
+        if new.jobs.directory != old.jobs.directory:  # the store and its runner live as long as the app
+            log.warning("jobs.directory changed: jobs stay in %s until the router restarts", old.jobs.directory)
 
     return refresh
 

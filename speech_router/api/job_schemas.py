@@ -45,7 +45,8 @@ class JobRequest(BaseModel):
     response_format: AudioFormatName = "mp3"
     sample_rate: int | None = Field(None, ge=8000, le=48000)
     webhook_url: str | None = Field(None, min_length=1, max_length=2048,
-                                    description="POSTed to (signed) when the job ends; under jobs.webhooks.url_prefixes")
+                                    description="POSTed to (signed) when the job ends; must start with one of "
+                                                "jobs.webhooks.url_prefixes")
     metadata: dict[str, str] = Field(default_factory=dict, description="up to 16 keys of your own, given back")
 
     @model_validator(mode="after")

@@ -64,7 +64,8 @@ async def submit(request: Request) -> Response:
                 raise
             raise RequestInvalid(f"items[{i}]: {exc.message}", param=prefix + (exc.param or "input"),
                                  code=exc.code) from None
-        specs.append(ItemSpec(sreq.voice, sreq.voice_params, ItemSpec.emotion_json(sreq.emotion), sreq.speed, sreq.lang))
+        emotion = ItemSpec.emotion_json(sreq.emotion)
+        specs.append(ItemSpec(sreq.voice, sreq.voice_params, emotion, sreq.speed, sreq.lang))
         texts.append(sreq.text)
     exchange_of(request.scope).chars = chars
     fanout = settings.models[body.model].fanout

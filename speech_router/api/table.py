@@ -76,7 +76,8 @@ ROUTES = RouteTable([
     ApiRoute("/v1/audio/speech/jobs/{job_id}/content", ("GET",), jobs.content,
              "get_v1_audio_speech_jobs_job_id_content", Access.CLIENT,
              Doc("A job's audio, whole or one item's, with byte ranges", "jobs", AUDIO,
-                 errors=(*JOB_ERRORS, 409, 416), also=((206, "The byte range asked for (Range)."),), params=_JOB_AUDIO)),
+                 errors=(*JOB_ERRORS, 409, 416), also=((206, "The byte range asked for (Range)."),),
+                 params=_JOB_AUDIO)),
     # discovery
     ApiRoute("/v1/models", ("GET",), info.list_models, "get_v1_models", Access.CLIENT, _MODELS),
     ApiRoute("/models", ("GET",), info.list_models, "get_models", Access.CLIENT,

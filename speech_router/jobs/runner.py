@@ -23,10 +23,11 @@ from ..cache.speech import SpeechCache
 from ..config.models import JobsConfig
 from ..metrics import Metrics
 from ..router.dispatch import Router
+from ..router.pool import Pool
 from .budget import SlotBudget, job_pool
 from .files import DiskFull, JobFiles
 from .finish import Finisher
-from .model import ItemSpec, JobState, Segment
+from .model import JobState, Segment
 from .sqlite import SqliteJobStore
 from .work import JobWork
 
@@ -141,8 +142,7 @@ class JobRunner:
             if record is None or record.state is not JobState.RUNNING:
                 await self._release(job_id)
                 continue
-            items = [ItemSpec(**spec) for _, spec in await self.store.items(job_id)]  # type: ignore[arg-type]
-            work = JobWork(record, items, await self.store.pending(job_id), self.router.clock)
+            work = JobWork(record, await self.store.items(job_id), await self.store.pending(job_id), self.router.clock)
             for progress in await self.store.progress(job_id):
                 if progress.error is not None:
                     work.failed[progress.index] = progress.error
@@ -191,7 +191,7 @@ class JobRunner:
                 work.in_flight[segment] = asyncio.create_task(self._segment(work, segment))
                 started = True
 
-    def _pool(self, work: JobWork):  # type: ignore[no-untyped-def]
+    def _pool(self, work: JobWork) -> Pool | None:
         if work.record.model not in self.router.settings.models:
             return None
         return job_pool(self.router.route(work.record.model))

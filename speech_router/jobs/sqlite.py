@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .model import DoneSegment, ItemProgress, JobRecord, JobSpec, JobState, NewJob, Segment
+from .model import DoneSegment, ItemProgress, ItemSpec, JobRecord, JobSpec, JobState, NewJob, Segment
 from .store import Admission, LimitExceeded
 
 T = TypeVar("T")
@@ -81,7 +81,7 @@ class SqliteJobStore:
                                       (job.owner, *_OPEN)).fetchone()
             if open_jobs >= admission.max_open_per_key:
                 raise LimitExceeded("open_jobs", f"This key has {open_jobs} open jobs, the most it may have "
-                                                 f"({admission.max_open_per_key}); wait for one to finish or cancel one.")
+                                                 f"({admission.max_open_per_key}); wait for one to end or cancel one.")
             (key_bytes,) = db.execute(f"SELECT COALESCE(SUM({_HELD}), 0) FROM jobs WHERE owner = ?",
                                       (job.owner,)).fetchone()
             if key_bytes + job.estimated_bytes > admission.max_bytes_per_key:
@@ -147,9 +147,9 @@ class SqliteJobStore:
                              json.loads(errors[item]) if errors.get(item) else None)
                 for item, chars, count, done, chars_done, seconds in rows]
 
-    async def items(self, job_id: str) -> list[tuple[int, dict[str, object]]]:
-        return await self._run(lambda: [(i, json.loads(spec)) for i, spec in self._conn().execute(
-            "SELECT idx, spec FROM items WHERE job = ? ORDER BY idx", (job_id,))])
+    async def items(self, job_id: str) -> list[ItemSpec]:
+        return await self._run(lambda: [ItemSpec(**json.loads(spec)) for (spec,) in self._conn().execute(
+            "SELECT spec FROM items WHERE job = ? ORDER BY idx", (job_id,))])
 
     async def pending(self, job_id: str) -> list[Segment]:
         return await self._run(lambda: [Segment(*row) for row in self._conn().execute(

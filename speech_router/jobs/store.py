@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from .model import DoneSegment, ItemProgress, JobRecord, JobState, NewJob, Segment
+from .model import DoneSegment, ItemProgress, ItemSpec, JobRecord, JobState, NewJob, Segment
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,8 @@ class JobStore(Protocol):
 
     async def progress(self, job_id: str) -> list[ItemProgress]: ...
 
-    async def items(self, job_id: str) -> list[tuple[int, dict[str, object]]]:
-        """(index, ``ItemSpec`` as JSON) of each item."""
+    async def items(self, job_id: str) -> list[ItemSpec]:
+        """Each item, in order."""
 
     async def pending(self, job_id: str) -> list[Segment]:
         """Segments not done yet, of items that have not failed, in text order."""
