@@ -33,7 +33,7 @@ _DRAIN = Doc("Stop sending new requests to an endpoint", "admin", json_content(A
 _UNDRAIN = replace(_DRAIN, summary="Send new requests to an endpoint again")
 
 
-JOB_ERRORS = (400, 401, 404, 429)  # 400 also while jobs are off on the router (no jobs.directory)
+JOB_ERRORS = (400, 401, 404, 429, 503)  # 400 while jobs are off (no jobs.directory); 503: it cannot be written
 _JOB_PAGE = ({"name": "limit", "in": "query", "required": False, "description": "jobs per page (1-100)",
               "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},
              {"name": "after", "in": "query", "required": False, "description": "the last id of the page before",
@@ -63,9 +63,10 @@ ROUTES = RouteTable([
     # long-form jobs (speech_router.jobs): submit, poll, fetch
     ApiRoute("/v1/audio/speech/jobs", ("POST",), jobs.submit, "post_v1_audio_speech_jobs", Access.CLIENT,
              Doc("Submit a long-form job: a book, a course, a dialogue", "jobs", json_content(JobObject), JobRequest,
-                 errors=(400, 401, 413, 429, 507), ok_status=202)),
+                 errors=(400, 401, 413, 429, 503, 507), ok_status=202)),
     ApiRoute("/v1/audio/speech/jobs", ("GET",), jobs.listing, "get_v1_audio_speech_jobs", Access.CLIENT,
-             Doc("Your jobs, newest first", "jobs", json_content(JobList), errors=(400, 401, 429), params=_JOB_PAGE)),
+             Doc("Your jobs, newest first", "jobs", json_content(JobList), errors=(400, 401, 429, 503),
+                 params=_JOB_PAGE)),
     ApiRoute("/v1/audio/speech/jobs/{job_id}", ("GET",), jobs.status, "get_v1_audio_speech_jobs_job_id",
              Access.CLIENT, Doc("A job's state, progress per item and time left", "jobs", json_content(JobObject),
                                 errors=JOB_ERRORS)),

@@ -95,7 +95,10 @@ class JobRunner:
     # -- the loop -------------------------------------------------------------------------------------------
 
     async def _main(self) -> None:
-        await self._sweep_orphans()
+        try:
+            await self._sweep_orphans()
+        except Exception:  # noqa: BLE001 - the expiry sweep will try again
+            log.exception("job runner: could not look for leftover job files")
         while True:
             try:
                 await self._turn_once()

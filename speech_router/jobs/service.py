@@ -44,6 +44,12 @@ class JobsOff(RequestInvalid):
                          code="not_configured")
 
 
+class JobsBroken(Unavailable):
+    """``jobs.directory`` is set but cannot be used (its disk or its rights): said at start-up, and to clients."""
+
+    code = "jobs_unavailable"
+
+
 class JobNotFound(RequestInvalid):
     status_code = 404
 
@@ -92,6 +98,8 @@ class Jobs:
         self.store: SqliteJobStore | None = None
         self.files: JobFiles | None = None
         self.runner: JobRunner | None = None
+        #: why jobs are unavailable although configured (the directory cannot be written), else None
+        self.broken: str | None = None
         if self.directory is not None:
             self.store, self.files = SqliteJobStore(self.directory), JobFiles(self.directory)
             secret = (env or {}).get(router.settings.jobs.webhooks.secret_env) or None
@@ -105,6 +113,16 @@ class Jobs:
         return self.router.settings.jobs
 
     def start(self) -> None:
+        if self.directory is not None:
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                probe = self.directory / ".writable"
+                probe.write_bytes(b"")
+                probe.unlink()
+            except OSError as exc:
+                self.broken = f"jobs.directory {str(self.directory)!r} cannot be used ({type(exc).__name__})"
+                log.error("long-form jobs are unavailable: %s", self.broken)
+                return
         if self.runner is not None:
             if self.config.webhooks.url_prefixes and self.runner.finisher.key is None:
                 log.warning("jobs.webhooks.url_prefixes is set but $%s is empty: webhooks are not sent",
@@ -122,6 +140,8 @@ class Jobs:
         self._on()
 
     def _on(self) -> tuple[SqliteJobStore, JobFiles, JobRunner]:
+        if self.broken is not None:
+            raise JobsBroken(f"Long-form jobs are unavailable on this router: {self.broken}.", retry_after=60)
         if self.store is None or self.files is None or self.runner is None:
             raise JobsOff()
         return self.store, self.files, self.runner

@@ -12,6 +12,7 @@ from typing import Any
 from speech_router.emulator import audio as emu_audio
 from speech_router.router.events import RouterListener
 from tests.client import call
+from tests.conftest import fleet_config
 from tests.integration.jobs import (JOBS, SILENCE_MS, book, content, decoded_seconds, expected_seconds, jobs_config,
                                     segments, status, submit, synthesized, wait)
 
@@ -179,10 +180,17 @@ def test_a_cancelled_job_frees_its_slots_at_once(nodes, router, tmp_path):
     assert call(f"{srv.url}{JOBS}/{job['id']}").status == 404
 
 
-def test_jobs_are_off_without_a_directory(nodes, router):
-    from tests.conftest import fleet_config
-
-    srv = router(fleet_config(nodes(name="n0").url))
+def test_jobs_are_off_without_a_directory_and_unavailable_with_one_that_cannot_be_written(nodes, router, tmp_path):
+    node = nodes(name="n0")
+    srv = router(fleet_config(node.url))
     reply = call(srv.url + JOBS, {"model": "indextts2", "voice": "alloy", "input": "Hello."})
     assert reply.status == 400 and reply.json()["error"]["code"] == "not_configured"
     assert call(srv.url + JOBS).status == 400
+    (tmp_path / "a-file").write_text("not a directory")
+    broken = router(jobs_config(tmp_path / "a-file" / "jobs", node.url))
+    reply = call(broken.url + JOBS, {"model": "indextts2", "voice": "alloy", "input": "Hello."})
+    assert reply.status == 503 and reply.json()["error"]["code"] == "jobs_unavailable", reply.body
+    assert "a-file" in reply.json()["error"]["message"] and "retry-after" in reply.headers
+    speech = call(broken.url + "/v1/audio/speech", {"model": "tts-1", "voice": "alloy", "input": "Still here.",
+                                                    "response_format": "wav"})
+    assert speech.status == 200, "the rest of the router serves on"
