@@ -175,6 +175,25 @@ class Metrics:
             "speech_router_realtime_gap_seconds", "Per sentence after an utterance's first: the silence a listener "
             "playing the audio as it arrives hears before it (0: it came before the one before it ended)",
             ["model"], buckets=GAP_BUCKETS, registry=r)
+        # long-form jobs (#20)
+        self.jobs_submitted = Counter(
+            "speech_router_jobs_submitted", "Long-form jobs accepted (202)", ["model"], registry=r)
+        self.jobs_refused = Counter(
+            "speech_router_jobs_refused", "Jobs refused by a limit: open_jobs, key_bytes (429), disk_bytes, disk_free "
+            "(507)", ["reason"], registry=r)
+        self.jobs_finished = Counter(
+            "speech_router_jobs_finished", "Jobs that ended, by status (succeeded, failed, cancelled)",
+            ["model", "status"], registry=r)
+        self.jobs_expired = Counter(
+            "speech_router_jobs_expired", "Ended jobs deleted with their audio after jobs.result_ttl", registry=r)
+        self.jobs_running = Gauge(
+            "speech_router_jobs_running", "Jobs this router is working now (it holds their lease)", registry=r)
+        self.job_segments = Counter(
+            "speech_router_job_segments", "Job segments synthesized (ok) or failed once (error: tried again, or "
+            "its item fails)", ["model", "outcome"], registry=r)
+        self.job_webhooks = Counter(
+            "speech_router_job_webhooks", "Job completion webhooks, by result (delivered, failed after every try)",
+            ["result"], registry=r)
 
         # the process itself: which build runs, and prometheus-client's process_* (CPU, memory, open files; Linux)
         # and python_info, on this registry like everything else

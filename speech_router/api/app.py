@@ -26,6 +26,7 @@ from ..cache.speech import SpeechCache
 from ..config.loader import load_settings
 from ..config.models import Settings
 from ..errors import SpeechRouterError
+from ..jobs.service import Jobs
 from ..metrics import Metrics
 from ..plugins.manager import BackendRegistry, backend_registry, create_plugin_manager
 from ..router.dispatch import Router
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None, *, pm: pluggy.PluginManager | N
                     listeners=[distributor] + ([tracing.listener] if tracing is not None else []))
     router.fleet.load_signals.observer = metrics
     cache = SpeechCache(AudioCache(settings.cache, metrics), metrics)
+    jobs = Jobs(router, metrics, cache, env)
     metrics.config_loaded_timestamp.set_to_current_time()
     metrics.config_last_reload_success.set(1)
     create_known_series(metrics, router, settings, auth)  # at 0: panels and alerts have data on a fresh router
@@ -91,9 +93,11 @@ def create_app(settings: Settings | None = None, *, pm: pluggy.PluginManager | N
         state.prepare_hooks = bool(pm.hook.prepare_request.get_hookimpls())  # plugins may register at startup
         reloader.start()
         distributor.start()
+        jobs.start()
         try:
             yield
         finally:
+            await jobs.aclose()
             await reloader.stop()
             await distributor.aclose()
             await router.aclose()
@@ -113,7 +117,7 @@ def create_app(settings: Settings | None = None, *, pm: pluggy.PluginManager | N
     state = app.state = AppState(
         settings=settings, router=router, metrics=metrics, request_metrics=RequestMetrics(metrics), auth=auth,
         cache=cache, pm=pm, registry=registry, routes=routes, env=env, created=int(time.time()),
-        tts_url_model=_tts_url_model(router), voice_distributor=distributor,
+        tts_url_model=_tts_url_model(router), voice_distributor=distributor, jobs=jobs,
         prepare_hooks=bool(pm.hook.prepare_request.get_hookimpls()), tracing=tracing)
     reloader = state.reloader = Reloader(state, config_path, on_applied=[_refresh_state(state)])
     return app
@@ -137,6 +141,8 @@ def _refresh_state(state: AppState) -> Callable[[Settings, Settings], Awaitable[
         create_known_series(state.metrics, state.router, new, state.auth)  # the pools and endpoints it added
         if new.cache != old.cache:
             await state.cache.store.resize(new.cache)
+        if new.jobs.directory != old.jobs.directory:  # the store and its runner live as long as the app
+            log.warning("jobs.directory changed: jobs stay in %s until the router restarts", old.jobs.directory)
 
     return refresh
 

@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse
 from .. import __version__
 from ..audio import FORMATS
 from ..config.models import ServerConfig, Settings
+from .job_schemas import JOB_MODELS, JobRequest
 from .schemas import SpeechRequest, SynthesizeRequest, TtsUrlRequest
 from .spec import Access, ApiRoute, Content, ErrorShape, RouteTable
 from .state import app_state
@@ -117,7 +118,7 @@ class Plugin(BaseModel):
 
 COMPONENT_MODELS: tuple[type[BaseModel], ...] = (
     SpeechRequest, SynthesizeRequest, TtsUrlRequest, Error, TtsUrlError, ModelList, VoiceList, Health, Status, Plugin,
-    SpeechAudioDelta, SpeechAudioDone, SpeechStreamError, VoiceUploaded, VoiceDeleted)
+    SpeechAudioDelta, SpeechAudioDone, SpeechStreamError, VoiceUploaded, VoiceDeleted, *JOB_MODELS)
 
 
 # --- pieces of the document, for the route table -----------------------------------------------------
@@ -155,14 +156,17 @@ ERROR_TEXT = {
     400: "The request is invalid; `param` names the field.",
     401: "No key, or an unknown one (`Authorization: Bearer <key>`).",
     403: "The admin API is off (no admin key), or the key may not write voices (admin key or `voices` scope).",
-    404: "No endpoint (admin) or uploaded voice of that name.",
-    413: "The body is over `server.max_body_bytes`.",
+    404: "No endpoint (admin), uploaded voice or job of that name.",
+    409: "The job has no audio yet (it has not succeeded), or none for that item.",
+    413: "The body is over `server.max_body_bytes` (jobs: `jobs.max_body_bytes`).",
+    416: "The Range asked for is outside the file (`Content-Range` gives its size).",
     426: "Not a WebSocket handshake: this route speaks WebSocket.",
     429: "The client's rate limit or the pool's queue is full; retry after `Retry-After` seconds.",
     500: "An unexpected error in the router (logged with the request id).",
     502: "The endpoint failed; the message says which.",
     503: "No healthy endpoint or the queue timed out; retry after `Retry-After` seconds.",
     504: "The request's deadline passed.",
+    507: "The router's disk for jobs cannot take this job now; retry after `Retry-After` seconds.",
 }
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer", "minimum": 1}}}
 
@@ -229,6 +233,7 @@ def _operation(path: str, route: ApiRoute, headers: list[dict[str, Any]],
               for name in re.findall(r"\{(\w+)\}", path)]
     if op.synthesis_headers:
         params += headers
+    params += list(op.params)
     if params:
         out["parameters"] = params
     if op.body is not None:
@@ -245,7 +250,7 @@ def _operation(path: str, route: ApiRoute, headers: list[dict[str, Any]],
     for status in op.errors:
         responses[str(status)] = {"description": ERROR_TEXT[status],
                                   "content": json_content(ERROR_BODIES[route.errors])}
-        if status in (429, 503):
+        if status in (429, 503, 507):
             responses[str(status)]["headers"] = RETRY_AFTER
     out["responses"] = responses
     return out
@@ -272,6 +277,7 @@ def _examples(settings: Settings | None) -> dict[type[BaseModel], dict[str, Any]
     out: dict[type[BaseModel], dict[str, Any]] = {
         SpeechRequest: {"model": model, "input": EXAMPLE_TEXT, "voice": voice, "response_format": "wav"},
         SynthesizeRequest: {"model": model, "text": EXAMPLE_TEXT, "voice": voice},
+        JobRequest: {"model": model, "input": EXAMPLE_TEXT, "voice": voice, "response_format": "wav"},
     }
     spk_audio_path = config.params().get("spk_audio_path")
     if isinstance(spk_audio_path, str):

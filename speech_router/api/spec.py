@@ -62,6 +62,7 @@ class Doc:
     deprecated: bool = False
     #: the success status and its description (101 for the WebSocket route's upgrade)
     status: tuple[int, str] = (200, "OK")
+    params: tuple[dict[str, Any], ...] = ()  # query and header parameters, as OpenAPI writes them
 
 
 @dataclass(frozen=True)

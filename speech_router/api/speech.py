@@ -98,7 +98,7 @@ async def openai_speech(request: Request, state: AppState) -> Plan:
     check_text(settings, body.input, "input")
     voice = body.voice_name
     params = resolve_voice(settings, voice)
-    emotion = Emotion(EmotionMethod.TEXT, text=body.instructions) if body.instructions else Emotion()
+    emotion = emotion_from(settings, None, body.instructions)
     sreq = SynthesisRequest(text=body.input, model=body.model, voice=voice, voice_params=params, emotion=emotion,
                             speed=body.speed, response_format=body.response_format,
                             request_id=exchange_of(request.scope).request_id,
@@ -114,7 +114,7 @@ async def native(request: Request, state: AppState) -> Plan:
     check_model(request, settings, model)
     check_text(settings, body.text, "text")
     params = resolve_voice(settings, body.voice)
-    emotion = native_emotion(settings, body.emotion)
+    emotion = emotion_from(settings, body.emotion)
     sreq = SynthesisRequest(text=body.text, model=model, voice=body.voice, voice_params=params, emotion=emotion,
                             speed=body.speed, response_format=body.format,
                             max_text_tokens_per_sentence=body.max_text_tokens_per_sentence, lang=body.lang,
@@ -123,16 +123,18 @@ async def native(request: Request, state: AppState) -> Plan:
     return Plan(sreq, body.format, body.sample_rate, stream=body.stream)
 
 
-def native_emotion(settings: Settings, spec: EmotionSpec | None) -> Emotion:
-    """The native API's ``emotion`` (also a realtime session's): a configured voice's audio, a vector or a text."""
+def emotion_from(settings: Settings, spec: EmotionSpec | None, instructions: str | None = None,
+                 param: str = "emotion") -> Emotion:
+    """The native ``emotion`` object (``param`` names it in errors), else OpenAI's ``instructions`` as emotion
+    text, else the speaker's own emotion."""
     if spec is None:
-        return Emotion()
+        return Emotion(EmotionMethod.TEXT, text=instructions) if instructions else Emotion()
     emotion = Emotion(random=spec.random, weight=spec.weight)
     if spec.audio is not None:
-        ref_params = resolve_voice(settings, spec.audio, param="emotion.audio")
+        ref_params = resolve_voice(settings, spec.audio, param=f"{param}.audio")
         if not any(ref_params.get(k) for k in ("spk_audio_path", "ref_audio_file", "ref_audio")):
             raise RequestInvalid(f"Voice {spec.audio!r} has no reference audio (spk_audio_path, ref_audio_file or "
-                                 "ref_audio).", param="emotion.audio")
+                                 "ref_audio).", param=f"{param}.audio")
         emotion.method, emotion.ref_path = EmotionMethod.REFERENCE_AUDIO, ref_params.get("spk_audio_path")
         emotion.ref_params = ref_params
     elif spec.vector is not None:

@@ -16,6 +16,7 @@ from starlette.types import Scope
 
 from ..config.models import Settings
 from ..cache.speech import SpeechCache
+from ..jobs.service import Jobs
 from ..metrics import Metrics
 from ..plugins.manager import BackendRegistry
 from ..router.dispatch import Router
@@ -70,6 +71,8 @@ class AppState(State):
     voice_distributor: VoiceDistributor
     #: OpenTelemetry traces, when on (``speech_router.tracing.build_tracing``); None: off, nothing is traced
     tracing: Tracing | None
+    #: long-form jobs: the store, the files and the runner (off while ``jobs.directory`` is not set)
+    jobs: Jobs
     #: the OpenAPI document and the settings it was built for (``openapi.openapi_json``)
     openapi: tuple[Settings, dict[str, Any]] | None
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from . import admin, info, openapi, speech, ui, voices
+from . import admin, info, jobs, openapi, speech, ui, voices
+from .job_schemas import JobDeleted, JobList, JobObject, JobRequest
 from .openapi import ANY_OBJECT, AUDIO, SSE, VOICE_FORM, Health, ModelList, Plugin, Status, json_content, ref
 from .schemas import SpeechRequest, SynthesizeRequest, TtsUrlRequest
 from .spec import Access, ApiRoute, Doc, ErrorShape, RouteTable
@@ -35,6 +36,17 @@ _PAGE = Doc("The fleet page and playground (off with server.ui: false)", "operat
             {"text/html": {"schema": {"type": "string"}}}, errors=(404,))
 
 
+JOB_ERRORS = (400, 401, 404, 429, 503)  # 400 while jobs are off (no jobs.directory); 503: it cannot be written
+_JOB_PAGE = ({"name": "limit", "in": "query", "required": False, "description": "jobs per page (1-100)",
+              "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},
+             {"name": "after", "in": "query", "required": False, "description": "the last id of the page before",
+              "schema": {"type": "string"}})
+_JOB_AUDIO = ({"name": "item", "in": "query", "required": False, "description": "one item's audio (0, 1, ...)",
+               "schema": {"type": "integer", "minimum": 0}},
+              {"name": "Range", "in": "header", "required": False, "description": "one byte range, e.g. bytes=0-",
+               "schema": {"type": "string"}})
+
+
 def _old(doc: Doc) -> Doc:
     return replace(doc, summary=doc.summary + " (the old name, kept for one release)", deprecated=True)
 
@@ -56,6 +68,25 @@ ROUTES = RouteTable([
              Doc("Realtime speech over a WebSocket (vllm-omni's protocol): text streamed in, audio out per sentence",
                  "synthesis", {}, errors=(401, 426), status=(101, "Switching Protocols: the session "
                  "runs on the WebSocket (README: Realtime speech)")), websocket=True),
+    # long-form jobs (speech_router.jobs): submit, poll, fetch
+    ApiRoute("/v1/audio/speech/jobs", ("POST",), jobs.submit, "post_v1_audio_speech_jobs", Access.CLIENT,
+             Doc("Submit a long-form job: a book, a course, a dialogue", "jobs", json_content(JobObject), JobRequest,
+                 errors=(400, 401, 413, 429, 503, 507), status=(202, "Accepted: the job is queued"))),
+    ApiRoute("/v1/audio/speech/jobs", ("GET",), jobs.listing, "get_v1_audio_speech_jobs", Access.CLIENT,
+             Doc("Your jobs, newest first", "jobs", json_content(JobList), errors=(400, 401, 429, 503),
+                 params=_JOB_PAGE)),
+    ApiRoute("/v1/audio/speech/jobs/{job_id}", ("GET",), jobs.status, "get_v1_audio_speech_jobs_job_id",
+             Access.CLIENT, Doc("A job's state, progress per item and time left", "jobs", json_content(JobObject),
+                                errors=JOB_ERRORS)),
+    ApiRoute("/v1/audio/speech/jobs/{job_id}", ("DELETE",), jobs.cancel, "delete_v1_audio_speech_jobs_job_id",
+             Access.CLIENT, Doc("Cancel an open job (its slots free at once); delete an ended one and its audio",
+                                "jobs", {"application/json": {"schema": {"oneOf": [ref(JobObject), ref(JobDeleted)]}}},
+                                errors=JOB_ERRORS)),
+    ApiRoute("/v1/audio/speech/jobs/{job_id}/content", ("GET",), jobs.content,
+             "get_v1_audio_speech_jobs_job_id_content", Access.CLIENT,
+             Doc("A job's audio, whole or one item's, with byte ranges", "jobs", AUDIO,
+                 errors=(*JOB_ERRORS, 409, 416), also=((206, "The byte range asked for (Range)."),),
+                 params=_JOB_AUDIO)),
     # discovery
     ApiRoute("/v1/models", ("GET",), info.list_models, "get_v1_models", Access.CLIENT, _MODELS),
     ApiRoute("/models", ("GET",), info.list_models, "get_models", Access.CLIENT,

@@ -29,6 +29,8 @@ _VAR = re.compile(r"\$(\$)|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 #: model names the env and embedded configs answer to, so OpenAI clients work unchanged
 OPENAI_MODEL_NAMES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+#: without a config file: where long-form jobs are kept (unset: jobs are off)
+JOBS_DIR_VARIABLE = "SPEECH_ROUTER_JOBS_DIR"
 
 
 def expand_env(value: Any, env: Mapping[str, str], loc: tuple[Any, ...] = (), issues: list | None = None) -> Any:
@@ -66,10 +68,16 @@ def load_settings(path: str | os.PathLike[str] | None = None, *, registry: Any =
     if path is not None:
         return load_file(path, registry=registry, env=env, host_checks=host_checks)
     if env.get("TTS_REMOTE_URL", "").strip():
-        return settings_from_dict(remote_config(env), registry=registry, env=env, source="TTS_REMOTE_URL",
-                                  host_checks=host_checks)
-    return settings_from_dict(embedded_config(), registry=registry, env=env, source="embedded default",
-                              host_checks=host_checks)
+        return settings_from_dict(_with_jobs(remote_config(env), env), registry=registry, env=env,
+                                  source="TTS_REMOTE_URL", host_checks=host_checks)
+    return settings_from_dict(_with_jobs(embedded_config(), env), registry=registry, env=env,
+                              source="embedded default", host_checks=host_checks)
+
+
+def _with_jobs(config: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """Without a config file, ``SPEECH_ROUTER_JOBS_DIR`` turns long-form jobs on (a file sets ``jobs.directory``)."""
+    directory = env.get(JOBS_DIR_VARIABLE, "").strip()
+    return {**config, "jobs": {"directory": directory}} if directory else config
 
 
 def load_file(path: str | os.PathLike[str], *, registry: Any = None, env: Mapping[str, str] | None = None,

@@ -30,6 +30,12 @@ DEFAULT_QUEUE_TIMEOUT_S = 10.0
 DEFAULT_DEADLINE_S = 120.0
 DEFAULT_LOAD_SIGNAL_INTERVAL_S = 1.0
 DEFAULT_VOICE_UPLOAD_BYTES = 10 * 1024 * 1024
+GIB = 1024 ** 3
+DEFAULT_JOB_MAX_CHARS = 1_000_000
+DEFAULT_JOB_MAX_BODY_BYTES = 16 * 1024 * 1024  # 1M characters of Chinese, \u-escaped as json.dumps sends them
+DEFAULT_JOB_RESULT_TTL_S = 24 * 3600.0
+DEFAULT_JOB_LEASE_S = 15.0
+DEFAULT_WEBHOOK_SECRET_ENV = "SPEECH_ROUTER_WEBHOOK_SECRET"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")
 
@@ -429,6 +435,56 @@ class TracingConfig(_Strict):
     service_name: str | None = Field(None, description="default: OTEL_SERVICE_NAME, else speech-router")
 
 
+class JobWebhooksConfig(_Strict):
+    """Completion webhooks: the router POSTs to a URL the client gave, so only URLs under these prefixes."""
+
+    url_prefixes: list[str] = Field(default_factory=list, description="a job's webhook_url must start with one of "
+                                                                      "these (http:// or https://); empty: no webhooks")
+    secret_env: str = Field(DEFAULT_WEBHOOK_SECRET_ENV, description="environment variable with the signing secret "
+                                                                    "(Standard Webhooks: HMAC-SHA256)")
+    attempts: int = Field(5, ge=1, le=20, description="deliveries tried, 1 s apart doubling, until one gets a 2xx")
+    timeout: float = Field(10.0, gt=0, description="seconds for the receiver to answer one delivery")
+
+    @field_validator("url_prefixes")
+    @classmethod
+    def _prefixes(cls, value: list[str]) -> list[str]:
+        for prefix in value:
+            _check_url(prefix)
+        return value
+
+
+class JobsConfig(_Strict):
+    """Long-form jobs (``POST /v1/audio/speech/jobs``): kept in ``directory`` (SQLite and audio files), worked at
+    batch priority on the slots other requests leave free, resumed after a restart. Off while no directory is set."""
+
+    directory: str | None = Field(None, description="where jobs are kept (created at the first job); none: jobs are "
+                                                     "off")
+    max_chars: int = Field(DEFAULT_JOB_MAX_CHARS, ge=1, description="characters of one job, all items together")
+    max_items: int = Field(1000, ge=1, description="items of one job")
+    max_body_bytes: int = Field(DEFAULT_JOB_MAX_BODY_BYTES, gt=0, description="larger submissions get 413")
+    result_ttl: float = Field(DEFAULT_JOB_RESULT_TTL_S, gt=0, description="seconds a finished job and its audio are "
+                                                                          "kept, then deleted")
+    max_open_per_key: int = Field(4, ge=1, description="queued and running jobs per client key; one more gets 429")
+    max_bytes_per_key: int = Field(32 * GIB, ge=0, description="bytes a client key's jobs may keep (finished ones, "
+                                                               "and what open ones are expected to need); beyond: 429")
+    max_disk_bytes: int = Field(64 * GIB, ge=0, description="bytes all jobs together may keep; beyond: 507")
+    min_free_disk_bytes: int = Field(GIB, ge=0, description="free space jobs always leave on the disk; a job that "
+                                                            "would need it gets 507, one that reaches it fails")
+    max_running: int = Field(4, ge=1, description="jobs this router works at once; more wait, queued")
+    lease: float = Field(DEFAULT_JOB_LEASE_S, gt=0, description="seconds a router holds a job without renewing; a "
+                                                               "restarted or other router takes over after it")
+    segment_tries: int = Field(3, ge=1, description="times a segment goes through the attempt loop before its item "
+                                                    "fails (a client mistake fails it at once)")
+    stall_timeout: float = Field(3600.0, gt=0, description="a job with no segment done for this long fails")
+    headroom: int = Field(1, ge=0, description="slots jobs leave free beyond those other requests hold, while other "
+                                               "requests were seen lately")
+    headroom_window: float = Field(30.0, gt=0, description="seconds other requests count as seen lately; with none "
+                                                           "seen for this long, a job takes the whole fleet")
+    min_free_slots: int = Field(0, ge=0, description="slots a job never takes, whatever the traffic (0: a job alone "
+                                                     "uses the whole fleet)")
+    webhooks: JobWebhooksConfig = Field(default_factory=JobWebhooksConfig)
+
+
 class Settings(_Strict):
     """The whole configuration."""
 
@@ -440,6 +496,7 @@ class Settings(_Strict):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     voice_store: VoiceStoreConfig = Field(default_factory=VoiceStoreConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
+    jobs: JobsConfig = Field(default_factory=JobsConfig)
     #: where the config came from, for logs ("file examples/x.yaml", "TTS_REMOTE_URL", "embedded default")
     source: str = Field("", exclude=True)
 

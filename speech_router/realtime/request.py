@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ..api.audio_out import check_format
 from ..api.facts import ModelFacts, check_capabilities
-from ..api.speech import known_model, native_emotion
+from ..api.speech import emotion_from, known_model
 from ..api.state import AppState
 from ..cache.speech import SpeechCache
 from ..errors import RequestInvalid
@@ -53,7 +53,7 @@ def session_speech(state: AppState, config: SessionConfig, *, priority: str, req
         raise RequestInvalid("Give 'instructions' or 'emotion', not both.", param="emotion")
     params = resolve_voice(settings, config.voice)
     if config.emotion is not None:
-        emotion = native_emotion(settings, config.emotion)
+        emotion = emotion_from(settings, config.emotion)
     elif config.instructions:
         emotion = Emotion(EmotionMethod.TEXT, text=config.instructions)
     else:

@@ -8,10 +8,12 @@ one fails ``test_every_block_says_how_it_is_tested``. The kinds:
   What comes before (the Quickstart's venv and ``pip install``) is not repeated: the suite runs in the
   environment those steps built, and ``.ci/run`` runs them on a clean clone. GPU node URLs in it become
   emulated index-tts-vllm nodes on loopback. The routers: ``embedded`` (no config at all), ``keys``,
-  ``fleet`` (``TTS_REMOTE_URL``).
-- ``run NAME``: a curl or Python (OpenAI SDK) block, run against that router with ``localhost:8000`` changed
-  to its address, in an empty directory. It must exit 0, and every file it writes must be audio (curl writes an
-  error body to ``-o FILE`` too, so the file is checked, not only the exit code).
+  ``fleet`` (``TTS_REMOTE_URL``), ``jobs`` (no config, long-form jobs on: its ``$HOME/...`` directory becomes a
+  temporary one).
+- ``run NAME``: a curl or Python (OpenAI SDK, or the standard library) block, run against that router with
+  ``localhost:8000`` changed to its address, in an empty directory. It must exit 0, and every file it writes must
+  be audio (curl writes an error body to ``-o FILE`` too, so the file is checked, not only the exit code). A
+  shell block starts with curl, or with a variable set from curl's answer (``id=$(curl ...``).
 - ``ci``: the test command; ``.ci/run`` must run exactly it (it is what runs this test).
 - ``config``: a whole config file; ``check-config``'s checks (those ``serve`` runs) accept it, on a host that has
   the reference files it names (made for the test).
@@ -31,6 +33,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 import types
@@ -51,12 +54,14 @@ from speech_router.plugins.manager import ENTRYPOINT_GROUP, backend_registry, cr
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
-KINDS = re.compile(r"(serve|run) (embedded|keys|fleet)|ci|config|pools|entry-point|plugin")
+KINDS = re.compile(r"(serve|run) (embedded|keys|fleet|jobs)|ci|config|pools|entry-point|plugin")
+#: the jobs router's directory as README writes it (replaced by a temporary one here)
+JOBS_DIR = "$HOME/speech-router-jobs"
 #: what the Quickstart's first command does before it serves, and nothing else
 QUICKSTART_SETUP = "python3 -m venv .venv && . .venv/bin/activate && python3 -m pip install . && "
 #: variables that would change which config or keys a started router uses
 ROUTER_VARIABLES = ("SPEECH_ROUTER_CONFIG", "TTS_REMOTE_URL", "SPEECH_ROUTER_API_KEYS", "SPEECH_ROUTER_ADMIN_KEY",
-                    "TTS_VOICE_DIR")
+                    "TTS_VOICE_DIR", "SPEECH_ROUTER_JOBS_DIR")
 
 
 @dataclass(frozen=True)
@@ -186,6 +191,7 @@ def routers() -> Iterator[dict[str, Any]]:
 
     started: dict[str, Started] = {}
     nodes: list[Node] = []
+    jobs_dir = tempfile.mkdtemp(prefix="readme-jobs-")
 
     def get(name: str) -> Started:
         if name not in started:
@@ -197,6 +203,8 @@ def routers() -> Iterator[dict[str, Any]]:
                     node.server.start()
                     nodes.append(node)
                     replace[url] = node.url
+            if name == "jobs":
+                replace[JOBS_DIR] = jobs_dir
             started[name] = start(block, replace)
         return started[name]
 
@@ -207,6 +215,7 @@ def routers() -> Iterator[dict[str, Any]]:
             stop(router.proc)
         for node in nodes:
             node.server.stop()
+        shutil.rmtree(jobs_dir, ignore_errors=True)
 
 
 # --- blocks run against them ------------------------------------------------------------------------------------
@@ -230,7 +239,7 @@ def test_readme_block_runs_against_its_router(block: Block, routers, tmp_path):
     if block.lang == "python":
         argv = [sys.executable, "-c", code]
     else:
-        assert block.lang == "sh" and shlex.split(command(block))[0] == "curl", block
+        assert block.lang == "sh" and re.match(r"(\w+=\$\()?curl$", shlex.split(command(block))[0]), block
         if not shutil.which("curl"):
             pytest.skip("curl is not installed")
         argv = ["sh", "-c", code]
