@@ -363,7 +363,8 @@ def test_generated_requests_get_no_5xx_and_documented_answers(request, fleet, me
     operation = request.getfixturevalue(f"{fleet}_schema")[path][method]
     media = operation.definition.raw.get("requestBody", {}).get("content", {}).get("application/json", {})
     example = media.get("example")
-    ok = min(int(status) for status in operation.definition.raw["responses"] if status.startswith("2"))
+    # the realtime route answers 101 (a WebSocket) and has no 2xx
+    ok = min((int(status) for status in operation.definition.raw["responses"] if status.startswith("2")), default=None)
     if example is not None:  # this instance's working body really synthesizes (or submits a job), through a backend
         response = call_and_check(operation.Case(body=example), AUTHORIZED)
         assert response.status_code == ok, response.content[:300]
