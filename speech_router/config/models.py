@@ -201,6 +201,10 @@ class QueueConfig(_Strict):
     timeout: float = Field(DEFAULT_QUEUE_TIMEOUT_S, ge=0, description="longest wait; a request expected to wait "
                                                                       "longer is refused at once (429), one that "
                                                                       "waited this long gets 503")
+    batch_headroom: int = Field(1, ge=0, description="slots batch requests (long-form jobs, x-priority: batch) leave "
+                                                     "free while interactive ones were seen in the last batch_window")
+    batch_window: float = Field(30.0, gt=0, description="seconds interactive requests count as seen lately; with none "
+                                                        "seen for this long, batch work takes every free slot")
 
 
 class RetryConfig(_Strict):
@@ -476,10 +480,6 @@ class JobsConfig(_Strict):
     segment_tries: int = Field(3, ge=1, description="times a segment goes through the attempt loop before its item "
                                                     "fails (a client mistake fails it at once)")
     stall_timeout: float = Field(3600.0, gt=0, description="a job with no segment done for this long fails")
-    headroom: int = Field(1, ge=0, description="slots jobs leave free beyond those other requests hold, while other "
-                                               "requests were seen lately")
-    headroom_window: float = Field(30.0, gt=0, description="seconds other requests count as seen lately; with none "
-                                                           "seen for this long, a job takes the whole fleet")
     min_free_slots: int = Field(0, ge=0, description="slots a job never takes, whatever the traffic (0: a job alone "
                                                      "uses the whole fleet)")
     webhooks: JobWebhooksConfig = Field(default_factory=JobWebhooksConfig)

@@ -3,9 +3,10 @@
 Job segments are batch requests, and the scheduler serves interactive ones first; but a slot a segment holds
 is held until the segment is done, and a node cannot be asked to drop it (index-tts-vllm finishes a request
 whose client left). So jobs only ever ask for slots that are free now, never queue for one, and while other
-requests were seen on the pool in the last ``headroom_window`` seconds they leave ``headroom`` slots free
-beyond those the others hold, so the next interactive request finds one at once; with no other request in
-that window a job takes the whole fleet (``min_free_slots`` are left free whatever the traffic). Other
+requests were seen on the pool in the last ``queue.batch_window`` seconds they leave ``queue.batch_headroom``
+slots free beyond those the others hold, so the next interactive request finds one at once; with no other
+request in that window a job takes the whole fleet (``min_free_slots`` are left free whatever the traffic).
+The scheduler holds every batch request to the same headroom when it places it (``router.scheduler``). Other
 requests are everything in flight or queued on the pool that is not a job segment: other routers' too, when
 the nodes report their load. ``bench/jobs.py`` measures what this costs interactive requests.
 """
@@ -40,8 +41,9 @@ class SlotBudget:
         others = self.others(pool, mine)
         if others:
             self._seen[pool.name] = now
-        recent = now - self._seen.get(pool.name, -math.inf) < config.headroom_window
-        left_free = max(config.min_free_slots, config.headroom if recent else 0)
+        queue = pool.config.queue
+        recent = now - self._seen.get(pool.name, -math.inf) < queue.batch_window
+        left_free = max(config.min_free_slots, queue.batch_headroom if recent else 0)
         capacity = sum(ep.cap() for ep in pool.endpoints if ep.in_rotation)
         return capacity - mine - others - left_free
 

@@ -26,6 +26,9 @@ endpoint under suspicion (a timeout since its last answer, its breaker half-open
 longer than the pool's median (its tries are hedged too: ``attempt``). Before anything is learned it is
 weighted least-outstanding and never waits while a slot is free.
 
+Batch requests (long-form jobs' segments, ``x-priority: batch``) are judged by their throughput, not each
+one's completion: one never waits for a quicker endpoint while a slot it may use is free.
+
 Pure: it reads endpoints and returns a ``Decision``; ``Scheduler`` carries it out.
 """
 
@@ -195,6 +198,9 @@ class Choice:
         stale = self._explore(free, ticket.chars, view)
         if stale is not None:
             return Decision(stale, Placement.EXPLORE)
+        if ticket.priority == "batch" and (free or overflow):  # batch work counts its throughput: any free slot
+            best, _ = self.best_free(free or overflow, ticket.chars, view)
+            return Decision(best, Placement.FREE if free else Placement.OVERFLOW)
         wait = self._waiting(candidates, ticket.chars, view)
         limit = wait.until * (1 + TIE_TOLERANCE) if math.isfinite(wait.until) else math.inf
         best, best_cost = self.best_free(free, ticket.chars, view, self.affinity(ticket))

@@ -11,13 +11,16 @@ endpoint gets the queued requests it would finish before their turn elsewhere.
 
 Admission is by time: a request whose expected wait is longer than it may wait (the queue timeout, or
 its deadline) is refused at once (``QueueFull``, 429 with Retry-After); ``queue.max_size`` only bounds
-memory. Synchronous: the clock, the rng and the endpoints are given; ``Pool`` adds the waiting (futures,
+memory. Batch requests leave ``queue.batch_headroom`` slots free while interactive ones were seen in the last
+``queue.batch_window`` (a slot a batch request holds is held until it is done: the next interactive request
+finds one free at once); with none seen that long, batch work takes every slot. Synchronous: the clock, the rng and the endpoints are given; ``Pool`` adds the waiting (futures,
 timeouts) around it. The only writes it makes are through ``Endpoint`` (a slot taken, an exploration or
 stretch noted) and its own queue.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -61,6 +64,8 @@ class Scheduler:
         self._queues: dict[str, deque[Ticket]] = {p: deque() for p in PRIORITIES}
         self._busy = False
         self._again = False
+        #: when an interactive request last asked this pool (batch work leaves it room for a while after)
+        self._interactive_at = -math.inf
 
     def __repr__(self) -> str:
         return f"Scheduler(pool={self.pool!r}, endpoints={[e.name for e in self.endpoints]}, waiting={self.depth()})"
@@ -102,6 +107,8 @@ class Scheduler:
         Raises ``NoHealthyEndpoint`` when nothing is selectable, ``QueueFull`` when admission refuses.
         """
         ticket.arrived = self.clock()
+        if ticket.rank == 0:
+            self._interactive_at = ticket.arrived
         self.choice.note(ticket.chars)
         view = self.choice.view()
         if not view.candidates(ticket):
@@ -109,7 +116,7 @@ class Scheduler:
         ahead = [t for p in PRIORITIES[:ticket.rank + 1] for t in self._queues[p]]
         for other in ahead[:PLAN_DEPTH]:  # the requests ahead take their slots first
             self._plan(other, self.choice.decide(other, view), view)
-        decision = self.choice.decide(ticket, view)
+        decision = self._room(ticket, self.choice.decide(ticket, view), view)
         if len(ahead) > PLAN_DEPTH and decision.endpoint is not None:
             decision = Decision()  # a queue this deep goes first: no overtaking what was not looked at
         if decision.endpoint is not None and (view.panic or decision.endpoint.breaker.allow()):
@@ -175,7 +182,7 @@ class Scheduler:
                 if looked >= PLAN_DEPTH:
                     return placed
                 looked += 1
-                decision = self.choice.decide(ticket, view)
+                decision = self._room(ticket, self.choice.decide(ticket, view), view)
                 if decision.endpoint is None or not (view.panic or decision.endpoint.breaker.allow()):
                     self._plan(ticket, decision, view)
                     continue
@@ -186,6 +193,18 @@ class Scheduler:
                 if ticket.on_placed is not None:
                     ticket.on_placed(lease)
         return placed
+
+    def _room(self, ticket: Ticket, decision: Decision, view: View) -> Decision:
+        """A batch request waits rather than take one of the last ``queue.batch_headroom`` free slots while
+        interactive requests were seen lately."""
+        if decision.endpoint is None or ticket.rank == 0:
+            return decision
+        queue = self.config.queue
+        if view.now - self._interactive_at >= queue.batch_window or not queue.batch_headroom:
+            return decision
+        free = sum(max(0, ep.cap() - ep.busy) for ep in view.endpoints)
+        room = min(queue.batch_headroom, sum(ep.cap() for ep in view.endpoints) - 1)  # a pool of one slot still serves
+        return decision if free - 1 >= room else Decision()
 
     def _plan(self, ticket: Ticket, decision: Decision, view: View) -> None:
         """A ticket that keeps waiting (or would take a slot now) holds that slot in the view's plan."""

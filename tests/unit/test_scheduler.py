@@ -285,3 +285,35 @@ def test_an_idle_endpoint_not_heard_from_for_a_half_life_is_tried_with_a_short_t
     sim.pool.finish(long, Outcome.CANCELLED)
     assert sim.pool.scheduler.submit(Ticket(20)).endpoint is b  # a short one goes to find out
     assert sim.pool.scheduler.submit(Ticket(20)).endpoint is a  # once: b's answer is awaited
+
+
+def test_a_batch_request_takes_a_free_slot_rather_than_wait_for_a_quicker_endpoint():
+    sim = Sim([SimNode("fast"), SimNode("slow")], max_concurrency=1, queue={"batch_headroom": 0})
+    teach(sim.ep("fast"), 0.002)
+    teach(sim.ep("slow"), 0.008)
+    scheduler = sim.pool.scheduler
+    assert scheduler.submit(Ticket(400)).endpoint.name == "fast"
+    assert scheduler.submit(Ticket(400)) is None  # interactive: waiting for fast (1.7 s) beats slow (3.25 s)
+    scheduler.cancel(next(scheduler.waiting()))
+    batch = scheduler.submit(Ticket(400, priority="batch"))
+    assert batch is not None and batch.endpoint.name == "slow"  # batch work counts throughput: the free slot
+
+
+def test_batch_requests_leave_headroom_while_interactive_ones_were_seen_lately():
+    sim = Sim([SimNode("a", slots=2), SimNode("b", slots=2)], max_concurrency=2,
+              queue={"batch_headroom": 1, "batch_window": 30})
+    for ep in sim.pool.endpoints:
+        teach(ep, 0.002)
+    scheduler = sim.pool.scheduler
+    assert scheduler.submit(Ticket(100)) is not None  # an interactive request: 3 slots free
+    batches = [scheduler.submit(Ticket(100, priority="batch")) for _ in range(3)]
+    assert [lease is not None for lease in batches] == [True, True, False]  # the last free slot is left
+    assert scheduler.submit(Ticket(100)) is not None  # ...for the next interactive request, at once
+    for ep in sim.pool.endpoints:
+        for token in list(ep.running):
+            ep.finish(token)
+    sim.clock.advance(31)  # no interactive request for a window: batch work takes every slot
+    sim.pool.wake()
+    assert sum(ep.busy for ep in sim.pool.endpoints) == 1  # the waiting batch request was placed
+    more = [scheduler.submit(Ticket(100, priority="batch")) for _ in range(3)]
+    assert all(lease is not None for lease in more)
