@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import math
 import random
-import statistics
 from collections import deque
 from collections.abc import Sequence
 
@@ -91,13 +90,21 @@ class Choice:
         """The pool's median unloaded estimate for a text length, leaving one endpoint out: what an endpoint
         with no (or old) history of its own is assumed to take, judged by the others."""
         known = [ep for ep in self.endpoints if ep.model.known]
-        cache: dict[int, list[tuple[Endpoint, float]]] = {}
+        cache: dict[int, tuple[dict[Endpoint, float], list[float]]] = {}
 
         def median(chars: int, leave_out: Endpoint | None = None) -> float | None:
-            if chars not in cache:
-                cache[chars] = [(ep, v) for ep in known if (v := ep.model.unloaded(chars)) is not None]
-            values = [v for ep, v in cache[chars] if ep is not leave_out]
-            return statistics.median(values) if values else None
+            entry = cache.get(chars)
+            if entry is None:
+                values = {ep: v for ep in known if (v := ep.model.unloaded(chars)) is not None}
+                entry = cache[chars] = (values, sorted(values.values()))
+            values, ordered = entry
+            if leave_out is not None and leave_out in values:
+                ordered = ordered.copy()
+                ordered.remove(values[leave_out])
+            if not ordered:
+                return None
+            mid = len(ordered) // 2
+            return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
         return median
 
