@@ -71,6 +71,12 @@ def fallback_voice(settings: Settings, model: str) -> tuple[str, dict[str, Any]]
     return None if name is None else (name, settings.voices[name].params())
 
 
+async def shared_voice(state: AppState, name: str) -> None:
+    """With a state store, an uploaded voice this replica has not mirrored yet is fetched before it is resolved."""
+    if state.shared is not None and name not in state.settings.voices and state.settings.voice_store.enabled:
+        await state.shared.voices.ensure(name)
+
+
 def check_text(settings: Settings, text: str, param: str) -> None:
     if not text.strip():
         raise RequestInvalid(f"Invalid '{param}': the text is empty.", param=param, code="empty_input")
@@ -93,6 +99,7 @@ async def openai_speech(request: Request, state: AppState) -> Plan:
     check_model(request, settings, body.model)
     check_text(settings, body.input, "input")
     voice = body.voice_name
+    await shared_voice(state, voice)
     params = resolve_voice(settings, voice)
     emotion = Emotion(EmotionMethod.TEXT, text=body.instructions) if body.instructions else Emotion()
     sreq = SynthesisRequest(text=body.input, model=body.model, voice=voice, voice_params=params, emotion=emotion,
@@ -109,12 +116,14 @@ async def native(request: Request, state: AppState) -> Plan:
     model = body.model or next(iter(settings.models))
     check_model(request, settings, model)
     check_text(settings, body.text, "text")
+    await shared_voice(state, body.voice)
     params = resolve_voice(settings, body.voice)
     emotion = Emotion()
     if body.emotion is not None:
         e = body.emotion
         emotion = Emotion(random=e.random, weight=e.weight)
         if e.audio is not None:
+            await shared_voice(state, e.audio)
             ref_params = resolve_voice(settings, e.audio, param="emotion.audio")
             if not any(ref_params.get(k) for k in ("spk_audio_path", "ref_audio_file", "ref_audio")):
                 raise RequestInvalid(f"Voice {e.audio!r} has no reference audio (spk_audio_path, ref_audio_file or "
