@@ -42,6 +42,7 @@ from .state import AppState
 from .table import ROUTES
 
 if TYPE_CHECKING:
+    from ..state.hub import SharedState
     from ..tracing.setup import Tracing
 
 log = logging.getLogger("speech_router")
@@ -66,10 +67,13 @@ def create_app(settings: Settings | None = None, *, pm: pluggy.PluginManager | N
     # uploaded voices onto vllm-omni nodes, including those that join or come back (upload mode)
     distributor = VoiceDistributor(lambda: router.settings, lambda: router.endpoints, metrics)
     tracing = tracing or build_tracing(settings.tracing, env)
+    shared = _shared_state(settings, metrics, lambda: router)
     router = Router(settings, registry, metrics,
-                    listeners=[distributor] + ([tracing.listener] if tracing is not None else []))
+                    listeners=[distributor] + ([tracing.listener] if tracing is not None else [])
+                    + ([shared.inflight] if shared is not None else []))
     router.fleet.load_signals.observer = metrics
-    cache = SpeechCache(AudioCache(settings.cache, metrics), metrics)
+    cache = SpeechCache(AudioCache(settings.cache, metrics, shared.cache if shared is not None else None), metrics)
+    auth.shared = shared.limits if shared is not None else None
     metrics.config_loaded_timestamp.set_to_current_time()
     metrics.config_last_reload_success.set(1)
     create_known_series(metrics, router, settings, auth)  # at 0: panels and alerts have data on a fresh router
@@ -85,6 +89,8 @@ def create_app(settings: Settings | None = None, *, pm: pluggy.PluginManager | N
         if tracing is not None:
             log.info("traces on: %s", tracing)
         await router.start()
+        if shared is not None:  # the fleet's knowledge and voices, before the first request
+            await shared.start()
         for result in pm.hook.startup(router=router):
             if hasattr(result, "__await__"):
                 await result
@@ -96,6 +102,8 @@ def create_app(settings: Settings | None = None, *, pm: pluggy.PluginManager | N
         finally:
             await reloader.stop()
             await distributor.aclose()
+            if shared is not None:
+                await shared.aclose()
             await router.aclose()
             await cache.aclose()
             if tracing is not None:
@@ -112,9 +120,19 @@ def create_app(settings: Settings | None = None, *, pm: pluggy.PluginManager | N
         settings=settings, router=router, metrics=metrics, request_metrics=RequestMetrics(metrics), auth=auth,
         cache=cache, pm=pm, registry=registry, routes=routes, env=env, created=int(time.time()),
         tts_url_model=_tts_url_model(router), voice_distributor=distributor,
-        prepare_hooks=bool(pm.hook.prepare_request.get_hookimpls()), tracing=tracing)
+        prepare_hooks=bool(pm.hook.prepare_request.get_hookimpls()), tracing=tracing, shared=shared)
     reloader = state.reloader = Reloader(state, config_path, on_applied=[_refresh_state(state)])
     return app
+
+
+def _shared_state(settings: Settings, metrics: Metrics, router: Callable[[], Router]) -> SharedState | None:
+    """What the replicas share through ``state.url`` (None without one: nothing of it is even imported)."""
+    if not settings.state.url:
+        return None
+    from ..state.hub import SharedState
+
+    return SharedState(settings, metrics, lambda: [*router().endpoints, *router().retiring],
+                       lambda: router().fleet.load_signals, lambda: router().settings.voice_store)
 
 
 def log_auth(auth: Authenticator, settings: Settings) -> None:
@@ -135,6 +153,8 @@ def _refresh_state(state: AppState) -> Callable[[Settings, Settings], Awaitable[
         create_known_series(state.metrics, state.router, new, state.auth)  # the pools and endpoints it added
         if new.cache != old.cache:
             await state.cache.store.resize(new.cache)
+        if new.state != old.state:
+            log.warning("state: changed; a replica connects to its state store at start only: restart it to apply")
 
     return refresh
 

@@ -25,6 +25,7 @@ from .observe import RequestMetrics
 from .spec import RouteTable
 
 if TYPE_CHECKING:
+    from ..state.hub import SharedState
     from ..tracing.setup import Tracing
 
 
@@ -70,11 +71,13 @@ class AppState(State):
     voice_distributor: VoiceDistributor
     #: OpenTelemetry traces, when on (``speech_router.tracing.build_tracing``); None: off, nothing is traced
     tracing: Tracing | None
+    #: what the replicas share through the state store (``state.url``); None: this replica keeps its own state
+    shared: SharedState | None
     #: the OpenAPI document and the settings it was built for (``openapi.openapi_json``)
     openapi: tuple[Settings, dict[str, Any]] | None
 
     def __init__(self, **parts: Any) -> None:
-        super().__init__({"openapi": None, "tts_url_model": None, "tracing": None, **parts})
+        super().__init__({"openapi": None, "tts_url_model": None, "tracing": None, "shared": None, **parts})
 
     def __repr__(self) -> str:
         return f"AppState({', '.join(sorted(self._state))})"
