@@ -333,24 +333,27 @@ class EndpointModel:
                              self.informative, self._evidence, self.answers, self._history, age(self.answered),
                              age(self.heard), None if math.isinf(self.last_seconds) else self.last_seconds)
 
-    def absorb(self, snapshot: ModelSnapshot, weight: float, now: float) -> None:
+    def absorb(self, snapshot: ModelSnapshot, weight: float, now: float, scale: float = 1.0) -> None:
         """Blend in another replica's knowledge of the same endpoint: ``weight`` (0 to 1) of it, the rest its own
-        (all of it while it has no answer of its own). Speeds blend as logarithms (the levels are ratios), the
-        candidates' fits linearly; a parallelism the other learned is taken while this one has not learned its
-        own; counts are the larger (so an endpoint the fleet knows is known here), times the later. A snapshot
-        of another bound (a replica configured differently) gives its speed only."""
-        if snapshot.answers <= 0 or weight <= 0:
+        (all of it while it has no answer of its own). ``scale``: the other's latency shape over this one's (its
+        speeds are relative to its own shape; shapes learned apart differ a little), so what blends is expected
+        seconds, never a speed against one shape with a speed against another. Speeds blend as logarithms (they
+        are ratios), the candidates' fits linearly; a parallelism the other learned is taken while this one has
+        not learned its own; counts are the larger (so an endpoint the fleet knows is known here), times the
+        later. A snapshot of another bound (a replica configured differently) gives its speed only."""
+        if snapshot.answers <= 0 or weight <= 0 or not scale > 0 or math.isinf(scale):
             return
         w = 1.0 if not self.answers else min(1.0, weight)
         keep = 1.0 - w
+        shift = math.log(scale)
 
         def blend_log(own: float, other: float) -> float:
-            return math.exp(keep * math.log(own) + w * math.log(other))
+            return math.exp(keep * math.log(own) + w * (math.log(other) + shift))
 
         if len(snapshot.levels) == len(self._levels):
             known = self.parallel_known
             self._levels = [blend_log(a, b) for a, b in zip(self._levels, snapshot.levels)]
-            self._centers = [keep * a + w * b for a, b in zip(self._centers, snapshot.centers)]
+            self._centers = [keep * a + w * (b + shift) for a, b in zip(self._centers, snapshot.centers)]
             self._errors = [keep * a + w * b for a, b in zip(self._errors, snapshot.errors)]
             self._evidence = keep * self._evidence + w * snapshot.evidence
             self.informative = max(self.informative, snapshot.informative)
@@ -359,7 +362,7 @@ class EndpointModel:
         else:
             scale = blend_log(self.answered_level, snapshot.level) / self.answered_level
             self._levels = [level * scale for level in self._levels]
-        self._history = keep * self._history + w * snapshot.history
+        self._history = keep * self._history + w * (snapshot.history + shift)
         self.answers = max(self.answers, snapshot.answers)
         if snapshot.answered_age is not None and now - snapshot.answered_age > self.answered:
             self.answered = now - snapshot.answered_age

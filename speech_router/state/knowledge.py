@@ -8,7 +8,9 @@ blends in the other replicas' entries:
   replica last heard an answer from it (``latency_half_life``), its own view likewise: fresh news counts,
   a replica that stopped serving (or died: its entry stays an hour) fades out; a replica that has no answer of
   its own yet takes the others' whole;
-- a pool's shape blends the replicas' weighted sums equally: the fit of everyone's samples.
+- a pool's shape is each replica's own once it has a few samples (before, it takes the others'): it anchors
+  the speeds, and another replica's speeds are converted to it (``shape_ratio``) before they blend, so what
+  blends is expected seconds (blending shapes and speeds apart lets them drift against each other).
 
 Blending is ``EndpointModel.absorb`` and ``LatencyModel.absorb`` (pure, in ``speech_router.router``); what is
 blended is always a replica's own view plus the others', so views converge (a consensus) and nothing is
@@ -109,22 +111,39 @@ class KnowledgeSharing:
     def absorb(self, others: list[Knowledge]) -> None:
         """Blend ``others`` into this replica's models (see the module's docstring)."""
         now = self.clock()
-        shapes: dict[str, tuple[str, LatencyModel]] = {}
-        for ep in self.endpoints():
-            shapes.setdefault(ep.pool, (ep.backend.type, ep.model.shape))
-            views = [found[1] for k in others if (found := k.models.get(endpoint_key(ep))) is not None
-                     and found[0] == ep.backend.type]
-            model = ep.model
-            total = math.pow(0.5, (now - model.answered) / model.half_life) if model.answers else 0.0
-            for view in views:
-                weight = math.pow(0.5, (view.answered_age or 0.0) / model.half_life)
-                total += weight
-                if total > 0:
-                    model.absorb(view, weight / total, now)
+        endpoints = self.endpoints()
+        shapes = {ep.pool: (ep.backend.type, ep.model.shape) for ep in reversed(endpoints)}
         for pool, (kind, shape) in shapes.items():
+            if shape.known:
+                continue  # its own: anchors its speeds (blending shapes and speeds apart would drift)
             count = 1.0 if shape.samples else 0.0
             for k in others:
                 found = k.shapes.get(pool)
                 if found is not None and found[0] == kind and found[1].samples:
                     count += 1.0
                     shape.absorb(found[1], 1.0 / count, now)
+        for ep in endpoints:
+            model = ep.model
+            total = math.pow(0.5, (now - model.answered) / model.half_life) if model.answers else 0.0
+            for k in others:
+                found = k.models.get(endpoint_key(ep))
+                if found is None or found[0] != ep.backend.type:
+                    continue
+                view = found[1]
+                weight = math.pow(0.5, (view.answered_age or 0.0) / model.half_life)
+                total += weight
+                if total > 0:
+                    model.absorb(view, weight / total, now, scale=shape_ratio(k.shapes.get(ep.pool), model.shape, now))
+
+
+def shape_ratio(other: tuple[str, ShapeSnapshot] | None, own: LatencyModel, now: float) -> float:
+    """How much longer the other replica's shape says a typical text of this pool takes than this one's (1 while
+    either does not know)."""
+    if other is None or not own.known:
+        return 1.0
+    theirs = LatencyModel(own.half_life)
+    theirs.absorb(other[1], 1.0, now)
+    mine = own.snapshot(now)
+    typical = round(mine.sx / mine.sw) if mine.sw > 0 else 100
+    a, b = theirs.predict(typical), own.predict(typical)
+    return a / b if a is not None and b is not None and a > 0 and b > 0 else 1.0
