@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 from collections.abc import Callable
 
 from ..router.endpoint import Endpoint, Finished
@@ -35,8 +36,10 @@ from .knowledge import endpoint_key
 log = logging.getLogger("speech_router.state")
 
 KEY = "inflight"
-#: at most this many exchanges per second, however often requests start and end
+#: at most one publication per this many seconds, however often requests start and end
 MIN_GAP_S = 0.01
+#: a replica whose own requests changed reads the others' again once this long has passed since its last read
+READ_GAP_S = 0.02
 
 
 class InflightSharing(RouterListener):
@@ -55,7 +58,7 @@ class InflightSharing(RouterListener):
         self.on_external = on_external
         self._changed = asyncio.Event()
         self._published: dict[str, int] | None = None
-        self._renewed = 0.0
+        self._renewed = self._read = -math.inf
         self._task: asyncio.Task[None] | None = None
         #: endpoints whose external count this replica set (so it can set them back to 0)
         self._applied: set[str] = set()
@@ -115,14 +118,20 @@ class InflightSharing(RouterListener):
         return counts
 
     async def exchange(self, now: float) -> None:
-        """Publish this replica's counts (when changed, or to renew the lease), read the others', apply them."""
+        """Publish this replica's counts (when changed, or to renew the lease); read the others' and apply them
+        (every ``interval``, or ``READ_GAP_S`` after the last read when this replica's own changed: a replica that
+        is placing requests wants fresh counts, and a busy one reads no more often than that)."""
         store = self.guard.store
         own = self.own()
-        if own != self._published or now - self._renewed >= self.lease / 3:
+        changed = own != self._published
+        if changed or now - self._renewed >= self.lease / 3:
             payload = json.dumps(own, separators=(",", ":")).encode()
             await self.guard.call(lambda: store.put_entry(KEY, self.replica, payload, self.lease), None)
             if self.guard.up:
                 self._published, self._renewed = own, now
+        if now - self._read < (min(READ_GAP_S, self.interval) if changed else self.interval) and self.guard.up:
+            return
+        self._read = now
         entries = await self.guard.call(lambda: store.entries(KEY), None)
         if entries is not None:
             self._replicas = len(entries.keys() | {self.replica})

@@ -40,11 +40,11 @@ async def test_each_replica_counts_the_others_requests_and_wakes_its_pool_when_t
     assert two.ep("a").busy == 3 and one.ep("a").external == 0  # its own requests are not "others'"
     assert two.sharing.replicas() == 2
     one.ep("a").finish(tokens[0])
-    await one.sharing.exchange(0.05)
-    await two.sharing.exchange(0.05)
+    await one.sharing.exchange(0.2)
+    await two.sharing.exchange(0.2)
     assert two.ep("a").external == 2 and two.woken == ["a"]  # a slot freed elsewhere: its waiting requests may go
     clock.advance(3.1)  # replica one stops renewing (it died): its requests stop counting after the lease
-    await two.sharing.exchange(3.2)
+    await two.sharing.exchange(3.4)
     assert (two.ep("a").external, two.ep("b").external) == (0, 0)
     assert two.sharing.replicas() == 1
 
