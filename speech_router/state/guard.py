@@ -67,6 +67,9 @@ class Guard:
         except (StoreError, TimeoutError) as exc:
             self.failed(exc)
             return fallback
+        except Exception as exc:  # noqa: BLE001 - whatever a client library raises, the request goes on without it
+            self.failed(StoreError(f"{type(exc).__name__}: {exc}"))
+            return fallback
 
     def failed(self, exc: BaseException) -> None:
         """A call failed: count it, and unless already down, go down (said once) and start asking again."""

@@ -20,8 +20,6 @@ breakers stay its own. A replica that starts reads the fleet's knowledge before 
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import math
 import time
 from collections.abc import Callable
@@ -30,9 +28,8 @@ from ..router.endpoint import Endpoint
 from ..router.latency import LatencyModel, ShapeSnapshot
 from ..router.model import ModelSnapshot
 from .guard import Guard
+from .periodic import Periodic
 from .snapshot import Knowledge, decode, encode
-
-log = logging.getLogger("speech_router.state")
 
 KEY = "knowledge"
 #: a replica's entry outlives its last publication by this long (a restarted fleet still starts informed)
@@ -53,29 +50,16 @@ class KnowledgeSharing:
         self.endpoints = endpoints
         self.interval = interval
         self.clock = clock
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic("state-knowledge", interval, self.exchange, "sharing what is learned of endpoints")
 
     def __repr__(self) -> str:
         return f"KnowledgeSharing(replica={self.replica!r}, interval={self.interval})"
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._every_interval(), name="state-knowledge")
+        self._loop.start()
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-
-    async def _every_interval(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.exchange()
-            except Exception:  # noqa: BLE001 - a bug here must not end the sharing silently
-                log.exception("sharing what is learned of endpoints failed")
+        await self._loop.aclose()
 
     async def exchange(self) -> None:
         """Publish, then blend in the others."""

@@ -28,6 +28,7 @@ from typing import TypeVar
 
 from ..config.models import VoiceStoreConfig
 from ..state.guard import BULK_TIMEOUT_S, Guard
+from ..state.periodic import Periodic
 from .store import NAME, VoiceRecord, VoiceStore, store_for
 
 log = logging.getLogger("speech_router.state")
@@ -59,7 +60,7 @@ class SharedVoices:
         self.config = config
         self.interval = interval
         self._version: bytes | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic("state-voices", interval, self.sync, "mirroring the stored voices")
 
     def __repr__(self) -> str:
         return f"SharedVoices(interval={self.interval:g})"
@@ -147,7 +148,11 @@ class SharedVoices:
         bound = max(self.config().max_bytes, MIN_AUDIO_BOUND)
         if raw is None or len(raw) > bound or hashlib.sha256(raw).hexdigest() != record.sha256:
             return False
-        await asyncio.to_thread(self.local.put, record, raw)
+        try:
+            await asyncio.to_thread(self.local.put, record, raw)
+        except OSError as exc:  # this replica's copy cannot be written: it lacks the voice, requests go on
+            log.error("cannot copy voice %r from the state store into %s: %s", record.name, self.local.root, exc)
+            return False
         return True
 
     async def sync(self) -> None:
@@ -192,21 +197,10 @@ class SharedVoices:
                 log.info("copied %d uploaded voice(s) from %s into the state store", len(local), self.local.root)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._every_interval(), name="state-voices")
-
-    async def _every_interval(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.sync()
-            except Exception:  # noqa: BLE001 - a bug here must not end the mirroring silently
-                log.exception("mirroring the stored voices failed")
+        self._loop.start()
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._loop.aclose()
 
 
 def _json(record: VoiceRecord) -> bytes:

@@ -76,20 +76,25 @@ def start_replica(running: contextlib.ExitStack, fleet: Fleet, name: str) -> Rou
     return replica
 
 
+@contextlib.contextmanager
+def running_fleet(server: StoreServer, tmp: Path, delays: dict[str, float]) -> Iterator[Fleet]:
+    """The nodes (index-tts-vllm ones with these delays, and a vllm-omni one) and replicas a and b on ``server``."""
+    nodes: dict[str, Node] = {name: Node(EmulatorConfig(name=name, delay_s=delay)) for name, delay in delays.items()}
+    nodes["omni"] = OmniNode(VllmOmniConfig(name="omni"))
+    with contextlib.ExitStack() as running:
+        for node in nodes.values():
+            running.enter_context(node.server)
+        fleet = Fleet(nodes, [], server, tmp)
+        start_replica(running, fleet, "a")
+        start_replica(running, fleet, "b")
+        yield fleet
+
+
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     tmp = Path(tmp_path_factory.mktemp("replicas"))
     for server in store_server(tmp):
-        nodes: dict[str, Node] = {"held": Node(EmulatorConfig(name="held", delay_s=1.0)),
-                                  "slow": Node(EmulatorConfig(name="slow", delay_s=0.4)),
-                                  "quick": Node(EmulatorConfig(name="quick", delay_s=0.02)),
-                                  "omni": OmniNode(VllmOmniConfig(name="omni"))}
-        with contextlib.ExitStack() as running:
-            for node in nodes.values():
-                running.enter_context(node.server)
-            fleet = Fleet(nodes, [], server, tmp)
-            start_replica(running, fleet, "a")
-            start_replica(running, fleet, "b")
+        with running_fleet(server, tmp, {"held": 1.0, "slow": 0.4, "quick": 0.02}) as fleet:
             yield fleet
 
 
@@ -182,16 +187,7 @@ def test_an_answer_cached_by_one_replica_is_a_hit_on_another(fleet: Fleet) -> No
 def killable(tmp_path: Path) -> Iterator[Fleet]:
     """A store of its own (with a password), two replicas on it, and the module's nodes' kind of fleet."""
     for server in store_server(tmp_path, password=STORE_PASSWORD):
-        nodes: dict[str, Node] = {"held": Node(EmulatorConfig(name="held", delay_s=0.2)),
-                                  "slow": Node(EmulatorConfig(name="slow", delay_s=0.3)),
-                                  "quick": Node(EmulatorConfig(name="quick", delay_s=0.1)),
-                                  "omni": OmniNode(VllmOmniConfig(name="omni"))}
-        with contextlib.ExitStack() as running:
-            for node in nodes.values():
-                running.enter_context(node.server)
-            fleet = Fleet(nodes, [], server, tmp_path)
-            start_replica(running, fleet, "a")
-            start_replica(running, fleet, "b")
+        with running_fleet(server, tmp_path, {"held": 0.2, "slow": 0.3, "quick": 0.1}) as fleet:
             yield fleet
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import free_port
+from tests.processes import free_port, stop
 
 START_TIMEOUT_S = 10.0
 BINARIES = ("valkey-server", "redis-server")
@@ -72,12 +72,7 @@ class StoreServer:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+            stop(self.proc)
         self.proc = None
 
 
