@@ -19,7 +19,7 @@ hot: what the store costs on the hot path: a router without a store and one with
 
 Every child listens on 127.0.0.1 and is stopped however the run ends; every run is bounded by its duration.
 
-    python -m bench.replicas                                   # everything, ~8 minutes; writes bench/results/replicas.md
+    python -m bench.replicas                  # everything, ~8 minutes; writes bench/results/replicas.md
     python -m bench.replicas --scenario hot --hot-duration 5 --out /tmp/replicas.md
 """
 
@@ -40,8 +40,8 @@ from typing import Any
 import yaml
 
 from bench._procs import Child, cpu_model, free_port, stopped_on_exit
-from bench._replicas_env import (KEYS_ENV, METERED_KEY, PER_MINUTE, PLAIN_KEY, Replicas, cache_hits, closed_loop,
-                                 node_peaks, rate_limited, replica_yaml, start_store)
+from bench._replicas_env import (METERED_KEY, PER_MINUTE, PLAIN_KEY, Replicas, cache_hits, closed_loop, node_peaks,
+                                 rate_limited, replica_yaml, start_store)
 from bench._routing_env import FleetProc, fleet_argv, proc_cpu, start_fleet
 from bench._routing_floor import floor
 from bench.loadgen import LoadConfig, LoadResult, percentile, run_load
@@ -195,19 +195,21 @@ def report(results: dict[str, Any], args: argparse.Namespace, command: str, wall
     if "fleet" in results:
         lines += [f"## The mixed fleet at {args.load:.0%} through nginx round robin", "",
                   "| replicas | requests | errors | p50 | p99 | p99 / floor | most held beyond 4 slots, per node | "
-                  f"admitted of {4 * PER_MINUTE} (limit {PER_MINUTE}/min) | cache hits (of {CACHE_TEXTS * CACHE_REPEATS}, "
-                  f"best {CACHE_TEXTS * (CACHE_REPEATS - 1)}) | load avg |", "|---|--:|--:|--:|--:|--:|---|--:|--:|--:|"]
+                  f"admitted of {4 * PER_MINUTE} (limit {PER_MINUTE}/min) | cache hits (of "
+                  f"{CACHE_TEXTS * CACHE_REPEATS}, best {CACHE_TEXTS * (CACHE_REPEATS - 1)}) | load avg |",
+                  "|---|--:|--:|--:|--:|--:|---|--:|--:|--:|"]
         for setup, r in results["fleet"].items():
             beyond = ", ".join(f"{v}" for v in r["beyond_slots"].values())
             lines.append(f"| {setup} | {r['count']} | {r['errors']} | {r['p50']:.2f} s | {r['p99']:.2f} s | "
-                         f"{r['p99'] / r['floor_p99']:.2f}x | {beyond} | {r['admitted']} ({r['admitted'] / PER_MINUTE:.1f}x) | "
-                         f"{r['hits']} ({r['hits'] / r['lookups']:.2f}) | {r['loadavg'][0]:.2f} |")
+                         f"{r['p99'] / r['floor_p99']:.2f}x | {beyond} | {r['admitted']} "
+                         f"({r['admitted'] / PER_MINUTE:.1f}x) | {r['hits']} ({r['hits'] / r['lookups']:.2f}) | "
+                         f"{r['loadavg'][0]:.2f} |")
         some = next(iter(results["fleet"].values()))
         lines += ["", f"Floor p99 {some['floor_p99']:.2f} s. Load: `{some['load_command']}` (through nginx).", ""]
     if "roll" in results:
         lines += [f"## A rolling restart of three replicas under the same load (from {args.roll_at:g} s)", "",
-                  "| replicas | requests | errors | p99 whole run | p99 during the roll | roll | restarts (s) | load avg |",
-                  "|---|--:|--:|--:|--:|--:|---|--:|"]
+                  "| replicas | requests | errors | p99 whole run | p99 during the roll | roll | restarts (s) | "
+                  "load avg |", "|---|--:|--:|--:|--:|--:|---|--:|"]
         for key, r in results["roll"].items():
             lines.append(f"| {key} | {r['all']['count']} | {r['all']['errors']} | {r['all']['p99']:.2f} s | "
                          f"{r['during']['p99']:.2f} s | {r['roll_s']:.0f} s | "
@@ -216,10 +218,10 @@ def report(results: dict[str, Any], args: argparse.Namespace, command: str, wall
     if "hot" in results:
         hot = results["hot"]
         lines += ["## The store on the hot path: a request to a node that answers at once", "",
-                  f"Median over {args.hot_rounds} alternating rounds of {args.hot_duration:g} s closed loop; router CPU "
-                  "per request from /proc.", "",
-                  "| key | clients | p50 alone | p50 with the store | added | CPU per request alone | with the store |",
-                  "|---|--:|--:|--:|--:|--:|--:|"]
+                  f"Median over {args.hot_rounds} alternating rounds of {args.hot_duration:g} s closed loop; "
+                  "router CPU per request from /proc.", "",
+                  "| key | clients | p50 alone | p50 with the store | added | CPU per request alone | "
+                  "with the store |", "|---|--:|--:|--:|--:|--:|--:|"]
         for label in ("plain", "limited"):
             for concurrency in (1, 16):
                 a, b = hot[f"alone:{label}:{concurrency}"], hot[f"store:{label}:{concurrency}"]
@@ -274,8 +276,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(text)
     return 0
 
-
-__all__ = ["KEYS_ENV", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

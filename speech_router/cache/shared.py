@@ -54,6 +54,7 @@ class SharedTier:
 
 def _plausible(entry: CachedAudio) -> bool:
     """Labels a response can be sent with (the CRC says the audio is what was stored; this, that the labels are)."""
-    return (math.isfinite(entry.seconds) and entry.seconds >= 0 and isinstance(entry.content_type, str) and entry.content_type.isascii() and len(entry.content_type) < 128
-            and entry.format in FORMATS and (entry.sample_rate is None or (isinstance(entry.sample_rate, int)
-                                                                           and 0 < entry.sample_rate <= 384_000)))
+    rate = entry.sample_rate
+    return (math.isfinite(entry.seconds) and entry.seconds >= 0 and isinstance(entry.content_type, str)
+            and entry.content_type.isascii() and len(entry.content_type) < 128 and entry.format in FORMATS
+            and (rate is None or (isinstance(rate, int) and 0 < rate <= 384_000)))

@@ -1,6 +1,7 @@
 """The Lua scripts ``RedisStore`` runs, so each operation is one atomic round trip on Valkey or Redis.
 
-Times come from the server (``TIME``, in microseconds: two writes in one millisecond still have an order), so replicas whose clocks disagree still agree on what expired.
+Times come from the server (``TIME``, in microseconds: two writes in one millisecond still have an order),
+so replicas whose clocks disagree still agree on what expired.
 Every script runs on the keys it is given; the bounded space also deletes the data keys of the entries it
 evicts (named from a prefix), so a space lives on one server, not across a Redis Cluster.
 """
