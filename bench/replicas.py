@@ -12,10 +12,10 @@ roll: the same load for `--roll-duration` seconds on three replicas (alone, and 
    `--roll-at` seconds each replica in turn is taken out of nginx, stopped (finishing what it has), started again
    and put back: errors, p99 during the roll, and how long each restart took.
 hot: what the store costs on the hot path: a router without a store and one with, each in front of one node that
-   answers at once, closed loop of 1 and 16 clients, alternating between the two for `--hot-rounds` rounds of
-   `--hot-duration` s; with a key without a limit (no store call on the request path: what the store costs is the
+   answers at once, closed loop of 1 and 16 clients, alternating between the two (in a random order each round)
+   for `--hot-rounds` rounds of `--hot-duration` s; with a key without a limit (no store call on the request path: what the store costs is the
    background sharing) and with the limited key, whose window is on the store (one call per request; its limit
-   set out of reach). Median p50 and router CPU per request.
+   set out of reach). Median p50 and router CPU per request, and the median of the rounds' differences.
 
 Every child listens on 127.0.0.1 and is stopped however the run ends; every run is bounded by its duration.
 
@@ -152,6 +152,7 @@ def hot_run(bench: Bench) -> dict[str, Any]:
     fleet = bench.fleet("hot", spec)
     routers: dict[str, tuple[str, int]] = {}
     results: dict[str, Any] = {}
+    rng = random.Random(bench.args.seed)
     try:
         for shared in (False, True):
             store = start_store(bench.children, bench.log_dir) if shared else None
@@ -168,8 +169,10 @@ def hot_run(bench: Bench) -> dict[str, Any]:
         for key, label in ((PLAIN_KEY, "plain"), (METERED_KEY, "limited")):
             for concurrency in (1, 16):
                 runs: dict[str, list[dict[str, float]]] = {"alone": [], "store": []}
+                order = list(routers.items())
                 for _ in range(bench.args.hot_rounds):
-                    for name, (url, pid) in routers.items():
+                    rng.shuffle(order)  # neither side always first after the other's load
+                    for name, (url, pid) in order:
                         asyncio.run(closed_loop(url, key, concurrency, 0.5))  # warm: connections
                         cpu = proc_cpu(pid)
                         got = asyncio.run(closed_loop(url, key, concurrency, bench.args.hot_duration))
@@ -180,6 +183,9 @@ def hot_run(bench: Bench) -> dict[str, Any]:
                         "p50": statistics.median(g["p50"] for g in got),
                         "cpu_ms": statistics.median(g["cpu_ms"] for g in got),
                         "errors": sum(g["errors"] for g in got), "count": sum(g["count"] for g in got)}
+                added = sorted(b["p50"] - a["p50"] for a, b in zip(runs["alone"], runs["store"]))
+                results[f"added:{label}:{concurrency}"] = {"median": statistics.median(added), "low": added[0],
+                                                           "high": added[-1]}
     finally:
         fleet.child.stop()
     results["loadavg"] = os.getloadavg()
@@ -220,13 +226,15 @@ def report(results: dict[str, Any], args: argparse.Namespace, command: str, wall
         lines += ["## The store on the hot path: a request to a node that answers at once", "",
                   f"Median over {args.hot_rounds} alternating rounds of {args.hot_duration:g} s closed loop; "
                   "router CPU per request from /proc.", "",
-                  "| key | clients | p50 alone | p50 with the store | added | CPU per request alone | "
-                  "with the store |", "|---|--:|--:|--:|--:|--:|--:|"]
+                  "| key | clients | p50 alone | p50 with the store | added: median of the rounds (lowest, highest) | "
+                  "CPU per request alone | with the store |", "|---|--:|--:|--:|--:|--:|--:|"]
         for label in ("plain", "limited"):
             for concurrency in (1, 16):
                 a, b = hot[f"alone:{label}:{concurrency}"], hot[f"store:{label}:{concurrency}"]
+                d = hot[f"added:{label}:{concurrency}"]
                 lines.append(f"| {label} | {concurrency} | {a['p50'] * 1000:.2f} ms | {b['p50'] * 1000:.2f} ms | "
-                             f"{(b['p50'] - a['p50']) * 1000:+.2f} ms | {a['cpu_ms']:.2f} ms | {b['cpu_ms']:.2f} ms |")
+                             f"{d['median'] * 1000:+.2f} ms ({d['low'] * 1000:+.2f}, {d['high'] * 1000:+.2f}) | "
+                             f"{a['cpu_ms']:.2f} ms | {b['cpu_ms']:.2f} ms |")
         lines += ["", f"Load average after: {hot['loadavg'][0]:.2f}.", ""]
     return "\n".join(lines)
 
@@ -240,8 +248,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--load", type=float, default=0.7, help="share of the fleet's capacity (default 0.7)")
     p.add_argument("--roll-duration", type=float, default=45.0)
     p.add_argument("--roll-at", type=float, default=10.0)
-    p.add_argument("--hot-duration", type=float, default=4.0)
-    p.add_argument("--hot-rounds", type=int, default=3)
+    p.add_argument("--hot-duration", type=float, default=2.0)
+    p.add_argument("--hot-rounds", type=int, default=7)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--json", type=Path, default=None)
