@@ -35,6 +35,8 @@ log = logging.getLogger("speech_router.state")
 T = TypeVar("T")
 
 NAMES, VERSION, LOCK = "voices", "voices-version", "voices-lock"
+#: no version seen yet (a store that never held voices has none: ``None``)
+NEVER = b"never"
 #: seconds the write lease is held at most (a replica that dies while writing loses it)
 LOCK_TTL_S = 30.0
 #: tries, and seconds between them, to take the write lease while another replica writes
@@ -59,7 +61,8 @@ class SharedVoices:
         self.replica = replica
         self.config = config
         self.interval = interval
-        self._version: bytes | None = None
+        #: the store's version this replica's copy was last made complete at (``NEVER``: not yet)
+        self._version: bytes | None = NEVER
         self._loop = Periodic("state-voices", interval, self.sync, "mirroring the stored voices")
 
     def __repr__(self) -> str:
