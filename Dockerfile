@@ -14,6 +14,7 @@
 #   TTS_REMOTE_URL        no config file: one URL or a comma-separated list of index-tts-vllm nodes.
 #   (neither)             the embedded espeak-ng engine answers every OpenAI model name.
 # Secrets: SPEECH_ROUTER_API_KEYS (client keys), SPEECH_ROUTER_ADMIN_KEY (admin API), and any api_key_env.
+# Replicas: SPEECH_ROUTER_STATE_URL names the Valkey or Redis they share (docs/replicas.md).
 # Data: /var/lib/speech-router, a volume the image's user owns (SPEECH_ROUTER_DATA_DIR): uploaded voices go
 # in its voices/ unless the config sets voice_store.directory. Mount a volume there to keep them (compose does;
 # on Kubernetes, whose root filesystem is read-only, the Deployment mounts one).
@@ -30,9 +31,10 @@ COPY pyproject.toml README.md ./
 COPY speech_router ./speech_router
 # The aac extra adds PyAV, for aac (and the faster opus); libsndfile in the soundfile wheel writes
 # mp3, flac and ogg/opus; wav and pcm need no codec. All six formats are then available. The tracing extra
-# (OpenTelemetry SDK, OTLP over HTTP) stays unimported until OTEL_EXPORTER_OTLP_ENDPOINT turns traces on.
+# (OpenTelemetry SDK, OTLP over HTTP) stays unimported until OTEL_EXPORTER_OTLP_ENDPOINT turns traces on; the
+# state extra (redis, limits) until SPEECH_ROUTER_STATE_URL (or state.url) names a store.
 RUN python -m venv /opt/speech-router \
- && /opt/speech-router/bin/pip install ".[aac,tracing]"
+ && /opt/speech-router/bin/pip install ".[aac,tracing,state]"
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="speech-router" \

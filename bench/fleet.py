@@ -106,6 +106,8 @@ class Node:
         self.server = MiniServer(self.handle, host, port, extra_headers=[("x-emulator-node", name)])
         self._gate = asyncio.Semaphore(slots) if slots else None
         self.in_flight = self.busy = self.served = self.failed = self.hung = 0
+        #: the most requests it held at once (in its slots and waiting for one), since it started
+        self.peak = 0
 
     def __repr__(self) -> str:
         return f"Node(name={self.name!r}, port={self.server.port}, knobs={self.knobs!r})"
@@ -132,7 +134,7 @@ class Node:
     def state(self) -> dict[str, Any]:
         return {"name": self.name, "url": self.url, "listening": self.server.listening, "slots": self.slots,
                 "knobs": asdict(self.knobs), "in_flight": self.in_flight, "busy": self.busy, "served": self.served,
-                "failed": self.failed, "hung": self.hung}
+                "failed": self.failed, "hung": self.hung, "peak": self.peak}
 
     async def handle(self, req: Request) -> Reply | None:
         if req.path == "/tts_url" and req.method == "POST":
@@ -156,6 +158,7 @@ class Node:
         except (ValueError, KeyError, TypeError) as exc:  # the real handler's bare `except Exception`
             return Reply.json({"status": "error", "error": f"Traceback (most recent call last):\n{exc!r}\n"}, 500)
         self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
         try:
             if self.knobs.hang:
                 return await self._hang(req)

@@ -137,6 +137,9 @@ def configured_secrets(settings: Any, env: Mapping[str, str] | None = None, keys
         for endpoint in pool.endpoints:
             if endpoint.url:
                 found |= url_secrets(endpoint.url)
+    state = getattr(settings, "state", None)
+    if state is not None and state.url:  # the state store's password (redis://:password@host)
+        found |= url_secrets(state.url)
     auth = settings.server.auth
     if env.get(auth.admin_key_env):
         found.add(env[auth.admin_key_env])

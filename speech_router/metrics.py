@@ -194,6 +194,13 @@ class Metrics:
         self.job_webhooks = Counter(
             "speech_router_job_webhooks", "Job completion webhooks, by result (delivered, failed after every try)",
             ["result"], registry=r)
+        # the shared state store (#18): only a router with a store has series
+        self.state_store_up = Gauge(
+            "speech_router_state_store_up", "1 while the shared state store answers, 0 while this replica uses its "
+            "own state instead", ["store"], registry=r)
+        self.state_store_failures = Counter(
+            "speech_router_state_store_failures", "Calls to the shared state store that failed or timed out (the "
+            "replica used its own state instead)", ["store"], registry=r)
 
         # the process itself: which build runs, and prometheus-client's process_* (CPU, memory, open files; Linux)
         # and python_info, on this registry like everything else
@@ -209,6 +216,13 @@ class Metrics:
         self.endpoint_external.labels(pool, endpoint).set(external)
         if failed:
             self.load_signal_failures.labels(pool, endpoint).inc()
+
+    def store_up(self, kind: str, up: bool) -> None:
+        """Whether the shared state store answers (``speech_router.state.guard``)."""
+        self.state_store_up.labels(kind).set(1 if up else 0)
+
+    def store_failed(self, kind: str) -> None:
+        self.state_store_failures.labels(kind).inc()
 
     def forget_endpoint(self, pool: str, endpoint: str, backend_type: str) -> None:
         """Drop the gauges of an endpoint a reload removed, so its last values do not linger as if live."""

@@ -43,6 +43,7 @@ from .state import AppState
 from .table import ROUTES
 
 if TYPE_CHECKING:
+    from ..state.hub import SharedState
     from ..tracing.setup import Tracing
 
 log = logging.getLogger("speech_router")
@@ -67,10 +68,13 @@ def create_app(settings: Settings | None = None, *, pm: pluggy.PluginManager | N
     # uploaded voices onto vllm-omni nodes, including those that join or come back (upload mode)
     distributor = VoiceDistributor(lambda: router.settings, lambda: router.endpoints, metrics)
     tracing = tracing or build_tracing(settings.tracing, env)
+    shared = _shared_state(settings, metrics, lambda: router)
     router = Router(settings, registry, metrics,
-                    listeners=[distributor] + ([tracing.listener] if tracing is not None else []))
+                    listeners=[distributor] + ([tracing.listener] if tracing is not None else [])
+                    + ([shared.inflight] if shared is not None else []))
     router.fleet.load_signals.observer = metrics
-    cache = SpeechCache(AudioCache(settings.cache, metrics), metrics)
+    cache = SpeechCache(AudioCache(settings.cache, metrics, shared.cache if shared is not None else None), metrics)
+    auth.shared = shared.limits if shared is not None else None
     jobs = Jobs(router, metrics, cache, env)
     metrics.config_loaded_timestamp.set_to_current_time()
     metrics.config_last_reload_success.set(1)
@@ -87,6 +91,8 @@ def create_app(settings: Settings | None = None, *, pm: pluggy.PluginManager | N
         if tracing is not None:
             log.info("traces on: %s", tracing)
         await router.start()
+        if shared is not None:  # the fleet's knowledge and voices, before the first request
+            await shared.start()
         for result in pm.hook.startup(router=router):
             if hasattr(result, "__await__"):
                 await result
@@ -100,6 +106,8 @@ def create_app(settings: Settings | None = None, *, pm: pluggy.PluginManager | N
             await jobs.aclose()
             await reloader.stop()
             await distributor.aclose()
+            if shared is not None:
+                await shared.aclose()
             await router.aclose()
             await cache.aclose()
             if tracing is not None:
@@ -118,9 +126,19 @@ def create_app(settings: Settings | None = None, *, pm: pluggy.PluginManager | N
         settings=settings, router=router, metrics=metrics, request_metrics=RequestMetrics(metrics), auth=auth,
         cache=cache, pm=pm, registry=registry, routes=routes, env=env, created=int(time.time()),
         tts_url_model=_tts_url_model(router), voice_distributor=distributor, jobs=jobs,
-        prepare_hooks=bool(pm.hook.prepare_request.get_hookimpls()), tracing=tracing)
+        prepare_hooks=bool(pm.hook.prepare_request.get_hookimpls()), tracing=tracing, shared=shared)
     reloader = state.reloader = Reloader(state, config_path, on_applied=[_refresh_state(state)])
     return app
+
+
+def _shared_state(settings: Settings, metrics: Metrics, router: Callable[[], Router]) -> SharedState | None:
+    """What the replicas share through ``state.url`` (None without one: nothing of it is even imported)."""
+    if not settings.state.url:
+        return None
+    from ..state.hub import SharedState
+
+    return SharedState(settings, metrics, lambda: [*router().endpoints, *router().retiring],
+                       lambda: router().fleet.load_signals, lambda: router().settings.voice_store)
 
 
 def log_auth(auth: Authenticator, settings: Settings) -> None:
@@ -143,6 +161,8 @@ def _refresh_state(state: AppState) -> Callable[[Settings, Settings], Awaitable[
             await state.cache.store.resize(new.cache)
         if new.jobs.directory != old.jobs.directory:  # the store and its runner live as long as the app
             log.warning("jobs.directory changed: jobs stay in %s until the router restarts", old.jobs.directory)
+        if new.state != old.state:
+            log.warning("state: changed; a replica connects to its state store at start only: restart it to apply")
 
     return refresh
 

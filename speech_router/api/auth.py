@@ -9,6 +9,10 @@ Who may call a route is the route table's ``Access`` (``speech_router.api.spec``
 asks ``Authenticator.check`` with it. It reads ``app.state.auth`` on every request, so a config reload swaps
 in a new ``Authenticator``; ``inherit_rate_limits`` carries each client's window over by key name.
 
+With a state store (``state.url``) a key's rate limit holds for all replicas together: ``check`` leaves the count to
+``settle``, which asks the store (``SharedLimits``: ``speech_router.state.limiter``) and, while the store cannot
+answer, counts in this replica's own window with its share of the limit.
+
 Writing voices (``Access.VOICES``) needs the admin key or a client key with the ``voices`` scope
 (``scopes: [voices]``); with neither configured, voice uploads are off (403), even with client auth off.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import os
 import re
 import time
@@ -24,7 +29,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -74,6 +79,18 @@ class Decision:
     status: int = 200
     reason: str = ""  # auth_rejections label, or "rate_limited"
     retry_after: float = 0.0
+    #: a key whose rate limit the shared store counts: ``Authenticator.settle`` decides
+    pending: ClientKey | None = None
+
+
+class SharedLimits(Protocol):
+    """Rate limits counted for all replicas together (``speech_router.state.limiter.SharedRateLimits``)."""
+
+    async def admit(self, name: str, per_minute: int) -> float | None:
+        """0 when admitted, seconds to wait when refused, None when the store cannot say."""
+
+    def replicas(self) -> int:
+        """How many replicas share the limits (this replica's share, while the store cannot count)."""
 
 
 class _FileKey(BaseModel):
@@ -100,6 +117,8 @@ class Authenticator:
         self._admin = _digest(admin_key) if admin_key else None
         self.clock = clock or time.monotonic
         self._windows: dict[str, deque[float]] = {k.name: deque() for k in keys if k.requests_per_minute}
+        #: with a state store: rate limits for all replicas together (the app sets it)
+        self.shared: SharedLimits | None = None
 
     def __repr__(self) -> str:
         return (f"Authenticator(keys={[k.name for k in self.keys]!r}, open_paths={sorted(self.open_paths)!r}, "
@@ -144,7 +163,8 @@ class Authenticator:
         return cls(keys, open_paths=auth.open_paths, admin_key=env.get(auth.admin_key_env) or None, clock=clock)
 
     def inherit_rate_limits(self, previous: Authenticator) -> None:
-        """Keep each client's recent requests across a reload, matched by key name."""
+        """Keep each client's recent requests across a reload, matched by key name (and the shared limits)."""
+        self.shared = previous.shared
         for name in self._windows:
             if name in previous._windows:
                 self._windows[name] = previous._windows[name]
@@ -202,6 +222,8 @@ class Authenticator:
         return self._admitted(found)
 
     def _admitted(self, found: ClientKey) -> Decision:
+        if self.shared is not None and found.requests_per_minute:
+            return Decision(found.name, found.priority, pending=found)
         wait = self._admit(found)
         if wait > 0:
             return Decision(found.name, found.priority, status=429, reason="rate_limited", retry_after=wait)
@@ -215,11 +237,26 @@ class Authenticator:
             return Decision("", status=401, reason="admin_key")
         return Decision(ADMIN)
 
-    def _admit(self, key: ClientKey) -> float:
-        """Sliding window: at most ``requests_per_minute`` admitted in any 60 s. Returns seconds to wait, or 0."""
+    async def settle(self, decision: Decision) -> Decision:
+        """A decision ``check`` left to the shared store: the key's request counted there, or (the store cannot
+        say) in this replica's own window, with the limit divided among the replicas last seen."""
+        key = decision.pending
+        if key is None or not key.requests_per_minute or self.shared is None:
+            return decision
+        wait = await self.shared.admit(key.name, key.requests_per_minute)
+        if wait is None:
+            wait = self._admit(key, self.shared.replicas())
+        if wait > 0:
+            return Decision(key.name, key.priority, status=429, reason="rate_limited", retry_after=wait)
+        return Decision(key.name, key.priority)
+
+    def _admit(self, key: ClientKey, replicas: int = 1) -> float:
+        """Sliding window: at most ``requests_per_minute`` (its share of ``replicas``) admitted in any 60 s. Returns
+        seconds to wait, or 0."""
         limit = key.requests_per_minute
         if not limit:
             return 0.0
+        limit = max(1, math.ceil(limit / max(1, replicas)))
         window = self._windows.setdefault(key.name, deque())
         now = self.clock()
         while window and window[0] <= now - RATE_WINDOW_S:

@@ -124,6 +124,8 @@ class Gate:
         try:
             header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
             decision = auth.check(access, header)
+            if decision.pending is not None:  # a rate limit the replicas share: counted in the state store
+                decision = await auth.settle(decision)
             ex.client, ex.priority = decision.client or None, decision.priority
             scope_state_["client"], scope_state_["client_priority"] = ex.client, decision.priority
             if decision.status != 200:

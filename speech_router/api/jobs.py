@@ -26,7 +26,7 @@ from .job_content import file_response
 from .job_schemas import JobItemRequest, JobRequest
 from .plan import Plan, prepare
 from .schemas import parse
-from .speech import check_model, emotion_from, read_json
+from .speech import check_model, emotion_from, read_json, shared_voice
 from .state import AppState, app_state
 
 MAX_PAGE = 100
@@ -57,6 +57,12 @@ async def submit(request: Request) -> Response:
     specs, texts = [], []
     for i, item in enumerate(items):
         prefix = f"items[{i}]." if body.items is not None else ""
+        voice = item.voice if item.voice is not None else body.voice
+        emotion = item.emotion if item.emotion is not None else body.emotion
+        for name in (voice if isinstance(voice, str) else getattr(voice, "id", None),
+                     emotion.audio if emotion is not None else None):
+            if name:
+                await shared_voice(state, name)  # a voice uploaded through another replica
         try:
             sreq = _item_request(request, state, body, item)
         except RequestInvalid as exc:

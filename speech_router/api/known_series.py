@@ -83,3 +83,5 @@ def create_known_series(metrics: Metrics, router: Router, settings: Settings, au
     m.cache_evictions.labels("memory")
     if settings.cache.directory:
         m.cache_evictions.labels("disk")
+    if settings.state.url and settings.cache.shared_bytes:
+        m.cache_evictions.labels("shared")

@@ -75,6 +75,12 @@ def fallback_voice(settings: Settings, model: str) -> tuple[str, dict[str, Any]]
     return None if name is None else (name, settings.voices[name].params())
 
 
+async def shared_voice(state: AppState, name: str) -> None:
+    """With a state store, an uploaded voice this replica has not mirrored yet is fetched before it is resolved."""
+    if state.shared is not None and name not in state.settings.voices and state.settings.voice_store.enabled:
+        await state.shared.voices.ensure(name)
+
+
 def check_text(settings: Settings, text: str, param: str) -> None:
     if not text.strip():
         raise RequestInvalid(f"Invalid '{param}': the text is empty.", param=param, code="empty_input")
@@ -97,6 +103,7 @@ async def openai_speech(request: Request, state: AppState) -> Plan:
     check_model(request, settings, body.model)
     check_text(settings, body.input, "input")
     voice = body.voice_name
+    await shared_voice(state, voice)
     params = resolve_voice(settings, voice)
     emotion = emotion_from(settings, None, body.instructions)
     sreq = SynthesisRequest(text=body.input, model=body.model, voice=voice, voice_params=params, emotion=emotion,
@@ -113,7 +120,10 @@ async def native(request: Request, state: AppState) -> Plan:
     model = body.model or next(iter(settings.models))
     check_model(request, settings, model)
     check_text(settings, body.text, "text")
+    await shared_voice(state, body.voice)
     params = resolve_voice(settings, body.voice)
+    if body.emotion is not None and body.emotion.audio is not None:
+        await shared_voice(state, body.emotion.audio)  # a voice uploaded through another replica
     emotion = emotion_from(settings, body.emotion)
     sreq = SynthesisRequest(text=body.text, model=model, voice=body.voice, voice_params=params, emotion=emotion,
                             speed=body.speed, response_format=body.format,

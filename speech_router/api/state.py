@@ -26,6 +26,7 @@ from .observe import RequestMetrics
 from .spec import RouteTable
 
 if TYPE_CHECKING:
+    from ..state.hub import SharedState
     from ..tracing.setup import Tracing
 
 
@@ -73,11 +74,13 @@ class AppState(State):
     tracing: Tracing | None
     #: long-form jobs: the store, the files and the runner (off while ``jobs.directory`` is not set)
     jobs: Jobs
+    #: what the replicas share through the state store (``state.url``); None: this replica keeps its own state
+    shared: SharedState | None
     #: the OpenAPI document and the settings it was built for (``openapi.openapi_json``)
     openapi: tuple[Settings, dict[str, Any]] | None
 
     def __init__(self, **parts: Any) -> None:
-        super().__init__({"openapi": None, "tts_url_model": None, "tracing": None, **parts})
+        super().__init__({"openapi": None, "tts_url_model": None, "tracing": None, "shared": None, **parts})
 
     def __repr__(self) -> str:
         return f"AppState({', '.join(sorted(self._state))})"

@@ -34,6 +34,7 @@ from ..voices.audio import FIELD, normalize
 from ..voice_sync import AcceptsVoices, VoiceDistributor
 from ..voices.form import read_upload
 from ..voices.params import node_path, voice_params
+from ..voices.shared import SharedVoices, VoicesUnavailable
 from ..voices.store import MAX_VOICES, NAME, VoiceRecord, VoiceStore, store_for
 
 log = logging.getLogger(__name__)
@@ -185,7 +186,7 @@ async def upload_voice(request: Request) -> JSONResponse:
     store = store_for(config.directory)
     record = VoiceRecord(name, hashlib.sha256(reference.wav).hexdigest(), reference.seconds, reference.sample_rate,
                          consent, int(time.time()), description, ref_text)
-    previous = await _store(store, record, reference.wav)
+    previous = await _store(store, record, reference.wav, state.shared.voices if state.shared is not None else None)
     distributor = _distributor(request)
     await distributor.push(record)
     if previous is not None and previous.sha256 != record.sha256:
@@ -196,12 +197,20 @@ async def upload_voice(request: Request) -> JSONResponse:
     return JSONResponse(VoiceUploaded(success=True, voice=card).model_dump(exclude_none=True))
 
 
-async def _store(store: VoiceStore, record: VoiceRecord, wav: bytes) -> VoiceRecord | None:
+async def _store(store: VoiceStore, record: VoiceRecord, wav: bytes,
+                 shared: SharedVoices | None = None) -> VoiceRecord | None:
+    """Keep the voice: in the state store first when there is one (answered only once it is there), else in the
+    directory."""
     if store.get(record.name) is None and len(store.all()) >= MAX_VOICES:
         raise RequestInvalid(f"The voice store holds {MAX_VOICES} voices; delete some first.", param="name",
                              code="too_many_voices")
     try:
+        if shared is not None:
+            return await shared.save(record, wav)
         return await asyncio.to_thread(store.put, record, wav)
+    except VoicesUnavailable as exc:
+        log.warning("cannot write voice %r to the state store: %s", record.name, exc)
+        raise StoreUnavailable("The voice store cannot be written now; try again shortly.", retry_after=2.0) from None
     except OSError as exc:
         log.error("cannot write voice %r to the voice store %s: %s", record.name, store.root, exc)
         raise StoreUnavailable("The voice store cannot be written now (see the router's log).",
@@ -223,8 +232,12 @@ async def delete_voice(request: Request) -> JSONResponse:
         raise RequestInvalid(f"Voice {name!r} comes from the router's configuration; remove it there.",
                              param="name", code="voice_configured")
     store = store_for(settings.voice_store.directory)
+    shared = state.shared.voices if state.shared is not None else None
     try:
-        record = await asyncio.to_thread(store.delete, name)
+        record = await shared.remove(name) if shared is not None else await asyncio.to_thread(store.delete, name)
+    except VoicesUnavailable as exc:
+        log.warning("cannot delete voice %r from the state store: %s", name, exc)
+        raise StoreUnavailable("The voice store cannot be written now; try again shortly.", retry_after=2.0) from None
     except OSError as exc:
         log.error("cannot delete voice %r from the voice store %s: %s", name, store.root, exc)
         raise StoreUnavailable("The voice store cannot be written now (see the router's log).",

@@ -1,8 +1,9 @@
-"""AudioCache: finished audio by cache key, in memory and optionally on disk.
+"""AudioCache: finished audio by cache key, in memory and optionally on disk, and in the state store.
 
 A lookup tries memory first, on the event loop with no thread hop (a hit is a dict lookup), then
-disk in a worker thread; a disk hit is promoted into memory. ``put`` stores in both tiers. Disk
-errors are logged and count as misses: the cache never fails a request.
+disk in a worker thread, then (with a state store) the replicas' shared tier (``shared.SharedTier``);
+a disk or shared hit is promoted into memory. ``put`` stores in every tier. Disk and store errors
+are logged and count as misses: the cache never fails a request.
 
 The store does not coalesce concurrent misses of one key. Callers that want ten identical requests
 arriving together to cost one synthesis should do so themselves (one future per key in flight).
@@ -22,6 +23,7 @@ from ..metrics import Metrics
 from .disk import KEY_RE, DiskTier
 from .entry import CachedAudio
 from .memory import MemoryTier
+from .shared import SharedTier
 
 __all__ = ["AudioCache", "CacheStats", "CachedAudio"]
 
@@ -46,17 +48,21 @@ class CacheStats:
     refused: int
     memory_evictions: int
     disk_evictions: int
+    shared_hits: int = 0
+    shared_evictions: int = 0
 
 
 class AudioCache:
     """Two-tier LRU cache of ``CachedAudio``; see the module docstring."""
 
-    def __init__(self, config: CacheConfig, metrics: Metrics | None = None) -> None:
+    def __init__(self, config: CacheConfig, metrics: Metrics | None = None, shared: SharedTier | None = None) -> None:
         self.config = config
         self._memory = MemoryTier(config.memory_bytes, config.max_entry_bytes)
         self._disk = self._disk_tier(config)
-        self._memory_hits = self._disk_hits = self._misses = self._refused = 0
-        self._evictions = {"memory": 0, "disk": 0}
+        #: the replicas' tier in the state store (None: no store, or ``cache.shared_bytes: 0``)
+        self.shared = shared
+        self._memory_hits = self._disk_hits = self._shared_hits = self._misses = self._refused = 0
+        self._evictions = {"memory": 0, "disk": 0, "shared": 0}
         self._metrics = metrics
         self._gauges = (metrics.cache_bytes.labels(tier="memory"), metrics.cache_bytes.labels(tier="disk")) \
             if metrics is not None else None
@@ -83,6 +89,12 @@ class AudioCache:
                 self._disk_hits += 1
                 self._store_in_memory(key, entry)
                 return entry
+        if self.shared is not None:
+            entry = await self.shared.get(key)
+            if entry is not None:
+                self._shared_hits += 1
+                self._store_in_memory(key, entry)
+                return entry
         self._misses += 1
         return None
 
@@ -99,6 +111,8 @@ class AudioCache:
             if result is not None:
                 self._count_evictions("disk", result[1])
             self._report()
+        if self.shared is not None:
+            self._count_evictions("shared", await self.shared.put(key, entry))
 
     async def resize(self, config: CacheConfig) -> None:
         """Apply a reloaded config: smaller budgets evict now; a new directory starts a new disk tier
@@ -120,7 +134,8 @@ class AudioCache:
             disk_entries=len(disk) if disk else 0, disk_bytes=disk.bytes if disk else 0,
             disk_budget=disk.budget if disk else 0, directory=str(disk.directory) if disk else None,
             memory_hits=self._memory_hits, disk_hits=self._disk_hits, misses=self._misses, refused=self._refused,
-            memory_evictions=self._evictions["memory"], disk_evictions=self._evictions["disk"])
+            memory_evictions=self._evictions["memory"], disk_evictions=self._evictions["disk"],
+            shared_hits=self._shared_hits, shared_evictions=self._evictions["shared"])
 
     def close(self) -> None:
         """Drop the memory tier. Disk files stay for the next start."""

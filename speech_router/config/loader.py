@@ -21,7 +21,7 @@ from .datadir import default_voice_directory
 from .locations import YamlLines, format_loc
 from .yamlfile import config_text, duplicate_keys
 from .messages import did_you_mean, user_message
-from .models import DEFAULT_VOICE_DIR, PoolConfig, Settings, VoiceConfig
+from .models import DEFAULT_VOICE_DIR, STATE_URL_ENV, PoolConfig, Settings, StateConfig, VoiceConfig
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,8 @@ def settings_from_dict(data: dict[str, Any], *, registry: Any = None, env: Mappi
         raw.extend(_name_endpoints(settings))
     if settings is not None and not settings.voice_store.directory:
         settings.voice_store.directory = default_voice_directory(source, env)
+    if settings is not None and settings.state.url is None and env.get(STATE_URL_ENV, "").strip():
+        raw.extend(_state_url_from_env(settings, env[STATE_URL_ENV]))
     if host_checks:
         from .checks import host_issues  # reads audio files: not imported by every loader
 
@@ -137,6 +139,16 @@ def settings_from_dict(data: dict[str, Any], *, registry: Any = None, env: Mappi
     assert settings is not None
     settings.source = source
     return settings
+
+
+def _state_url_from_env(settings: Settings, url: str) -> list[tuple[tuple[Any, ...], str]]:
+    """``state.url`` from ``SPEECH_ROUTER_STATE_URL`` when the file names none (never echoing it: it may hold a
+    password)."""
+    try:
+        settings.state = StateConfig.model_validate({**settings.state.model_dump(), "url": url.strip()})
+    except ValidationError as exc:
+        return [(("state", "url"), f"{STATE_URL_ENV}: " + user_message(exc.errors(include_url=False)[0]))]
+    return []
 
 
 def _once_per_variable(unset: list[tuple[tuple[Any, ...], str]]) -> list[tuple[tuple[Any, ...], str]]:

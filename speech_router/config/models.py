@@ -36,6 +36,18 @@ DEFAULT_JOB_MAX_BODY_BYTES = 16 * 1024 * 1024  # 1M characters of Chinese, \u-es
 DEFAULT_JOB_RESULT_TTL_S = 24 * 3600.0
 DEFAULT_JOB_LEASE_S = 15.0
 DEFAULT_WEBHOOK_SECRET_ENV = "SPEECH_ROUTER_WEBHOOK_SECRET"
+#: the shared state store (``state:``): the environment variable that names it when the config does not
+STATE_URL_ENV = "SPEECH_ROUTER_STATE_URL"
+DEFAULT_STATE_TIMEOUT_S = 0.2
+DEFAULT_STATE_LEASE_S = 3.0
+DEFAULT_STATE_INFLIGHT_INTERVAL_S = 0.1
+DEFAULT_STATE_KNOWLEDGE_INTERVAL_S = 1.0
+DEFAULT_STATE_VOICES_INTERVAL_S = 1.0
+DEFAULT_SHARED_CACHE_BYTES = 1024 * 1024 * 1024
+DEFAULT_SHARED_CACHE_TTL_S = 24 * 3600.0
+#: URL schemes a state store may have: Redis or Valkey (``redis``, ``rediss``: TLS, ``valkey``, ``valkeys``, ``unix``),
+#: or ``memory`` (in-process: one replica, for trying it out and for tests)
+STATE_SCHEMES = ("redis", "rediss", "valkey", "valkeys", "unix", "memory")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")
 
@@ -422,6 +434,50 @@ class CacheConfig(_Strict):
     directory: str | None = Field(None, description="also keep entries here (survives restarts)")
     disk_bytes: int = Field(2 * 1024 * 1024 * 1024, ge=0)
     max_entry_bytes: int = Field(16 * 1024 * 1024, gt=0, description="larger answers are not cached")
+    shared_bytes: int = Field(DEFAULT_SHARED_CACHE_BYTES, ge=0, description="with a state store: the most bytes of "
+                              "audio the replicas keep there together (oldest used first out); 0: no shared tier")
+    shared_ttl: float = Field(DEFAULT_SHARED_CACHE_TTL_S, gt=0, description="with a state store: seconds an entry "
+                                                                             "stays there unused")
+
+
+class StateConfig(_Strict):
+    """A store shared by router replicas (Valkey or Redis): client limits, requests in flight per endpoint, what is
+    learned of each endpoint, the cache's shared tier and uploaded voices (docs/replicas.md). Off without a URL."""
+
+    url: str | None = Field(None, repr=False, description="redis://[:password@]host:6379/0 (rediss:// for TLS, valkey:// too); "
+                                              "default: $SPEECH_ROUTER_STATE_URL; unset: each replica keeps its "
+                                              "own state")
+    prefix: str = Field("speech-router", description="prefix of every key, so several fleets can share a server")
+    timeout: float = Field(DEFAULT_STATE_TIMEOUT_S, gt=0, le=10, description="seconds one call may take; beyond it "
+                           "(or on an error) the replica uses its own state until the store answers again")
+    lease: float = Field(DEFAULT_STATE_LEASE_S, gt=0, description="seconds a replica's requests in flight count "
+                                                                  "after its last word (a replica that died stops "
+                                                                  "counting after this)")
+    inflight_interval: float = Field(DEFAULT_STATE_INFLIGHT_INTERVAL_S, ge=0.01, le=5,
+                                     description="seconds between two reads of the other replicas' requests in "
+                                                 "flight (a change of this replica's is published at once)")
+    knowledge_interval: float = Field(DEFAULT_STATE_KNOWLEDGE_INTERVAL_S, ge=0.1,
+                                      description="seconds between two exchanges of what is learned of endpoints")
+    voices_interval: float = Field(DEFAULT_STATE_VOICES_INTERVAL_S, ge=0.1,
+                                   description="seconds between two checks for voices uploaded or deleted elsewhere")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        scheme = urlsplit(value).scheme if "://" in value else ""
+        if scheme not in STATE_SCHEMES:
+            raise ValueError("invalid state store URL: use redis://host:6379/0 (or rediss://, valkey://, unix://, "
+                             "memory://)")
+        return value
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError("invalid prefix: use letters, digits and _ . : / -")
+        return value
 
 
 class TracingConfig(_Strict):
@@ -497,6 +553,7 @@ class Settings(_Strict):
     voice_store: VoiceStoreConfig = Field(default_factory=VoiceStoreConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
     jobs: JobsConfig = Field(default_factory=JobsConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
     #: where the config came from, for logs ("file examples/x.yaml", "TTS_REMOTE_URL", "embedded default")
     source: str = Field("", exclude=True)
 

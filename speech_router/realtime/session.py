@@ -21,6 +21,7 @@ from typing import Any
 from starlette.types import Message
 from starlette.websockets import WebSocket
 
+from ..api.speech import shared_voice
 from ..api.state import AppState
 from ..errors import RequestInvalid
 from ..fanout import SegmentAudio, segment_synthesizer
@@ -110,7 +111,7 @@ class Session:
             if kind == "session.close":
                 return True
             if kind == "session.config":
-                self._configure(data)
+                await self._configure(data)
             elif kind == "input.text":
                 self._text(input_text(data))
             else:
@@ -119,12 +120,15 @@ class Session:
             await self._send_error(exc)
         return False
 
-    def _configure(self, data: dict[str, object]) -> None:
+    async def _configure(self, data: dict[str, object]) -> None:
         if self.in_utterance:
             raise RequestInvalid("session.config cannot be applied while an utterance is in progress; send "
                                  "input.done first.", param="type", code="utterance_in_progress")
         try:
             config = session_config(data)
+            for name in (config.voice, config.emotion.audio if config.emotion is not None else None):
+                if name:
+                    await shared_voice(self.state, name)  # a voice uploaded through another replica
             speech = session_speech(self.state, config, priority=self.priority, request_id=self.report.request_id)
         except RequestInvalid as exc:
             if self.speech is None:  # no valid config yet: nothing to keep the session for

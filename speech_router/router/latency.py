@@ -8,6 +8,20 @@ together with how fast the endpoint is right now and how it slows down under con
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ShapeSnapshot:
+    """A ``LatencyModel`` as another router replica sees it (``snapshot``): its weighted sums as of the moment it
+    was taken, and how many samples taught it."""
+
+    samples: int
+    sw: float
+    sx: float
+    sy: float
+    sxx: float
+    sxy: float
 
 
 class LatencyModel:
@@ -68,3 +82,34 @@ class LatencyModel:
     def predict(self, chars: int) -> float | None:
         fit = self.fit()
         return None if fit is None else fit[0] + fit[1] * chars
+
+    # -- shared between router replicas (speech_router.state.knowledge) --------------------------------------
+
+    def _decay_to(self, now: float) -> None:
+        if self.samples and now > self._last:
+            decay = math.pow(0.5, (now - self._last) / self.half_life)
+            self._sw, self._sx, self._sy = self._sw * decay, self._sx * decay, self._sy * decay
+            self._sxx, self._sxy = self._sxx * decay, self._sxy * decay
+        self._last = max(self._last, now)
+
+    def snapshot(self, now: float) -> ShapeSnapshot:
+        """What it knows, its sums faded to ``now``."""
+        decay = self.freshness(now) if self.samples else 0.0
+        return ShapeSnapshot(self.samples, self._sw * decay, self._sx * decay, self._sy * decay, self._sxx * decay,
+                             self._sxy * decay)
+
+    def absorb(self, snapshot: ShapeSnapshot, weight: float, now: float) -> None:
+        """Blend in another replica's shape: ``weight`` (0 to 1) of its samples, the rest of its own (all of the
+        other's while it has none). The fit is then that of both replicas' samples, weighted; ``samples`` the larger
+        count, so a replica that started late is ``known`` as soon as the fleet is."""
+        if snapshot.samples <= 0 or snapshot.sw <= 0 or weight <= 0:
+            return
+        w = 1.0 if not self.samples else min(1.0, weight)
+        self._decay_to(now)
+        keep = 1.0 - w
+        self._sw = keep * self._sw + w * snapshot.sw
+        self._sx = keep * self._sx + w * snapshot.sx
+        self._sy = keep * self._sy + w * snapshot.sy
+        self._sxx = keep * self._sxx + w * snapshot.sxx
+        self._sxy = keep * self._sxy + w * snapshot.sxy
+        self.samples = max(self.samples, snapshot.samples)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 from .latency import LatencyModel
 
@@ -79,6 +80,28 @@ def queueing(n: float, parallel: float) -> float:
 @functools.lru_cache(maxsize=4096)
 def _mean_queueing(n: float, candidates: int) -> float:
     return sum(queueing(n, s + 1) for s in range(candidates)) / candidates
+
+
+@dataclass(frozen=True)
+class ModelSnapshot:
+    """An ``EndpointModel`` as another router replica sees it (``snapshot``), without the pool's shape: times are
+    ages (seconds before the snapshot was taken; None: never), so replicas whose clocks differ can share it."""
+
+    levels: tuple[float, ...]
+    centers: tuple[float, ...]
+    errors: tuple[float, ...]
+    best: int
+    informative: int
+    evidence: float
+    answers: int
+    history: float
+    answered_age: float | None
+    heard_age: float | None
+    last_seconds: float | None
+
+    @property
+    def level(self) -> float:
+        return self.levels[self.best]
 
 
 class EndpointModel:
@@ -298,6 +321,55 @@ class EndpointModel:
         model.answers, model.answered, model.heard = self.answers, self.answered, self.heard
         model.last_seconds, model.penalty, model._history = self.last_seconds, self.penalty, self._history
         return model
+
+    # -- shared between router replicas (speech_router.state.knowledge) --------------------------------------
+
+    def snapshot(self, now: float) -> ModelSnapshot:
+        """What its answers taught it (not the penalty of its own timeouts: suspicion stays with each replica)."""
+        def age(at: float) -> float | None:
+            return None if at == -math.inf else max(0.0, now - at)
+
+        return ModelSnapshot(tuple(self._levels), tuple(self._centers), tuple(self._errors), self._best,
+                             self.informative, self._evidence, self.answers, self._history, age(self.answered),
+                             age(self.heard), None if math.isinf(self.last_seconds) else self.last_seconds)
+
+    def absorb(self, snapshot: ModelSnapshot, weight: float, now: float, scale: float = 1.0) -> None:
+        """Blend in another replica's knowledge of the same endpoint: ``weight`` (0 to 1) of it, the rest its own
+        (all of it while it has no answer of its own). ``scale``: the other's latency shape over this one's (its
+        speeds are relative to its own shape; shapes learned apart differ a little), so what blends is expected
+        seconds, never a speed against one shape with a speed against another. Speeds blend as logarithms (they
+        are ratios), the candidates' fits linearly; a parallelism the other learned is taken while this one has
+        not learned its own; counts are the larger (so an endpoint the fleet knows is known here), times the
+        later. A snapshot of another bound (a replica configured differently) gives its speed only."""
+        if snapshot.answers <= 0 or weight <= 0 or not scale > 0 or math.isinf(scale):
+            return
+        w = 1.0 if not self.answers else min(1.0, weight)
+        keep = 1.0 - w
+        shift = math.log(scale)
+
+        def blend_log(own: float, other: float) -> float:
+            return math.exp(keep * math.log(own) + w * (math.log(other) + shift))
+
+        if len(snapshot.levels) == len(self._levels):
+            known = self.parallel_known
+            self._levels = [blend_log(a, b) for a, b in zip(self._levels, snapshot.levels)]
+            self._centers = [keep * a + w * (b + shift) for a, b in zip(self._centers, snapshot.centers)]
+            self._errors = [keep * a + w * b for a, b in zip(self._errors, snapshot.errors)]
+            self._evidence = keep * self._evidence + w * snapshot.evidence
+            self.informative = max(self.informative, snapshot.informative)
+            if not known and self.parallel_known:
+                self._best = min(max(0, snapshot.best), len(self._levels) - 1)
+        else:
+            scale = blend_log(self.answered_level, snapshot.level) / self.answered_level
+            self._levels = [level * scale for level in self._levels]
+        self._history = keep * self._history + w * (snapshot.history + shift)
+        self.answers = max(self.answers, snapshot.answers)
+        if snapshot.answered_age is not None and now - snapshot.answered_age > self.answered:
+            self.answered = now - snapshot.answered_age
+            if snapshot.last_seconds is not None:
+                self.last_seconds = snapshot.last_seconds
+        if snapshot.heard_age is not None:
+            self.heard = max(self.heard, now - snapshot.heard_age)
 
     def fit(self) -> tuple[float, float] | None:
         """(base seconds, seconds per character) alone on the endpoint at its current speed, for views."""

@@ -157,6 +157,27 @@ def test_the_routers_endpoints_are_the_emulated_nodes():
         assert name in services()["router"]["depends_on"]
 
 
+def routers() -> list[str]:
+    """The services that run the router (``serve``)."""
+    return [name for name, s in services().items() if s.get("command") == ["serve"]]
+
+
+def test_two_replicas_share_one_valkey_and_keep_their_own_copy_of_the_voices():
+    """The second replica (docs/replicas.md): same image, config and store; its own data volume; its own port."""
+    first, second = (services()[name] for name in routers())
+    assert first["environment"] == second["environment"]
+    url = first["environment"]["SPEECH_ROUTER_STATE_URL"]
+    assert url == "redis://valkey:6379/0" and "valkey" in first["depends_on"] and "valkey" in second["depends_on"]
+    assert mounts(first) == mounts(second) and named_volumes(first) != named_volumes(second)
+    assert second["ports"] == [f"127.0.0.1:8001:{DEFAULT_PORT}"]
+    valkey = services()["valkey"]
+    assert "--appendonly" in valkey["command"] and valkey["command"][valkey["command"].index("--maxmemory-policy") + 1] \
+        == "noeviction"  # uploaded voices live there: kept across restarts, never evicted
+    _, settings, _ = prepare(str(router_config_path()))
+    maxmemory = valkey["command"][valkey["command"].index("--maxmemory") + 1]
+    assert settings.cache.shared_bytes < int(maxmemory.removesuffix("mb")) * 1024 * 1024
+
+
 # --- Prometheus and Grafana -----------------------------------------------------------------------------------
 
 
@@ -169,7 +190,7 @@ def prometheus_config() -> tuple[dict[str, Any], dict[str, Path]]:
 def test_prometheus_scrapes_the_router_and_loads_the_shipped_rules():
     config, files = prometheus_config()
     targets = [t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
-    assert targets == [f"router:{DEFAULT_PORT}"]
+    assert targets == [f"{name}:{DEFAULT_PORT}" for name in routers()]
     (rules,) = config["rule_files"]
     assert files[rules] == (REPO_ROOT / "deploy" / "prometheus" / "alerts.yml").resolve()
     assert "--config.file=/etc/prometheus/prometheus.yml" in services()["prometheus"]["command"]

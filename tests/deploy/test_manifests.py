@@ -257,6 +257,12 @@ def test_client_keys_fail_closed_and_the_secret_is_shaped_like_the_example(k8s):
         assert "REPLACE-ME" in secret["stringData"][name]
 
 
+def test_replicas_find_their_state_store_in_the_secret_when_it_has_one(k8s):
+    """SPEECH_ROUTER_STATE_URL may carry a password: from the Secret, and optional (no store: each replica alone)."""
+    ref = env_of(k8s)["SPEECH_ROUTER_STATE_URL"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": load(EXAMPLE_SECRET)["metadata"]["name"], "key": "SPEECH_ROUTER_STATE_URL", "optional": True}
+
+
 def test_the_configmap_config_refuses_to_serve_without_a_client_key(k8s, tmp_path, monkeypatch):
     """The same check serve runs at start-up (speech_router.cli.prepare): no key, no router; a key, a router."""
     path = tmp_path / "config.yaml"

@@ -22,7 +22,8 @@ from tests.integration.omni import with_reference_files
 REPO = Path(__file__).resolve().parents[2]
 INVALID = sorted((REPO / "tests" / "configs" / "invalid").glob("*.yaml"))
 #: variables a developer's shell may have that change which config is loaded or which keys are known
-ROUTER_VARIABLES = ("SPEECH_ROUTER_CONFIG", "TTS_REMOTE_URL", "SPEECH_ROUTER_API_KEYS", "SPEECH_ROUTER_ADMIN_KEY")
+ROUTER_VARIABLES = ("SPEECH_ROUTER_CONFIG", "TTS_REMOTE_URL", "SPEECH_ROUTER_API_KEYS", "SPEECH_ROUTER_ADMIN_KEY",
+                    "SPEECH_ROUTER_STATE_URL")
 
 
 def expected(path: Path) -> list[str]:
