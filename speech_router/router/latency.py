@@ -69,9 +69,18 @@ class LatencyModel:
         if var_x <= 1e-9 * max(1.0, mean_x * mean_x):  # all texts the same length: scale through the origin
             return 0.0, mean_y / mean_x if mean_x > 0 else 0.0
         per_char = (self._sxy / self._sw - mean_x * mean_y) / var_x
-        per_char = max(per_char, 0.0)
-        base = max(mean_y - per_char * mean_x, 0.0)
+        if per_char <= 0.0:  # longer texts no slower: a constant time
+            return mean_y, 0.0
+        base = mean_y - per_char * mean_x
+        if base < 0.0:  # a line through the origin fits best (clamping the base alone would over-predict)
+            return 0.0, self._sxy / self._sxx
         return base, per_char
+
+    def rescale(self, factor: float) -> None:
+        """Every time it predicts, times ``factor`` (its samples' seconds are): the pool moves the scale from the
+        endpoints' levels into the shape and back (``Pool``), predictions unchanged."""
+        self._sy *= factor
+        self._sxy *= factor
 
     def freshness(self, now: float) -> float:
         """1 right after a sample, halving with every half-life without one (0 before any)."""

@@ -308,6 +308,13 @@ class EndpointModel:
         if ratio > level:
             self.penalty *= (level + LEVEL_UP * (ratio - level)) / level
 
+    def rescale(self, factor: float) -> None:
+        """Its speed, times ``factor``: the other half of ``LatencyModel.rescale`` (predictions unchanged)."""
+        shift = math.log(factor)
+        self._levels = [level * factor for level in self._levels]
+        self._centers = [center + shift for center in self._centers]
+        self._history += shift
+
     def resized(self, max_parallel: int, learn_parallel: bool) -> EndpointModel:
         """This model for another configured bound (a reload): its speed and history carry over; its parallelism is
         learned again when the candidates change."""

@@ -19,6 +19,7 @@ from .breaker import BreakerState
 from .budget import RetryBudget
 from .clock import Clock
 from .endpoint import Endpoint
+from .latency import LatencyModel
 from .events import RouterListener
 from .outlier import Outcome, judge
 from .scheduler import Scheduler
@@ -26,6 +27,10 @@ from .ticket import PRIORITIES, Lease, Ticket
 
 #: while requests wait, they are decided again at least this often (running requests overrun their estimates)
 TICK_S = 0.05
+#: every this many answers the pool checks that its endpoints' speeds stay about 1 against its latency shape
+ANCHOR_EVERY = 32
+#: ...and moves the scale into the shape when their median is further from 1 than this factor
+ANCHOR_DRIFT = 1.5
 #: a try on a suspect endpoint is hedged after this many times what its peers take for the text (at least the minimum)
 SUSPECT_HEDGE_FACTOR = 1.5
 SUSPECT_HEDGE_MIN_S = 0.05
@@ -46,6 +51,7 @@ class Pool:
         #: removed from the configuration by a reload; its waiters move on to the model's current route
         self.retired = False
         self._tick: asyncio.TimerHandle | None = None
+        self._answers = 0
 
     def __repr__(self) -> str:
         return f"Pool(name={self.name!r}, type={self.backend_type!r}, endpoints={[e.name for e in self.endpoints]})"
@@ -157,6 +163,9 @@ class Pool:
         now = self.clock()
         ep.learn(outcome, done, now, timeout)
         if outcome == Outcome.OK:
+            self._answers += 1
+            if self._answers % ANCHOR_EVERY == 0:
+                self._anchor(ep.model.shape)
             ep.breaker.success()
             if ep.passed("answered a request"):  # panic mode tried it while it was marked down: it serves again
                 self.listener.health_changed(ep)
@@ -166,6 +175,23 @@ class Pool:
             ep.breaker.release_probe()
         self.listener.attempt_finished(ep, outcome, done)
         self.wake()
+
+    def _anchor(self, shape: LatencyModel) -> None:
+        """Keep the endpoints' speeds about 1 against the latency shape they share: a time is shape x speed, and only
+        the product is learned, so the two could drift apart without bound (a peak-sensitive speed sits above the
+        typical answer, and the shape, taught through it, then shrinks); an endpoint seldom asked would then be
+        judged against a shape that moved on. The median speed's scale moves into the shape; predictions do not
+        change."""
+        models = [ep.model for ep in self.endpoints if ep.model.shape is shape and ep.model.answers]
+        if not models:
+            return
+        levels = sorted(m.answered_level for m in models)
+        median = levels[len(levels) // 2]
+        if 1 / ANCHOR_DRIFT <= median <= ANCHOR_DRIFT:
+            return
+        shape.rescale(median)
+        for model in models:
+            model.rescale(1 / median)
 
     def _judge(self, ep: Endpoint, outcome: Outcome, now: float) -> None:
         if ep.breaker.probe_failed(escalate=outcome != Outcome.TIMEOUT):

@@ -3,6 +3,7 @@ was misjudged, on the discrete-event fleet (fake clock, no HTTP). Each asserts w
 
 from __future__ import annotations
 
+import math
 import random
 
 from speech_router.router.outlier import Outcome
@@ -151,3 +152,16 @@ def test_ties_go_to_the_endpoint_with_fewer_requests_in_flight():
     assert {lease.endpoint.name for lease in busy} == {"a"}
     # ...but a has three in flight and b none: equally quick, the next one goes where it is alone
     assert sim.pool.scheduler.submit(Ticket(100)).endpoint is b
+
+
+def test_speeds_and_the_latency_shape_do_not_drift_apart_however_long_a_pool_runs():
+    sim = Sim([SimNode(f"n{i}", slots=4) for i in range(3)], max_concurrency=4)
+    rng = random.Random(4)
+    for _ in range(6000):  # jittery answers: a peak-sensitive speed sits above the typical one, the shape then shrinks
+        lease = sim.pool.scheduler.submit(Ticket(100))
+        sim.clock.advance(0.25 * math.exp(rng.gauss(0, 0.3)))
+        sim.pool.finish(lease, Outcome.OK)
+    levels = [ep.model.answered_level for ep in sim.pool.endpoints]
+    assert all(0.5 < level < 2.0 for level in levels), levels  # unanchored, they reach 7-9 (and keep going)
+    predicted = sim.pool.scheduler.predict(sim.pool.endpoints[0], 100, 1)
+    assert 0.2 < predicted < 0.4  # and what it predicts is what the pool answers in

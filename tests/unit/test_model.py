@@ -143,3 +143,16 @@ def test_the_retry_budget_is_a_share_of_requests_with_floors():
     assert sum(budget.try_retry() for _ in range(10)) == 2
     scaled = RetryBudget(ratio=0.2, minimum=2, window=10, clock=clock, concurrency=lambda: 8)
     assert sum(scaled.try_retry() for _ in range(10)) == 8  # the pool's concurrency is a floor too
+
+
+def test_a_shape_whose_line_would_start_below_zero_goes_through_the_origin_instead():
+    m = LatencyModel(half_life=30)
+    for chars in (100, 200, 300, 400):  # a fit would say -0.1 s + 0.003 s per character
+        m.observe(chars, -0.1 + 0.003 * chars, now=0.0)
+    base, per_char = m.fit()
+    assert base == 0.0
+    assert m.predict(400) == pytest.approx(1.1, rel=0.1)  # clamping the base alone would say 1.2
+    flat = LatencyModel(half_life=30)
+    for chars in (100, 200, 300):
+        flat.observe(chars, 0.5 - 0.0001 * chars, now=0.0)  # longer no slower (noise): a constant time
+    assert flat.fit()[1] == 0.0 and flat.predict(300) == pytest.approx(0.48, rel=0.05)
