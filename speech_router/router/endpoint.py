@@ -247,11 +247,13 @@ class Endpoint:
             return None
         return Finished(self.clock() - run.started, run.n, run.chars)
 
-    def learn(self, outcome: Outcome, done: Finished | None, now: float, timeout: float | None = None) -> None:
-        """What a finished try says: its time (an answer, or at least its timeout), an overload, its outcome."""
+    def learn(self, outcome: Outcome, done: Finished | None, now: float, timeout: float | None = None, *,
+              suspect: bool = False) -> None:
+        """What a finished try says: its time (an answer, or at least its timeout), an overload, its outcome;
+        ``suspect``: the try went out while the endpoint was under suspicion (``EndpointModel.observe``)."""
         if done is not None:
             if outcome == Outcome.OK:
-                self.model.observe(done.chars, done.seconds, done.n, now)
+                self.model.observe(done.chars, done.seconds, done.n, now, suspect=suspect)
                 self.served += 1
             elif outcome == Outcome.TIMEOUT and timeout is not None:
                 self.model.observe_timeout(done.chars, timeout, done.n, now)

@@ -236,12 +236,20 @@ class EndpointModel:
             return queueing(n, min(peers_parallel, self.max_parallel))
         return _mean_queueing(n, len(self._levels))
 
-    def observe(self, chars: int, seconds: float, n: int, now: float) -> None:
-        """A completed try: ``seconds`` from start to the last byte; ``n`` in flight when it started."""
+    def observe(self, chars: int, seconds: float, n: int, now: float, *, suspect: bool = False) -> None:
+        """A completed try: ``seconds`` from start to the last byte; ``n`` in flight when it started.
+
+        ``suspect``: the try went out while the endpoint was under suspicion (it may have hung, and this try with
+        it): it proves the endpoint answers again and lifts the penalty, but a time slower than its estimate says
+        nothing of its speed (the try may have waited out the hang)."""
         if seconds <= 0:  # no time at all says nothing (a clock that did not move)
             return
         self.penalty = 1.0  # it answered: what its timeouts suggested is replaced by what it did
         base = self.shape.predict(chars)
+        if suspect and base is not None and self.answers and seconds > base * self.answered_level * queueing(
+                n, self.parallel):
+            self.heard = self.answered = now
+            return
         if base is not None and base > 0:
             first = self.answers == 0
             judged = n > 1 and self.learn_parallel and self._settled and seconds >= MIN_JUDGED_SECONDS

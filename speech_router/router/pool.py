@@ -161,7 +161,7 @@ class Pool:
         ep = lease.endpoint
         done = ep.finish(lease.token)
         now = self.clock()
-        ep.learn(outcome, done, now, timeout)
+        ep.learn(outcome, done, now, timeout, suspect=lease.suspect)
         if outcome == Outcome.OK:
             self._answers += 1
             if self._answers % ANCHOR_EVERY == 0:
