@@ -123,5 +123,6 @@ async def test_a_node_that_hangs_costs_clients_little_and_is_back_at_its_share_s
     assert max(wait for _, wait, _, _ in waits) < 3.0
     late = [ep for start, _, _, ep in waits if start > recovered + 1.5]
     state = next(e for e in backends(srv.url)["backends"] if e["name"] == name_of(hung))
-    assert late.count(name_of(hung)) >= len(late) / 8, json.dumps(state)  # its share is a third; the previous router's: ~1 %
+    # its share is a third; the previous router gave it about 1 %
+    assert late.count(name_of(hung)) >= len(late) / 8, json.dumps(state)
 

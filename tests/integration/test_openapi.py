@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import re
 import urllib.error
 import urllib.request
@@ -360,6 +361,9 @@ FUZZED = [("emulated", method, path) for method, path in sorted(OPERATIONS)] + \
                             ":hypothesis.errors.HypothesisDeprecationWarning")
 @pytest.mark.parametrize("fleet,method,path", FUZZED, ids=lambda v: v)
 def test_generated_requests_get_no_5xx_and_documented_answers(request, fleet, method, path):
+    # schemathesis' negative generation also draws from the `random` module, whose state other tests leave behind:
+    # seeded here, the generated requests are the same whatever ran before (a run once drew only 400s for /tts_url)
+    random.seed(f"{fleet} {method} {path}")
     operation = request.getfixturevalue(f"{fleet}_schema")[path][method]
     media = operation.definition.raw.get("requestBody", {}).get("content", {}).get("application/json", {})
     example = media.get("example")
