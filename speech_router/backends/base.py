@@ -62,7 +62,8 @@ class Backend(ABC):
     """
 
     type: ClassVar[str]
-    capabilities: ClassVar[Capabilities] = Capabilities()
+    #: the type's; an endpoint may narrow its own (the formats its pool's options allow, its node's version)
+    capabilities: Capabilities = Capabilities()
 
     class Options(BaseModel):
         """Pool-level YAML keys specific to this backend type (none by default)."""
