@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._procs import HOST, START_TIMEOUT_S, Child, free_port
-from bench._routing_env import (CpuMeter, children_of, fleet_argv, router_yaml, start_fleet, start_router,
-                                wait_quiet)
+from bench._routing_env import CpuMeter, children_of, fleet_argv, router_yaml, start_fleet, start_router, wait_quiet
 from bench.loadgen import LoadConfig, run_load
 
 WAV_BYTES = 240_000

@@ -40,8 +40,18 @@ from typing import Any
 import yaml
 
 from bench._procs import Child, cpu_model, free_port, stopped_on_exit
-from bench._replicas_env import (METERED_KEY, PER_MINUTE, PLAIN_KEY, Replicas, cache_hits, closed_loop, node_peaks,
-                                 rate_limited, replica_yaml, start_store)
+from bench._replicas_env import (
+    METERED_KEY,
+    PER_MINUTE,
+    PLAIN_KEY,
+    Replicas,
+    cache_hits,
+    closed_loop,
+    node_peaks,
+    rate_limited,
+    replica_yaml,
+    start_store,
+)
 from bench._routing_env import FleetProc, fleet_argv, proc_cpu, start_fleet
 from bench._routing_floor import floor
 from bench.loadgen import LoadConfig, LoadResult, percentile, run_load

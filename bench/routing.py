@@ -48,8 +48,21 @@ from typing import Any
 
 from bench._previous import PREVIOUS_REV, RouterImpl, export, router_at
 from bench._procs import Child, free_port, stopped_on_exit
-from bench._routing_env import (POLICIES, PREVIOUS_POLICIES, CpuMeter, FleetProc, RouterProc, by_label, fleet_argv,
-                                histogram_quantile, metrics_delta, router_yaml, start_fleet, start_router, wait_quiet)
+from bench._routing_env import (
+    POLICIES,
+    PREVIOUS_POLICIES,
+    CpuMeter,
+    FleetProc,
+    RouterProc,
+    by_label,
+    fleet_argv,
+    histogram_quantile,
+    metrics_delta,
+    router_yaml,
+    start_fleet,
+    start_router,
+    wait_quiet,
+)
 from bench._routing_floor import excess, floor
 from bench._routing_overhead import run_overhead
 from bench._routing_report import write_report

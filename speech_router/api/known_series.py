@@ -12,9 +12,9 @@ latency) still appear with their first sample; docs/metrics.md says which are wh
 from __future__ import annotations
 
 from ..config.models import Settings
+from ..fanout.plan import SEGMENTING_TYPES
 from ..metrics import Metrics
 from ..router.dispatch import Router
-from ..fanout.plan import SEGMENTING_TYPES
 from ..router.outlier import Outcome
 from ..router.ticket import PRIORITIES
 from .auth import MESSAGES, Authenticator

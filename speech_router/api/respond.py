@@ -20,8 +20,8 @@ from .. import tracing
 from ..audio import FORMATS, flac
 from ..audio.validate import max_audio_seconds
 from ..cache import CachedAudio
-from ..errors import BackendError, BackendFailed, ClientDisconnected, DeadlineExceeded
 from ..cache.speech import SpeechCache
+from ..errors import BackendError, BackendFailed, ClientDisconnected, DeadlineExceeded
 from ..fanout import FannedOut
 from ..router.dispatch import Dispatched
 from ..types import AudioResponse, aclose_chunks

@@ -21,9 +21,18 @@ from ..errors import BackendError, BackendFailed, BackendRejected, RequestInvali
 from ..plugins.hookspecs import RegisterBackend, hookimpl
 from ..types import AudioResponse, EmotionMethod, HealthReport, SynthesisRequest
 from .base import Backend, BackendContext, Capabilities
+from .http import (
+    FOLLOW_REDIRECTS,
+    client_timeout,
+    iter_body,
+    mapped_errors,
+    raise_for_status,
+    read_prefix,
+    releaser,
+    request_headers,
+    what_failed,
+)
 from .index_tts_errors import client_mistake
-from .http import (FOLLOW_REDIRECTS, client_timeout, iter_body, mapped_errors, raise_for_status, read_prefix,
-                   releaser, request_headers, what_failed)
 
 #: the most of a ``/health`` answer read (a node could send any amount)
 HEALTH_BODY_BYTES = 64 * 1024

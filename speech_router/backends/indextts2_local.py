@@ -39,13 +39,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ..config.models import EndpointConfig, PoolConfig
 from ..errors import BackendError, BackendTimeout, BackendUnavailable, ConfigError, ConfigIssue
 from ..plugins.hookspecs import RegisterBackend, hookimpl
+from ..text.language import request_lang
 from ..types import AudioResponse, HealthReport, SynthesisRequest
 from ..worker import DEFAULT_WARMUP_TEXT
 from ..worker.checkpoint import detect
 from ..worker.supervisor import Supervisor, Ticket, WorkerSpec
 from .base import Backend, BackendContext, Capabilities
 from .index_tts_vllm import IndexTtsVllmBackend
-from ..text.language import request_lang
 from .indextts25 import SPEED_RANGE_25, Version, VersionOption, duration_factor
 
 log = logging.getLogger(__name__)

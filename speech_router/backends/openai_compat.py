@@ -16,8 +16,17 @@ from ..config.models import EndpointConfig
 from ..plugins.hookspecs import RegisterBackend, hookimpl
 from ..types import AudioResponse, EmotionMethod, HealthReport, SynthesisRequest
 from .base import Backend, BackendContext, Capabilities
-from .http import (FOLLOW_REDIRECTS, client_timeout, iter_body, mapped_errors, raise_for_status, read_prefix,
-                   releaser, request_headers, what_failed)
+from .http import (
+    FOLLOW_REDIRECTS,
+    client_timeout,
+    iter_body,
+    mapped_errors,
+    raise_for_status,
+    read_prefix,
+    releaser,
+    request_headers,
+    what_failed,
+)
 
 ALL_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
 

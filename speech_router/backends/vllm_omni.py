@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..errors import BackendFailed
 from ..config.models import EndpointConfig
+from ..errors import BackendFailed
 from ..plugins.hookspecs import RegisterBackend, hookimpl
 from ..types import AudioResponse, HealthReport, SynthesisRequest
 from .base import Backend, BackendContext, Capabilities

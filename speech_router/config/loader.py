@@ -19,9 +19,9 @@ from pydantic import ValidationError
 from ..errors import ConfigError, ConfigIssue
 from .datadir import default_voice_directory
 from .locations import YamlLines, format_loc
-from .yamlfile import config_text, duplicate_keys
 from .messages import did_you_mean, user_message
 from .models import DEFAULT_VOICE_DIR, STATE_URL_ENV, PoolConfig, Settings, StateConfig, VoiceConfig
+from .yamlfile import config_text, duplicate_keys
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..audio import InvalidAudio
-from ..errors import (BackendError, BackendFailed, BackendOverloaded, BackendRejected, BackendTimeout,
-                      BackendUnavailable, DeadlineExceeded, QueueFull, QueueTimeout, Unavailable)
+from ..errors import (
+    BackendError,
+    BackendFailed,
+    BackendOverloaded,
+    BackendRejected,
+    BackendTimeout,
+    BackendUnavailable,
+    DeadlineExceeded,
+    QueueFull,
+    QueueTimeout,
+    Unavailable,
+)
 from ..types import AudioResponse, SynthesisRequest
 from .body import ReadAhead, read_head, replay
 from .clock import Clock

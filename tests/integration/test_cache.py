@@ -125,8 +125,8 @@ def _no_retry(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_the_fan_out_settings_are_part_of_the_response_key(registry):
-    from speech_router.cache.speech import SpeechCache
     from speech_router.cache import AudioCache
+    from speech_router.cache.speech import SpeechCache
     from speech_router.config.loader import settings_from_dict
     from speech_router.metrics import Metrics
     from speech_router.types import SynthesisRequest

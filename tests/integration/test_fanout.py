@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from speech_router.emulator import audio as emu_audio
 from speech_router.text.segment import split_segments
 from tests.conftest import fleet_config
-from speech_router.emulator import audio as emu_audio
 
 SENTENCES = [  # every pair is longer than MAX_SEGMENT: one sentence per segment, each of its own length
     "The old lighthouse keeper climbed the stairs at dusk.",

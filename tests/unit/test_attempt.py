@@ -10,8 +10,8 @@ import pytest
 
 from speech_router.audio.validate import check_audio
 from speech_router.backends.base import Backend, BackendContext
-from speech_router.emulator import audio
 from speech_router.config.models import EndpointConfig, PoolConfig
+from speech_router.emulator import audio
 from speech_router.errors import BackendFailed, BackendRejected
 from speech_router.router.attempt import AttemptLoop
 from speech_router.router.endpoint import Endpoint
