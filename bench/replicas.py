@@ -193,7 +193,7 @@ def hot_run(bench: Bench) -> dict[str, Any]:
                         "p50": statistics.median(g["p50"] for g in got),
                         "cpu_ms": statistics.median(g["cpu_ms"] for g in got),
                         "errors": sum(g["errors"] for g in got), "count": sum(g["count"] for g in got)}
-                added = sorted(b["p50"] - a["p50"] for a, b in zip(runs["alone"], runs["store"]))
+                added = sorted(b["p50"] - a["p50"] for a, b in zip(runs["alone"], runs["store"], strict=False))
                 results[f"added:{label}:{concurrency}"] = {"median": statistics.median(added), "low": added[0],
                                                            "high": added[-1]}
     finally:

@@ -95,7 +95,7 @@ def test_segments_are_cached_and_reused_by_another_text(nodes, router):
     reuse = " ".join([SENTENCES[1], SENTENCES[2], SENTENCES[5]])  # two known sentences and a new one
     second = post(r.url, SPEECH, speech(reuse))
     assert second.status == 200 and second.headers["x-speech-router-cache"] == "miss"
-    asked = [body["text"] for node, n in zip((a, b), before) for _, body in node.requests[n:]]
+    asked = [body["text"] for node, n in zip((a, b), before, strict=True) for _, body in node.requests[n:]]
     assert asked == [SENTENCES[5]]  # only the new sentence was synthesized
     assert metric(r.url, "speech_router_segments_total", model="cached", outcome="cached") == 2
     assert metric(r.url, "speech_router_cache_lookups_total", model="cached", kind="segment", result="hit") == 2
