@@ -40,8 +40,8 @@ def excess(samples: list[Sample], load: LoadConfig, fleet: dict[str, Any], seed:
     router and HTTP): median and p99; and whether the samples are the planned requests (count and lengths)."""
     planned = service_times(load, fleet, seed)
     matched = len(samples) == len(planned) and all(
-        abs(s.due - p[0]) < 1e-9 and s.chars == p[1] for s, p in zip(samples, planned))
+        abs(s.due - p[0]) < 1e-9 and s.chars == p[1] for s, p in zip(samples, planned, strict=True))
     if not matched:
         return {"matched": False}
-    extra = [s.latency - p[2] for s, p in zip(samples, planned) if s.outcome == "ok"]
+    extra = [s.latency - p[2] for s, p in zip(samples, planned, strict=True) if s.outcome == "ok"]
     return {"matched": True, "p50": percentile(extra, 50), "p99": percentile(extra, 99)}

@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._procs import HOST, START_TIMEOUT_S, Child, free_port
-from bench._routing_env import (CpuMeter, children_of, fleet_argv, router_yaml, start_fleet, start_router,
-                                wait_quiet)
+from bench._routing_env import CpuMeter, children_of, fleet_argv, router_yaml, start_fleet, start_router, wait_quiet
 from bench.loadgen import LoadConfig, run_load
 
 WAV_BYTES = 240_000
@@ -124,7 +123,8 @@ def run_wrk(url: str, script: Path, concurrency: int, duration: float) -> dict[s
         raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stdout}\n{proc.stderr}")
     v = match.group(1).split()
     requests, dur_us = int(v[0]), int(v[1])
-    errors = {k: int(x) for k, x in zip(("connect", "read", "write", "status", "timeout"), v[3:8]) if int(x)}
+    errors = {k: int(x) for k, x in zip(("connect", "read", "write", "status", "timeout"), v[3:8], strict=False)
+              if int(x)}
     client_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     return {"requests": requests, "rps": requests / (dur_us / 1e6), "bytes": int(v[2]), "errors": errors,
             "p50": int(v[8]) / 1e6, "p90": int(v[9]) / 1e6, "p99": int(v[10]) / 1e6, "mean": float(v[11]) / 1e6,

@@ -249,7 +249,7 @@ def _rotation(run: dict[str, Any], since: float, until: float) -> tuple[int | No
     if not polls:
         return None, 0.0
     counts = [(t, sum(1 for e in eps.values() if e["state"] in ("up", "unknown"))) for t, eps in polls]
-    gaps = [b[0] - a[0] for a, b in zip(counts, counts[1:]) if a[1] == 0]
+    gaps = [b[0] - a[0] for a, b in zip(counts, counts[1:], strict=False) if a[1] == 0]
     return min(c for _, c in counts), sum(gaps)
 
 
@@ -286,7 +286,7 @@ def section_d(d: dict[str, Any], fleet_cmd: str, args: dict[str, Any]) -> list[s
     edges = [0.0, t1, t2, math.inf]
     for policy, run in runs.items():
         s, phases, pm = run["summary"], run["phases"], run["phase_metrics"]
-        rot = [_rotation(run, a, b) for a, b in zip(edges, edges[1:])]
+        rot = [_rotation(run, a, b) for a, b in zip(edges, edges[1:], strict=False)]
         out.append(
             f"| {_policy(policy, run)} | {s['count']} | **{' / '.join(str(p['errors']) for p in phases)}** | "
             f"{_kinds(s['error_kinds']) or '-'} | {' / '.join(ms(p['p50']) + ', ' + ms(p['p99']) for p in phases)} | "
@@ -299,7 +299,7 @@ def section_d(d: dict[str, Any], fleet_cmd: str, args: dict[str, Any]) -> list[s
     if "full" in runs:
         run = runs["full"]
         after = run["phases"][-1]
-        none = sum(_rotation(run, a, b)[1] for a, b in zip(edges, edges[1:]))
+        none = sum(_rotation(run, a, b)[1] for a, b in zip(edges, edges[1:], strict=False))
         out += [f"Targets (full policy): zero errors once capacity is back ({names[2]}): "
                 f"{_verdict(after['errors'] == 0)} ({after['errors']} of {after['count']}). No breaker locks the "
                 f"pool out (never no endpoint in rotation, all up at the end): "
@@ -309,7 +309,7 @@ def section_d(d: dict[str, Any], fleet_cmd: str, args: dict[str, Any]) -> list[s
         out.append(f"- {policy}: " + " | ".join(
             f"{n}: { {k: int(v) for k, v in m['attempts'].items()} }, queue rejections "
             f"{ {k: int(v) for k, v in m['queue_rejections'].items()} or 0}"
-            for n, m in zip(names, run["phase_metrics"])))
+            for n, m in zip(names, run["phase_metrics"], strict=False)))
     out.append("")
     return out
 

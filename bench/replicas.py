@@ -40,8 +40,18 @@ from typing import Any
 import yaml
 
 from bench._procs import Child, cpu_model, free_port, stopped_on_exit
-from bench._replicas_env import (METERED_KEY, PER_MINUTE, PLAIN_KEY, Replicas, cache_hits, closed_loop, node_peaks,
-                                 rate_limited, replica_yaml, start_store)
+from bench._replicas_env import (
+    METERED_KEY,
+    PER_MINUTE,
+    PLAIN_KEY,
+    Replicas,
+    cache_hits,
+    closed_loop,
+    node_peaks,
+    rate_limited,
+    replica_yaml,
+    start_store,
+)
 from bench._routing_env import FleetProc, fleet_argv, proc_cpu, start_fleet
 from bench._routing_floor import floor
 from bench.loadgen import LoadConfig, LoadResult, percentile, run_load
@@ -183,7 +193,7 @@ def hot_run(bench: Bench) -> dict[str, Any]:
                         "p50": statistics.median(g["p50"] for g in got),
                         "cpu_ms": statistics.median(g["cpu_ms"] for g in got),
                         "errors": sum(g["errors"] for g in got), "count": sum(g["count"] for g in got)}
-                added = sorted(b["p50"] - a["p50"] for a, b in zip(runs["alone"], runs["store"]))
+                added = sorted(b["p50"] - a["p50"] for a, b in zip(runs["alone"], runs["store"], strict=False))
                 results[f"added:{label}:{concurrency}"] = {"median": statistics.median(added), "low": added[0],
                                                            "high": added[-1]}
     finally:

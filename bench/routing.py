@@ -48,8 +48,21 @@ from typing import Any
 
 from bench._previous import PREVIOUS_REV, RouterImpl, export, router_at
 from bench._procs import Child, free_port, stopped_on_exit
-from bench._routing_env import (POLICIES, PREVIOUS_POLICIES, CpuMeter, FleetProc, RouterProc, by_label, fleet_argv,
-                                histogram_quantile, metrics_delta, router_yaml, start_fleet, start_router, wait_quiet)
+from bench._routing_env import (
+    POLICIES,
+    PREVIOUS_POLICIES,
+    CpuMeter,
+    FleetProc,
+    RouterProc,
+    by_label,
+    fleet_argv,
+    histogram_quantile,
+    metrics_delta,
+    router_yaml,
+    start_fleet,
+    start_router,
+    wait_quiet,
+)
 from bench._routing_floor import excess, floor
 from bench._routing_overhead import run_overhead
 from bench._routing_report import write_report
@@ -148,7 +161,8 @@ class Bench:
                 "load_command": load.command(), "router_config": config, "fleet_argv": fleet.argv,
                 "events": list(events), "event_log": measured["event_log"],
                 "phases": _phases(result, cuts), "metrics": _router_stats(delta),
-                "phase_metrics": [_router_stats(metrics_delta(a, b)) for a, b in zip(snapshots, snapshots[1:])],
+                "phase_metrics": [_router_stats(metrics_delta(a, b))
+                                  for a, b in zip(snapshots, snapshots[1:], strict=False)],
                 "by_node": _by_node(result), "queue_waits": _queue_waits(snapshots),
                 "excess": excess(result.samples, load, fleet_spec, args.seed),
                 "samples": [(s.due, s.latency, s.outcome, s.chars, s.served_by) for s in result.samples],
@@ -213,7 +227,7 @@ async def _measured(load: LoadConfig, fleet: FleetProc, router: RouterProc,
 def _queue_waits(snapshots: list[dict[Any, float]]) -> list[dict[str, float]]:
     """Mean and p99 bucket of the router's queue wait between consecutive snapshots."""
     out = []
-    for before, after in zip(snapshots, snapshots[1:]):
+    for before, after in zip(snapshots, snapshots[1:], strict=False):
         delta = metrics_delta(before, after)
         count = sum(v for (n, _), v in delta.items() if n == "speech_router_queue_wait_seconds_count")
         total = sum(v for (n, _), v in delta.items() if n == "speech_router_queue_wait_seconds_sum")
@@ -227,7 +241,7 @@ def _phases(result: LoadResult, cuts: list[float]) -> list[dict[str, Any]]:
         return []
     edges = [0.0, *cuts, math.inf]
     return [{"from": a, "to": b if b != math.inf else result.config.duration, **result.summary(a, b)}
-            for a, b in zip(edges, edges[1:])]
+            for a, b in zip(edges, edges[1:], strict=False)]
 
 
 def _by_node(result: LoadResult) -> dict[str, Any]:

@@ -171,7 +171,7 @@ def hooks_cost(repeats: int = 5, number: int = 2000) -> dict[str, float]:
                                              processor=BatchSpanProcessor(Drop()))
     out = {}
     for name, traced in variants.items():
-        best = min(timeit_once(lambda: one(traced), number) for _ in range(repeats))
+        best = min(timeit_once(lambda traced=traced: one(traced), number) for _ in range(repeats))
         out[name] = 1e6 * best / number
     for traced in variants.values():
         if traced is not None:

@@ -277,9 +277,9 @@ def _print_table(rows: list[dict[str, Any]], cols: list[str] | None = None) -> N
     cols = cols or ["pool", "name", "type", "url", "state", "inflight", "max_concurrency", "detail"]
     table = [[str(r.get(c) if r.get(c) is not None else "-") for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in table)) if table else len(c) for i, c in enumerate(cols)]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths)))
+    print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True)))
     for row in table:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
 
 
 if __name__ == "__main__":

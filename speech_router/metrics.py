@@ -10,10 +10,18 @@ from __future__ import annotations
 
 import platform
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector,
-                               disable_created_metrics, generate_latest)
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_LATEST
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 
 disable_created_metrics()
@@ -24,6 +32,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 
 GAP_BUCKETS = (0, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+#: what /metrics answers when the scraper asks for OpenMetrics (Prometheus does: it carries exemplars)
+OPENMETRICS_CONTENT_TYPE = OPENMETRICS_LATEST
 
 
 class Metrics:

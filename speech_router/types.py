@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from .logs import REDACTOR
 
 AudioChunks = AsyncIterator[bytes]
+
+
+@runtime_checkable
+class AsyncClosable(Protocol):
+    """What can be closed before its end: an async generator, ``router.body.ReadAhead``."""
+
+    def aclose(self) -> Awaitable[None]: ...
+
+
+async def aclose_chunks(chunks: AudioChunks) -> None:
+    """Stop ``chunks`` early, giving its endpoint's connection back; an iterator without ``aclose`` (a plugin's
+    own) has nothing to give back."""
+    if isinstance(chunks, AsyncClosable):
+        await chunks.aclose()
 
 
 class EmotionMethod(enum.IntEnum):
@@ -79,7 +93,7 @@ class AudioResponse:
     sample_rate: int | None = None
     content_type: str | None = None
     content_length: int | None = None
-    close: Any = None  # Callable[[], Awaitable[None]] | None
+    close: Callable[[], Awaitable[None]] | None = None
 
     async def aclose(self) -> None:
         if self.close is not None:

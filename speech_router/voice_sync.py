@@ -27,10 +27,10 @@ from typing import Any, Protocol, runtime_checkable
 
 from .config.models import Settings
 from .metrics import Metrics
-from .voices.params import is_router_voice, node_voice_name
-from .voices.store import VoiceRecord, store_for
 from .router.endpoint import Endpoint
 from .router.events import RouterListener
+from .voices.params import is_router_voice, node_voice_name
+from .voices.store import VoiceRecord, store_for
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ import pytest
 from speech_router.api.app import create_app
 from speech_router.config.loader import settings_from_dict
 from speech_router.edge import EdgeLimits, uvicorn_options
-from speech_router.plugins.manager import backend_registry, create_plugin_manager
 from speech_router.emulator.index_tts_vllm import EmulatorConfig
 from speech_router.emulator.index_tts_vllm import create_app as create_node_app
 from speech_router.emulator.serve import ServerHandle
+from speech_router.plugins.manager import backend_registry, create_plugin_manager
 
 
 def pytest_configure(config: pytest.Config) -> None:

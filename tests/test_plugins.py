@@ -9,10 +9,9 @@ import wave
 
 import pytest
 
-from tests.conftest import openai_client
-
 from speech_router.plugins import hookspecs
 from speech_router.plugins.manager import DEFAULT_PLUGINS, backend_registry, create_plugin_manager
+from tests.conftest import openai_client
 from tests.plugins import tone_plugin
 
 

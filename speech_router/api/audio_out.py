@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ..audio import FORMATS, FormatUnavailable, InvalidAudio, StreamEncoder, WavStreamParser, make_encoder, output_rate
 from ..audio.validate import max_audio_seconds
 from ..errors import BackendFailed, DeadlineExceeded, FormatNotAvailable, RequestInvalid
-from ..types import AudioResponse
+from ..types import AudioResponse, aclose_chunks
 
 #: encoders cheap enough to run on the event loop; the others run in a worker thread
 _INLINE = {"wav", "pcm"}
@@ -83,7 +83,7 @@ async def audio_body(resp: AudioResponse, fmt: str, sample_rate: int | None, met
             yield out
     finally:  # give the endpoint's slot back now, also when the client went away early
         with contextlib.suppress(Exception):
-            await resp.chunks.aclose()  # type: ignore[attr-defined]
+            await aclose_chunks(resp.chunks)
 
 
 async def _convert(resp: AudioResponse, fmt: str, sample_rate: int | None, meter: AudioMeter,
@@ -192,7 +192,7 @@ async def within_deadline(body: AsyncIterator[bytes], deadline: float, clock: Ca
                 raise DeadlineExceeded("the request deadline passed while the answer was being sent")
             try:
                 async with asyncio.timeout(remaining):
-                    chunk = await anext(body)  # type: ignore[call-overload]
+                    chunk = await anext(body)
             except StopAsyncIteration:
                 return
             except TimeoutError:
@@ -200,7 +200,7 @@ async def within_deadline(body: AsyncIterator[bytes], deadline: float, clock: Ca
             yield chunk
     finally:
         with contextlib.suppress(Exception):
-            await body.aclose()  # type: ignore[attr-defined]
+            await aclose_chunks(body)
 
 
 def sse_error(message: str) -> bytes:

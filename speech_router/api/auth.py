@@ -34,7 +34,7 @@ from typing import Literal, Protocol
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..config.loader import format_loc
+from ..config.locations import format_loc
 from ..config.messages import user_message
 from ..config.models import Settings
 from ..errors import ConfigError, ConfigIssue

@@ -51,7 +51,7 @@ def file_response(request: Request, path: Path, content_type: str, etag: str) ->
     wanted = request.headers.get("range")
     if_range = request.headers.get("if-range")
     chosen = parse_range(wanted, size) if if_range is None or if_range == etag else None
-    if chosen is False:
+    if chosen is False and wanted is not None:  # (only a header can be unsatisfiable)
         handle.close()
         return openai_error(416, f"Range {wanted[:64]!r} is outside the file's {size} bytes.", param="Range",
                             code="range_not_satisfiable", headers={"content-range": f"bytes */{size}"})

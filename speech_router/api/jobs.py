@@ -18,6 +18,7 @@ from ..config.models import FanoutConfig, Settings
 from ..errors import RequestInvalid
 from ..jobs.model import ItemSpec, JobSpec, NewJob
 from ..jobs.service import Jobs, estimate_bytes
+from ..jobs.view import job_urls
 from ..text.segment import split_segments
 from ..types import SynthesisRequest
 from ..voices.resolve import resolve_voice
@@ -70,8 +71,8 @@ async def submit(request: Request) -> Response:
                 raise
             raise RequestInvalid(f"items[{i}]: {exc.message}", param=prefix + (exc.param or "input"),
                                  code=exc.code) from None
-        emotion = ItemSpec.emotion_json(sreq.emotion)
-        specs.append(ItemSpec(sreq.voice, sreq.voice_params, emotion, sreq.speed, sreq.lang))
+        specs.append(ItemSpec(sreq.voice, sreq.voice_params, ItemSpec.emotion_json(sreq.emotion), sreq.speed,
+                              sreq.lang))
         texts.append(sreq.text)
     exchange_of(request.scope).chars = chars
     fanout = settings.models[body.model].fanout
@@ -85,7 +86,7 @@ async def submit(request: Request) -> Response:
                    dict(body.metadata))
     record = await jobs.submit(NewJob(owner, body.model, spec, specs, segments, estimate))
     view = await jobs.status(owner, record.id)
-    return JSONResponse(view, status_code=202, headers={"location": f"{view['urls']['self']}"})  # type: ignore[index]
+    return JSONResponse(view, status_code=202, headers={"location": job_urls(record.id)["self"]})
 
 
 def _item_request(request: Request, state: AppState, body: JobRequest, item: JobItemRequest) -> SynthesisRequest:

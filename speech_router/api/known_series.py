@@ -12,11 +12,11 @@ latency) still appear with their first sample; docs/metrics.md says which are wh
 from __future__ import annotations
 
 from ..config.models import Settings
+from ..fanout.plan import SEGMENTING_TYPES
 from ..metrics import Metrics
 from ..router.dispatch import Router
-from ..fanout.plan import SEGMENTING_TYPES
 from ..router.outlier import Outcome
-from ..router.scheduler import PRIORITIES
+from ..router.ticket import PRIORITIES
 from .auth import MESSAGES, Authenticator
 
 #: retry reasons: the ``retry.on`` words, and the one other endpoint a possibly local client mistake gets
@@ -64,8 +64,8 @@ def create_known_series(metrics: Metrics, router: Router, settings: Settings, au
                 m.breaker_transitions.labels(name, ep.name, old, new)
     for model, config in settings.models.items():
         for pool_name in config.pools:
-            pool = router.pools.get(pool_name)
-            for ep in pool.endpoints if pool is not None else ():
+            routed = router.pools.get(pool_name)
+            for ep in routed.endpoints if routed is not None else ():
                 m.audio_seconds.labels(model, pool_name, ep.name)
                 m.characters.labels(model, pool_name, ep.name)
                 m.real_time_factor.labels(model, pool_name, ep.name)
@@ -74,8 +74,8 @@ def create_known_series(metrics: Metrics, router: Router, settings: Settings, au
             fans_out = router.route(model)[0].backend_type in SEGMENTING_TYPES
         if fans_out:
             m.fanout_requests.labels(model)
-            for outcome in SEGMENT_OUTCOMES:
-                m.segments.labels(model, outcome)
+            for segment in SEGMENT_OUTCOMES:
+                m.segments.labels(model, segment)
         if config.cache.enabled:
             for kind in CACHE_KINDS:
                 for result in CACHE_RESULTS:

@@ -92,7 +92,7 @@ class Reloader:
         if self.config_path and settings.server.watch_config:
             quiet_watchfiles()
             self._stop = asyncio.Event()
-            self._watcher = asyncio.create_task(self._watch(Path(self.config_path)))
+            self._watcher = asyncio.create_task(self._watch(Path(self.config_path), self._stop))
 
     async def stop(self) -> None:
         if self._sighup:
@@ -142,7 +142,7 @@ class Reloader:
                 parts.append(f"unreadable: {exc.errno}".encode())
         return b"\0".join(parts)
 
-    async def _watch(self, path: Path) -> None:
+    async def _watch(self, path: Path, stop: asyncio.Event) -> None:
         """Watch the files' directories, not the files: editors and Kubernetes ConfigMaps replace files (rename,
         symlink swap). Only changes to the config file, the keys file or a ConfigMap's ``..data`` count."""
         from watchfiles import awatch
@@ -156,10 +156,10 @@ class Reloader:
                 for f in self._watched(self.state.settings))
 
         try:
-            while not self._stop.is_set():  # type: ignore[union-attr]
+            while not stop.is_set():
                 files = self._watched(self.state.settings)
                 directories = sorted({str(f.parent) for f in files})
-                async for _changes in awatch(*directories, stop_event=self._stop, debounce=WATCH_DEBOUNCE_MS,
+                async for _changes in awatch(*directories, stop_event=stop, debounce=WATCH_DEBOUNCE_MS,
                                              recursive=False, watch_filter=relevant):
                     self._spawn("file")
                     if self._watched(self.state.settings) != files:

@@ -20,11 +20,11 @@ from .. import tracing
 from ..audio import FORMATS, flac
 from ..audio.validate import max_audio_seconds
 from ..cache import CachedAudio
-from ..errors import BackendError, BackendFailed, ClientDisconnected, DeadlineExceeded
 from ..cache.speech import SpeechCache
+from ..errors import BackendError, BackendFailed, ClientDisconnected, DeadlineExceeded
 from ..fanout import FannedOut
 from ..router.dispatch import Dispatched
-from ..types import AudioResponse
+from ..types import AudioResponse, aclose_chunks
 from .audio_out import AudioMeter, audio_body, passes_through, sse_error, sse_events
 from .gate import StreamAborted
 from .observe import CACHE_LABEL, Exchange
@@ -177,7 +177,7 @@ async def passed(resp: AudioResponse, meter: AudioMeter, chars: int) -> AsyncIte
             yield chunk
     finally:  # give the endpoint's slot back now, also when the client went away early
         with contextlib.suppress(Exception):
-            await chunks.aclose()  # type: ignore[attr-defined]
+            await aclose_chunks(chunks)
 
 
 def _wav_layout(head: bytes) -> tuple[int, int, int] | None:
@@ -202,7 +202,7 @@ async def one_chunk(data: bytes) -> AsyncIterator[bytes]:
 
 async def _close(body: AsyncIterator[bytes]) -> None:
     with contextlib.suppress(Exception):
-        await body.aclose()  # type: ignore[attr-defined]
+        await aclose_chunks(body)
 
 
 def finished(data: bytes, fmt: str, meter: AudioMeter) -> bytes:

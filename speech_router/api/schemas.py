@@ -112,14 +112,15 @@ class TtsUrlRequest(BaseModel):
     text: str = Field(json_schema_extra={"minLength": 1})
     spk_audio_path: str | None = Field(None, description="speaker reference audio: a path on the node (v2)")
     # absent or a list, never null: a v1 node indexes it without a None check (as a v2 node does emo_vec)
-    audio_paths: list[str] = Field(None, min_length=1, description="speaker reference paths (v1)",
+    audio_paths: list[str] = Field(default_factory=list, min_length=1, description="speaker reference paths (v1)",
                                    json_schema_extra=_absent_not_null)
     audio_path: str | None = Field(None, description="speaker reference path (v1)")
     emo_control_method: int = Field(0, ge=0, le=3, description="0 speaker audio, 1 emo_ref_path, 2 emo_vec, "
                                                                 "3 emo_text")
     emo_ref_path: str | None = None
     emo_weight: float = 1.0
-    emo_vec: list[float] = Field(None, description="8 weights (happy ... calm), each 0..1, sum at most 1.5",
+    emo_vec: list[float] = Field(default_factory=list,
+                                 description="8 weights (happy ... calm), each 0..1, sum at most 1.5",
                                  json_schema_extra=_eight_or_absent)
     emo_text: str | None = None
     emo_random: bool = False

@@ -14,8 +14,8 @@ from starlette.requests import Request
 
 from ..config.models import Settings
 from ..errors import RequestInvalid, RequestTooLarge
-from ..voices.resolve import resolve_voice
 from ..types import Emotion, EmotionMethod, SynthesisRequest
+from ..voices.resolve import resolve_voice
 from .gate import exchange_of
 from .plan import Plan
 from .schemas import (

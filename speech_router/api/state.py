@@ -14,8 +14,8 @@ from starlette.datastructures import State
 from starlette.requests import Request
 from starlette.types import Scope
 
-from ..config.models import Settings
 from ..cache.speech import SpeechCache
+from ..config.models import Settings
 from ..jobs.service import Jobs
 from ..metrics import Metrics
 from ..plugins.manager import BackendRegistry

@@ -17,9 +17,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from ..cache.speech import SpeechCache
 from ..config.models import Settings
 from ..errors import SpeechRouterError
-from ..cache.speech import SpeechCache
 from ..fanout import fan_out, plan_segments
 from ..router.dispatch import Dispatched, Router
 from ..types import SynthesisRequest

@@ -30,8 +30,8 @@ from starlette.responses import JSONResponse
 from ..config.models import Settings
 from ..errors import RequestInvalid, Unavailable
 from ..router.dispatch import Router
-from ..voices.audio import FIELD, normalize
 from ..voice_sync import AcceptsVoices, VoiceDistributor
+from ..voices.audio import FIELD, normalize
 from ..voices.form import read_upload
 from ..voices.params import node_path, voice_params
 from ..voices.shared import SharedVoices, VoicesUnavailable

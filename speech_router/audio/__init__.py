@@ -21,7 +21,9 @@ _WHERE = {
     "InvalidAudio": "wav", "PcmFormat": "wav", "WavStreamParser": "wav", "read_wav": "wav", "wav_header": "wav",
 }
 
-__all__ = sorted(_WHERE)
+#: spelt out (``_WHERE``'s keys) so type checkers and linters see what is exported
+__all__ = ["AudioFormat", "FORMATS", "FormatUnavailable", "InvalidAudio", "PcmFormat", "SUPPORTED_FORMATS",
+           "StreamEncoder", "WavStreamParser", "encode_all", "make_encoder", "output_rate", "read_wav", "wav_header"]
 
 
 def __getattr__(name: str) -> Any:

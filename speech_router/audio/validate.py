@@ -20,6 +20,7 @@ import struct
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
+from ..types import aclose_chunks
 from .wav import InvalidAudio, parse_fmt
 
 __all__ = ["MAX_SECONDS_PER_CHAR", "MIN_SECONDS_CAP", "AudioValidator", "InvalidAudio", "WavInfo", "check_audio", "check_wav_header",
@@ -128,7 +129,7 @@ class AudioValidator:
             return self.size
         return 0 if self.info is None else max(0, self.size - self.info.data_offset)
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes | bytearray | memoryview) -> None:
         self.size += len(chunk)
         if self.fmt == "wav" and self.info is None:
             self._head += chunk
@@ -185,6 +186,4 @@ async def validated_stream(chunks: AsyncIterator[bytes], validator: AudioValidat
     except InvalidAudio as exc:
         raise on_invalid(exc) from None
     finally:
-        aclose = getattr(chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await aclose_chunks(chunks)

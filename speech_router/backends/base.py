@@ -62,7 +62,8 @@ class Backend(ABC):
     """
 
     type: ClassVar[str]
-    capabilities: ClassVar[Capabilities] = Capabilities()
+    #: the type's; an endpoint may narrow its own (the formats its pool's options allow, its node's version)
+    capabilities: Capabilities = Capabilities()
 
     class Options(BaseModel):
         """Pool-level YAML keys specific to this backend type (none by default)."""
@@ -91,10 +92,10 @@ class Backend(ABC):
         """The endpoint's name, as used in logs, metric labels and response headers."""
         return self.endpoint.name or ""
 
-    async def open(self) -> None:
+    async def open(self) -> None:  # noqa: B027 - optional: most types have nothing to open
         """Acquire resources (sessions, engines). Called once before the first request."""
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional: most types have nothing to release
         """Release resources. Called once on shutdown; must not raise."""
 
     @abstractmethod

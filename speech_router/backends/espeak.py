@@ -23,12 +23,12 @@ import os
 import platform
 import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..errors import BackendFailed, BackendRejected, BackendUnavailable, RequestInvalid
-from ..plugins.hookspecs import hookimpl
+from ..plugins.hookspecs import RegisterBackend, hookimpl
 from ..types import AudioResponse, HealthReport, SynthesisRequest
 from .base import Backend, Capabilities
 from .espeak_lib import EE_OK, RATE_MINIMUM, RATE_NORMAL, Engine, EngineUnavailable
@@ -162,7 +162,7 @@ class _Job:
         else:
             self.put(_DONE)
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         try:
             while True:
                 item = await self.queue.get()
@@ -191,6 +191,8 @@ class EspeakBackend(Backend):
         #: configured voice's variant kept; see ``espeak_voices``); false: the configured voice reads it all
         detect_language: bool = True
 
+    options: Options  # this type's own keys (``Backend.options``, narrowed)
+
     def supports_voice(self, voice_params: dict[str, Any]) -> bool:
         """A voice with an ``espeak`` key, or one with no parameters at all (``default_voice`` reads it). A voice
         that names a speaker for another engine (a reference recording, a node's character, an upstream voice)
@@ -204,12 +206,12 @@ class EspeakBackend(Backend):
         text = request.text.strip()
         if not text:
             raise RequestInvalid("input is empty", param="input")
-        voice = request.voice_params.get("espeak") or self.options.default_voice  # type: ignore[attr-defined]
+        voice = request.voice_params.get("espeak") or self.options.default_voice
         if not isinstance(voice, str):
             raise BackendRejected(f"the espeak voice must be a name, got {voice!r}", endpoint=self.name, status=400)
         engine = await self._engine()
         wpm, stretch = plan_rate(request.speed, engine.can_stretch)
-        parts = plan(text, voice, lang=request.lang, detect=self.options.detect_language)  # type: ignore[attr-defined]
+        parts = plan(text, voice, lang=request.lang, detect=self.options.detect_language)
         job = _Job(parts, wpm, stretch, self.name)
         _worker().submit(job.run, engine)
         try:
@@ -243,10 +245,10 @@ class EspeakBackend(Backend):
         return state
 
     def __repr__(self) -> str:
-        voice = self.options.default_voice  # type: ignore[attr-defined]
+        voice = self.options.default_voice
         return f"EspeakBackend(name={self.name!r}, default_voice={voice!r})"
 
 
 @hookimpl(trylast=True)
-def register_backends(register: Any) -> None:
+def register_backends(register: RegisterBackend) -> None:
     register(EspeakBackend)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -198,7 +198,7 @@ async def read_prefix(resp: aiohttp.ClientResponse, endpoint: str, size: int) ->
     return data
 
 
-def releaser(resp: aiohttp.ClientResponse) -> Any:
+def releaser(resp: aiohttp.ClientResponse) -> Callable[[], Awaitable[None]]:
     """A ``close`` callable for ``AudioResponse`` that gives the connection back."""
 
     async def close() -> None:

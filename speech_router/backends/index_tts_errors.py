@@ -43,9 +43,8 @@ def node_error_text(body: str) -> str:
         data = json.loads(body)
     except ValueError:
         return body
-    if isinstance(data, dict) and isinstance(data.get("error"), str):
-        return data["error"]
-    return body
+    error = data.get("error") if isinstance(data, dict) else None
+    return error if isinstance(error, str) else body
 
 
 def last_exception(text: str) -> tuple[str, str]:

@@ -13,14 +13,26 @@ import dataclasses
 import json
 from typing import Any, Literal
 
+import aiohttp
+
 from ..audio.validate import AudioValidator, InvalidAudio, validated_stream
+from ..config.models import EndpointConfig, PoolConfig
 from ..errors import BackendError, BackendFailed, BackendRejected, RequestInvalid
-from ..plugins.hookspecs import hookimpl
+from ..plugins.hookspecs import RegisterBackend, hookimpl
 from ..types import AudioResponse, EmotionMethod, HealthReport, SynthesisRequest
 from .base import Backend, BackendContext, Capabilities
+from .http import (
+    FOLLOW_REDIRECTS,
+    client_timeout,
+    iter_body,
+    mapped_errors,
+    raise_for_status,
+    read_prefix,
+    releaser,
+    request_headers,
+    what_failed,
+)
 from .index_tts_errors import client_mistake
-from .http import (FOLLOW_REDIRECTS, client_timeout, iter_body, mapped_errors, raise_for_status, read_prefix,
-                   releaser, request_headers, what_failed)
 
 #: the most of a ``/health`` answer read (a node could send any amount)
 HEALTH_BODY_BYTES = 64 * 1024
@@ -38,15 +50,20 @@ class IndexTtsVllmBackend(Backend):
     class Options(Backend.Options):
         api: Literal["v2", "v1"] = "v2"
 
-    def __init__(self, endpoint: Any, options: Options, context: BackendContext) -> None:
+    def __init__(self, endpoint: EndpointConfig, options: Options, context: BackendContext) -> None:
         super().__init__(endpoint, options, context)
         self.api = options.api
         if self.api == "v1":
             self.capabilities = dataclasses.replace(self.capabilities, emotion=False)
-        self.url = endpoint.url
+        self._url = endpoint.url or ""  # the config requires one (``needs_url``)
 
     @property
-    def _session(self) -> Any:
+    def url(self) -> str:
+        """The node's base URL (``indextts2-local``: its worker's, which changes when the worker restarts)."""
+        return self._url
+
+    @property
+    def _session(self) -> aiohttp.ClientSession:
         assert self.context.sessions is not None, "index-tts-vllm backends need the shared HTTP sessions"
         return self.context.sessions.get(self.context.pool_name, self.context.pool)
 
@@ -152,16 +169,17 @@ class IndexTtsVllmBackend(Backend):
             async with self._session.get(self.url + "/audio/voices", timeout=_health_timeout(self.context.pool),
                                          allow_redirects=FOLLOW_REDIRECTS) as r:
                 await raise_for_status(r, self.name)
-                return await r.json(content_type=None)
+                voices = await r.json(content_type=None)
+        if not isinstance(voices, dict):
+            raise BackendFailed(f"endpoint {self.name} sent a voice list that is not a JSON object", endpoint=self.name)
+        return voices
 
 
-def _health_timeout(pool: Any) -> Any:
-    import aiohttp
-
+def _health_timeout(pool: PoolConfig) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=pool.health_check.timeout)
 
 
 
 @hookimpl(trylast=True)
-def register_backends(register: Any) -> None:
+def register_backends(register: RegisterBackend) -> None:
     register(IndexTtsVllmBackend)

@@ -38,14 +38,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ..config.models import EndpointConfig, PoolConfig
 from ..errors import BackendError, BackendTimeout, BackendUnavailable, ConfigError, ConfigIssue
-from ..plugins.hookspecs import hookimpl
+from ..plugins.hookspecs import RegisterBackend, hookimpl
+from ..text.language import request_lang
 from ..types import AudioResponse, HealthReport, SynthesisRequest
 from ..worker import DEFAULT_WARMUP_TEXT
 from ..worker.checkpoint import detect
 from ..worker.supervisor import Supervisor, Ticket, WorkerSpec
 from .base import Backend, BackendContext, Capabilities
 from .index_tts_vllm import IndexTtsVllmBackend
-from ..text.language import request_lang
 from .indextts25 import SPEED_RANGE_25, Version, VersionOption, duration_factor
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,8 @@ class IndexTts2LocalBackend(IndexTtsVllmBackend):
                 raise ValueError("devices must be different")
             return value
 
+    options: Options  # this type's own keys (``Backend.options``, narrowed)
+
     @classmethod
     def expand_endpoints(cls, pool_name: str, pool: PoolConfig,
                          options: BaseModel) -> list[tuple[EndpointConfig, BaseModel]]:
@@ -129,7 +131,7 @@ class IndexTts2LocalBackend(IndexTtsVllmBackend):
         return [(EndpointConfig(name=f"{pool_name}-{device}", max_concurrency=limit),
                  options.model_copy(update={"devices": [device]})) for device in options.devices]
 
-    def __init__(self, endpoint: Any, options: Options, context: BackendContext) -> None:
+    def __init__(self, endpoint: EndpointConfig, options: Options, context: BackendContext) -> None:
         Backend.__init__(self, endpoint, options, context)
         self.api = "v2"
         self.device = options.devices[0]
@@ -157,7 +159,7 @@ class IndexTts2LocalBackend(IndexTtsVllmBackend):
         return f"{type(self).__name__}(name={self.name!r}, device={self.device!r}, state={self.supervisor.state!r})"
 
     def worker_command(self) -> list[str]:
-        o: IndexTts2LocalBackend.Options = self.options  # type: ignore[assignment]
+        o = self.options
         model_dir = _local_path(o.model_dir)
         cmd = [o.python or sys.executable, "-m", "speech_router.worker", "indextts2", "--model-dir", model_dir,
                "--cfg-path", _local_path(o.cfg_path) if o.cfg_path else os.path.join(model_dir, "config.yaml"),
@@ -175,7 +177,7 @@ class IndexTts2LocalBackend(IndexTtsVllmBackend):
         return cmd
 
     def worker_env(self) -> dict[str, str]:
-        o: IndexTts2LocalBackend.Options = self.options  # type: ignore[assignment]
+        o = self.options
         env = {**os.environ, **o.env, "PYTHONUNBUFFERED": "1"}
         root = _source_root()
         if o.python is None and root is not None:  # a checkout: the worker runs this same speech_router
@@ -270,5 +272,5 @@ def _local_path(path: str) -> str:
 
 
 @hookimpl(trylast=True)
-def register_backends(register: Any) -> None:
+def register_backends(register: RegisterBackend) -> None:
     register(IndexTts2LocalBackend)

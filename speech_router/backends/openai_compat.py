@@ -9,13 +9,24 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
 from pydantic import Field
 
-from ..plugins.hookspecs import hookimpl
+from ..config.models import EndpointConfig
+from ..plugins.hookspecs import RegisterBackend, hookimpl
 from ..types import AudioResponse, EmotionMethod, HealthReport, SynthesisRequest
 from .base import Backend, BackendContext, Capabilities
-from .http import (FOLLOW_REDIRECTS, client_timeout, iter_body, mapped_errors, raise_for_status, read_prefix,
-                   releaser, request_headers, what_failed)
+from .http import (
+    FOLLOW_REDIRECTS,
+    client_timeout,
+    iter_body,
+    mapped_errors,
+    raise_for_status,
+    read_prefix,
+    releaser,
+    request_headers,
+    what_failed,
+)
 
 ALL_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
 
@@ -35,7 +46,9 @@ class OpenAICompatBackend(Backend):
         #: health check path under the base URL (``models`` -> GET <url>/models); empty disables
         health_path: str = "models"
 
-    def __init__(self, endpoint: Any, options: Options, context: BackendContext) -> None:
+    options: Options  # this type's own keys (``Backend.options``, narrowed)
+
+    def __init__(self, endpoint: EndpointConfig, options: Options, context: BackendContext) -> None:
         super().__init__(endpoint, options, context)
         import dataclasses
 
@@ -43,7 +56,7 @@ class OpenAICompatBackend(Backend):
         self.url = endpoint.url
 
     @property
-    def _session(self) -> Any:
+    def _session(self) -> aiohttp.ClientSession:
         assert self.context.sessions is not None
         return self.context.sessions.get(self.context.pool_name, self.context.pool)
 
@@ -51,7 +64,7 @@ class OpenAICompatBackend(Backend):
         return True  # the public voice name is forwarded when no ``openai_voice`` is configured
 
     def request_body(self, request: SynthesisRequest) -> dict[str, Any]:
-        opts: OpenAICompatBackend.Options = self.options  # type: ignore[assignment]
+        opts = self.options
         fmt = request.response_format if request.response_format in self.capabilities.formats else "wav"
         body: dict[str, Any] = {
             "model": opts.model or request.model,
@@ -85,11 +98,9 @@ class OpenAICompatBackend(Backend):
                              close=releaser(resp))
 
     async def health(self) -> HealthReport:
-        opts: OpenAICompatBackend.Options = self.options  # type: ignore[assignment]
+        opts = self.options
         if not opts.health_path:
             return HealthReport(True, "health checks disabled")
-        import aiohttp
-
         pool = self.context.pool
         try:
             with mapped_errors(self.name):
@@ -107,5 +118,5 @@ class OpenAICompatBackend(Backend):
 
 
 @hookimpl(trylast=True)
-def register_backends(register: Any) -> None:
+def register_backends(register: RegisterBackend) -> None:
     register(OpenAICompatBackend)

@@ -29,13 +29,14 @@ import logging
 import re
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from ..config.models import EndpointConfig
 from ..errors import BackendFailed
-from ..plugins.hookspecs import hookimpl
+from ..plugins.hookspecs import RegisterBackend, hookimpl
 from ..types import AudioResponse, HealthReport, SynthesisRequest
 from .base import Backend, BackendContext, Capabilities
 from .http import FOLLOW_REDIRECTS, iter_body, mapped_errors, raise_for_status, read_prefix, releaser, request_headers
@@ -44,6 +45,9 @@ from .indextts25 import SPEED_RANGE_25, Version, VersionOption
 from .vllm_omni_refs import REFERENCE_FILES, URL_SCHEMES, node_file_url
 from .vllm_omni_request import NODE_FORMATS, node_request
 from .vllm_omni_sse import is_sse, sse_audio
+
+if TYPE_CHECKING:
+    from ..router.dispatch import Router
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +92,9 @@ class VllmOmniBackend(Backend):
         allowed_media_path: str | None = None
         stream: bool = False
 
-    def __init__(self, endpoint: Any, options: Options, context: BackendContext) -> None:
+    options: Options  # this type's own keys (``Backend.options``, narrowed)
+
+    def __init__(self, endpoint: EndpointConfig, options: Options, context: BackendContext) -> None:
         super().__init__(endpoint, options, context)
         self.url = (endpoint.url or "").rstrip("/")
         self.model = options.model
@@ -201,7 +207,7 @@ class VllmOmniBackend(Backend):
 
     def _detected(self, cards: list[dict[str, Any]]) -> Version | None:
         """The version named by the served model (``...2.5``, ``..._2_5``), when the pool leaves it to us."""
-        opts: VllmOmniBackend.Options = self.options  # type: ignore[assignment]
+        opts = self.options
         if opts.version != "auto" or not cards:
             return None
         names = " ".join(f"{c.get('id', '')} {c.get('root', '')}" for c in cards)
@@ -284,12 +290,12 @@ class VllmOmniBackend(Backend):
 
 
 @hookimpl(trylast=True)
-def register_backends(register: Any) -> None:
+def register_backends(register: RegisterBackend) -> None:
     register(VllmOmniBackend)
 
 
 @hookimpl
-async def startup(router: Any) -> None:
+async def startup(router: Router) -> None:
     """Read every voice's ``ref_audio_file`` once when a vllm-omni pool may send it, so a bad file shows now."""
     if not any(cfg.type == VllmOmniBackend.type for cfg in router.settings.pools.values()):
         return

@@ -26,7 +26,6 @@ import os
 import posixpath
 from dataclasses import dataclass
 
-
 from ..errors import Unavailable
 from ..voices.audio import MAX_REFERENCE_FILE_BYTES, check_reference_file
 

@@ -27,8 +27,8 @@ import math
 from dataclasses import dataclass
 
 from ..errors import RequestInvalid
-from ..types import Emotion, EmotionMethod, SynthesisRequest
 from ..text.language import request_lang
+from ..types import Emotion, EmotionMethod, SynthesisRequest
 from .indextts25 import Version, duration_factor
 from .vllm_omni_refs import ReferenceUnavailable, node_file_url, reference_url
 

@@ -15,13 +15,12 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 from .. import tracing
 from ..audio.validate import InvalidAudio, check_audio
 from ..config.models import Settings
 from ..metrics import Metrics
-from ..types import SynthesisRequest
+from ..types import AudioChunks, SynthesisRequest, aclose_chunks
 from .entry import CachedAudio
 from .key import cache_key
 from .store import AudioCache
@@ -137,10 +136,8 @@ def _valid(entry: CachedAudio, chars: int) -> bool:
     return True
 
 
-async def _aclose(body: Any) -> None:
-    aclose = getattr(body, "aclose", None)
-    if aclose is not None:
-        try:
-            await aclose()
-        except Exception:  # noqa: BLE001
-            pass
+async def _aclose(body: AudioChunks) -> None:
+    try:
+        await aclose_chunks(body)
+    except Exception:  # noqa: BLE001
+        pass

@@ -53,10 +53,10 @@ def _key_variables(data: Mapping[str, Any], env: Mapping[str, str]) -> list[Issu
     """``api_key_env`` names a variable that must be set: without it requests would go out with no key."""
     issues = []
     for name, pool in _pools(data):
-        endpoints = pool.get("endpoints") if isinstance(pool.get("endpoints"), list) else []
-        places = [(("pools", name, "api_key_env"), pool.get("api_key_env"))]
+        endpoints = pool.get("endpoints")
+        places: list[tuple[tuple[Any, ...], Any]] = [(("pools", name, "api_key_env"), pool.get("api_key_env"))]
         places += [(("pools", name, "endpoints", i, "api_key_env"), _mapping(ep).get("api_key_env"))
-                   for i, ep in enumerate(endpoints)]
+                   for i, ep in enumerate(endpoints if isinstance(endpoints, list) else [])]
         for loc, var in places:
             if isinstance(var, str) and var and not env.get(var):
                 issues.append((loc, f"environment variable {var} is not set (the key sent to this pool's endpoints)"))

@@ -19,9 +19,9 @@ from pydantic import ValidationError
 from ..errors import ConfigError, ConfigIssue
 from .datadir import default_voice_directory
 from .locations import YamlLines, format_loc
-from .yamlfile import config_text, duplicate_keys
 from .messages import did_you_mean, user_message
 from .models import DEFAULT_VOICE_DIR, STATE_URL_ENV, PoolConfig, Settings, StateConfig, VoiceConfig
+from .yamlfile import config_text, duplicate_keys
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,11 @@ OPENAI_MODEL_NAMES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 #: without a config file: where long-form jobs are kept (unset: jobs are off)
 JOBS_DIR_VARIABLE = "SPEECH_ROUTER_JOBS_DIR"
 
+#: a problem found in the raw tree: where (its keys and indexes) and what
+Issue = tuple[tuple[Any, ...], str]
 
-def expand_env(value: Any, env: Mapping[str, str], loc: tuple[Any, ...] = (), issues: list | None = None) -> Any:
+
+def expand_env(value: Any, env: Mapping[str, str], loc: tuple[Any, ...] = (), issues: list[Issue] | None = None) -> Any:
     """Expand ``${VAR}`` and ``${VAR:-default}`` in every string; ``$$`` is a literal ``$``."""
     if issues is None:
         issues = []
@@ -175,16 +178,18 @@ def _without_follow_ons(raw: list[tuple[tuple[Any, ...], str]],
     return out
 
 
-def check_references(data: dict[str, Any], registry: Any) -> list[tuple[tuple[Any, ...], str]]:
+def _dict(value: Any) -> dict[Any, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def check_references(data: dict[str, Any], registry: Any) -> list[Issue]:
     """Checks that span fields: routes name pools, types exist, options fit the type, endpoint URLs fit the
     type, voice keys are known.
 
     They read the raw tree, so they run (and report) even when other parts of the file are invalid.
     """
     issues: list[tuple[tuple[Any, ...], str]] = []
-    pools = data.get("pools") if isinstance(data.get("pools"), dict) else {}
-    models = data.get("models") if isinstance(data.get("models"), dict) else {}
-    voice_names = data.get("voices") if isinstance(data.get("voices"), dict) else {}
+    pools, models, voice_names = _dict(data.get("pools")), _dict(data.get("models")), _dict(data.get("voices"))
     for model, route in models.items():
         substitute = route.get("fallback_voice") if isinstance(route, dict) else None
         if isinstance(substitute, str) and substitute not in voice_names:
@@ -202,8 +207,7 @@ def check_references(data: dict[str, Any], registry: Any) -> list[tuple[tuple[An
         if isinstance(pool, dict) and isinstance(pool.get("type"), str):
             issues.extend(_check_pool(name, pool, registry))
     voice_keys = {key for cls in registry.types.values() for key in cls.capabilities.voice_keys}
-    voices = data.get("voices") if isinstance(data.get("voices"), dict) else {}
-    for voice, cfg in voices.items():
+    for voice, cfg in voice_names.items():
         for key in cfg if isinstance(cfg, dict) else ():
             if key not in voice_keys and key not in VoiceConfig.model_fields:
                 known = ", ".join(sorted(voice_keys))

@@ -14,9 +14,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel
+from pydantic_core import ErrorDetails
 
 
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
+def did_you_mean(word: object, choices: Iterable[object]) -> str:
     """`` (did you mean 'endpoints'?)`` for the closest choice, or ``""`` when none is close."""
     close = difflib.get_close_matches(str(word), sorted({str(c) for c in choices}), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -55,7 +56,7 @@ def keys_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
 _EXPECTED = re.compile(r"'([^']*)'")
 
 
-def user_message(err: dict[str, Any], root: type[BaseModel] | None = None, extra_keys: Iterable[str] = ()) -> str:
+def user_message(err: ErrorDetails, root: type[BaseModel] | None = None, extra_keys: Iterable[str] = ()) -> str:
     """pydantic's error ``err`` (raised validating ``root``) in the user's words.
 
     ``extra_keys``: more keys allowed at the top of ``root`` (a pool's keys besides its backend's options).

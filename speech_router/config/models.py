@@ -43,6 +43,9 @@ DEFAULT_STATE_LEASE_S = 3.0
 DEFAULT_STATE_INFLIGHT_INTERVAL_S = 0.1
 DEFAULT_STATE_KNOWLEDGE_INTERVAL_S = 1.0
 DEFAULT_STATE_VOICES_INTERVAL_S = 1.0
+#: the failures a retry may follow (``retry.retry_on``); by default all of them
+RetryReason = Literal["connect", "timeout", "5xx", "invalid_audio", "overloaded"]
+DEFAULT_RETRY_ON: tuple[RetryReason, ...] = ("connect", "timeout", "5xx", "invalid_audio", "overloaded")
 DEFAULT_SHARED_CACHE_BYTES = 1024 * 1024 * 1024
 DEFAULT_SHARED_CACHE_TTL_S = 24 * 3600.0
 #: URL schemes a state store may have: Redis or Valkey (``redis``, ``rediss``: TLS, ``valkey``, ``valkeys``, ``unix``),
@@ -231,8 +234,7 @@ class RetryConfig(_Strict):
                                                                  "its concurrency; each timeout doubles the next try's")
     per_try_timeout_floor: float = Field(2.0, gt=0)
     per_try_timeout_cap: float = Field(60.0, gt=0)
-    retry_on: list[Literal["connect", "timeout", "5xx", "invalid_audio", "overloaded"]] = Field(
-        default_factory=lambda: ["connect", "timeout", "5xx", "invalid_audio", "overloaded"])
+    retry_on: list[RetryReason] = Field(default_factory=lambda: list(DEFAULT_RETRY_ON))
 
 
 class HedgeConfig(_Strict):

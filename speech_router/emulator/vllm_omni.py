@@ -28,8 +28,15 @@ from speech_router.emulator.control import build_app, state_of
 from speech_router.emulator.state import EmulatorState, NodeStopped
 from speech_router.emulator.vllm_omni_media import MediaError, VoiceStore, parse_form
 from speech_router.emulator.vllm_omni_request import OmniError
-from speech_router.emulator.vllm_omni_speech import (SpeakerCache, VllmOmniConfig, authorized, node_config, speech,
-                                                     speaker_cache, voice_store)
+from speech_router.emulator.vllm_omni_speech import (
+    SpeakerCache,
+    VllmOmniConfig,
+    authorized,
+    node_config,
+    speaker_cache,
+    speech,
+    voice_store,
+)
 from speech_router.emulator.vllm_omni_stream import stream
 
 __all__ = ["VllmOmniConfig", "create_app"]

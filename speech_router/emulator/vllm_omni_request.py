@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.responses import JSONResponse
@@ -104,7 +104,7 @@ def parse_body(data: object) -> SpeechBody:
 
 def validation_error(exc: ValidationError) -> OmniError:
     """vLLM's answer to a request validation error: every error listed, ``param`` the first one's field."""
-    errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+    errors: list[dict[str, Any]] = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
     for e in errors:
         e.pop("ctx", None)
     param = ".".join(str(p) for p in errors[0]["loc"]) if errors else None

@@ -31,8 +31,15 @@ from speech_router.emulator.control import state_of
 from speech_router.emulator.faults import GARBAGE_BODY, audio_response
 from speech_router.emulator.state import EmulatorState, Knobs, NodeStopped
 from speech_router.emulator.vllm_omni_media import MediaError, VoiceStore, check_audio, fetch_reference, reference_key
-from speech_router.emulator.vllm_omni_request import (OmniError, SpeechBody, check_indextts, check_model,
-                                                      check_streaming, invalid_json, parse_body)
+from speech_router.emulator.vllm_omni_request import (
+    OmniError,
+    SpeechBody,
+    check_indextts,
+    check_model,
+    check_streaming,
+    invalid_json,
+    parse_body,
+)
 
 RATE = audio.INDEX_TTS_RATE
 STREAM_SIZE = 0xFFFFFFFF  # the "unknown length" a streamed WAV header carries

@@ -33,7 +33,7 @@ from ..router.dispatch import Dispatched, Router
 from ..router.endpoint import Endpoint
 from ..router.pool import Pool
 from ..router.spool import SpillFile
-from ..types import AudioResponse, SynthesisRequest
+from ..types import AudioResponse, SynthesisRequest, aclose_chunks
 from .plan import plan_segments
 
 
@@ -178,9 +178,9 @@ class _Segments:
         pending: set[asyncio.Task[SegmentAudio]] = set(self.tasks)
         while True:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            failed = [i for i, t in enumerate(self.tasks) if t in done and not t.cancelled() and t.exception()]
-            if failed:
-                raise self.tasks[failed[0]].exception()  # type: ignore[misc]
+            for task in self.tasks:  # the first segment's failure, in order
+                if task in done and not task.cancelled() and (error := task.exception()) is not None:
+                    raise error
             if self.tasks[0] in done:
                 return self.tasks[0].result()
 
@@ -245,7 +245,7 @@ async def _read_pcm(resp: AudioResponse, endpoint: str) -> tuple[bytes, int]:
         data = b"".join([chunk async for chunk in chunks])
     finally:
         with contextlib.suppress(Exception):
-            await chunks.aclose()  # type: ignore[attr-defined]
+            await aclose_chunks(chunks)
     try:
         return decode_pcm(data, resp.format, resp.sample_rate)
     except InvalidAudio as exc:

@@ -11,7 +11,7 @@ import importlib
 import importlib.metadata
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import pluggy
@@ -100,9 +100,10 @@ def get_plugins(pm: pluggy.PluginManager) -> list[dict[str, Any]]:
     return sorted(out, key=lambda p: p["name"])
 
 
-def _trace_before(hook_name: str, hook_impls: Any, kwargs: dict[str, Any]) -> None:
+def _trace_before(hook_name: str, hook_impls: Sequence[pluggy.HookImpl], kwargs: Mapping[str, Any]) -> None:
     log.info("hook %s -> %s", hook_name, [impl.plugin_name for impl in hook_impls])
 
 
-def _trace_after(outcome: Any, hook_name: str, hook_impls: Any, kwargs: dict[str, Any]) -> None:
+def _trace_after(outcome: pluggy.Result[Any], hook_name: str, hook_impls: Sequence[pluggy.HookImpl],
+                 kwargs: Mapping[str, Any]) -> None:
     log.info("hook %s done", hook_name)

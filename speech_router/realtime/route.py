@@ -23,12 +23,12 @@ from starlette.websockets import WebSocket
 from ..api.auth import MESSAGES
 from ..api.plan import header, request_priority
 from ..api.spec import Access
-from ..api.state import AppState, scope_state
+from ..api.state import AppState
 from ..errors import RequestInvalid
 from .hub import hub_of
+from .outbox import Outbox
 from .protocol import CloseCode, Refusal, error_event
 from .report import SessionReport
-from .outbox import Outbox
 from .session import Session
 
 log = logging.getLogger("speech_router.realtime")

@@ -31,8 +31,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..audio import InvalidAudio
-from ..errors import (BackendError, BackendFailed, BackendOverloaded, BackendRejected, BackendTimeout,
-                      BackendUnavailable, DeadlineExceeded, QueueFull, QueueTimeout, Unavailable)
+from ..errors import (
+    BackendError,
+    BackendFailed,
+    BackendOverloaded,
+    BackendRejected,
+    BackendTimeout,
+    BackendUnavailable,
+    DeadlineExceeded,
+    QueueFull,
+    QueueTimeout,
+    Unavailable,
+)
 from ..types import AudioResponse, SynthesisRequest
 from .body import ReadAhead, read_head, replay
 from .clock import Clock
@@ -42,6 +52,7 @@ from .hedge import Hedging
 from .outlier import Outcome
 from .pool import Pool
 from .spoken import as_spoken_by, unreachable
+from .spool import Spool
 from .ticket import Lease, Ticket
 
 log = logging.getLogger(__name__)
@@ -246,9 +257,9 @@ class AttemptLoop:
                 pool.finish(lease, Outcome.CANCELLED)
                 raise DeadlineExceeded(f"model {request.model!r}: no answer within the request deadline") from None
             pool.finish(lease, Outcome.TIMEOUT, timeout=timeout)
-            exc = BackendTimeout(f"endpoint {ep.name} did not answer within {timeout:.1f}s", endpoint=ep.name)
-            self.listener.attempt_failed(ep, exc.message, None)
-            raise exc from None
+            timed_out = BackendTimeout(f"endpoint {ep.name} did not answer within {timeout:.1f}s", endpoint=ep.name)
+            self.listener.attempt_failed(ep, timed_out.message, None)
+            raise timed_out from None
         except BackendError as exc:
             pool.finish(lease, classify(exc))
             self._failed(ep, exc)
@@ -282,7 +293,7 @@ class AttemptLoop:
         return (not ep.backend.capabilities.streaming) if verify is None else verify
 
     @staticmethod
-    async def _start(ep: Endpoint, request: SynthesisRequest, whole: bool) -> tuple[AudioResponse, list[bytes], bool]:
+    async def _start(ep: Endpoint, request: SynthesisRequest, whole: bool) -> tuple[AudioResponse, Spool, bool]:
         response = await ep.backend.synthesize(request)
         head, complete = await read_head(response, ep.name, whole=whole)
         return response, head, complete

@@ -17,7 +17,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 
 from ..errors import BackendError, BackendFailed
-from ..types import AudioResponse
+from ..types import AudioResponse, aclose_chunks
 from .outlier import Outcome
 from .spool import Spool
 
@@ -58,7 +58,7 @@ async def read_head(response: AudioResponse, endpoint: str, *, whole: bool) -> t
 
 async def close_quietly(response: AudioResponse) -> None:
     with contextlib.suppress(Exception):
-        await response.chunks.aclose()  # type: ignore[attr-defined]
+        await aclose_chunks(response.chunks)
     with contextlib.suppress(Exception):
         await response.aclose()
 

@@ -12,12 +12,13 @@ import contextlib
 import json
 import logging
 import random
+from typing import Protocol
 
 from ..backends.base import Backend, BackendContext
 from ..backends.http import HttpSessions
 from ..config.models import PoolConfig, Settings
 from ..types import SynthesisRequest
-from .breaker import Breaker, BreakerState
+from .breaker import Breaker, BreakerState, Listener
 from .clock import Clock
 from .endpoint import Endpoint
 from .events import RouterListener
@@ -36,11 +37,10 @@ ROUTING_ONLY = frozenset({"queue", "balancer", "breaker", "retry", "hedge", "max
                           "load_signal", "weight"})
 
 
-class BackendRegistry:
+class BackendRegistry(Protocol):
     """What the fleet needs of the plugin manager's registry: backend classes by type name."""
 
-    def get(self, type_name: str) -> type[Backend]:  # pragma: no cover - interface
-        raise NotImplementedError
+    def get(self, name: str, /) -> type[Backend]: ...
 
 
 class Fleet:
@@ -208,7 +208,7 @@ class Fleet:
                 pool = self.pools.get(ep.pool)
                 with contextlib.suppress(Exception):
                     await self.sessions.close_pool(ep.pool, keep_limit=pool.config.max_connections if pool else None)
-            self._closers.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._closers.discard(asyncio.current_task())
             self.listener.endpoint_closed(ep, gone=self.endpoint(ep.name) is None)
 
     async def aclose(self) -> None:
@@ -260,7 +260,7 @@ class Fleet:
         if ep.available:
             self._wake(ep)
 
-    def _breaker_listener(self, ep: Endpoint):  # type: ignore[no-untyped-def]
+    def _breaker_listener(self, ep: Endpoint) -> Listener:
         def changed(breaker: Breaker, old: BreakerState, new: BreakerState) -> None:
             if new == BreakerState.CLOSED:
                 ep.joined()  # slow start after recovery

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from ..types import AudioResponse
 from .events import RouterListener
@@ -24,7 +25,7 @@ from .ticket import Lease, Ticket
 RETRY_S = 0.05
 
 #: one try on a lease, within a timeout (``AttemptLoop.attempt`` for the request being served)
-Try = Callable[[Lease, float], Awaitable[AudioResponse]]
+Try = Callable[[Lease, float], Coroutine[Any, Any, AudioResponse]]
 
 
 class Hedging:

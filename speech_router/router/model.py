@@ -367,9 +367,9 @@ class EndpointModel:
 
         if len(snapshot.levels) == len(self._levels):
             known = self.parallel_known
-            self._levels = [blend_log(a, b) for a, b in zip(self._levels, snapshot.levels)]
-            self._centers = [keep * a + w * (b + shift) for a, b in zip(self._centers, snapshot.centers)]
-            self._errors = [keep * a + w * b for a, b in zip(self._errors, snapshot.errors)]
+            self._levels = [blend_log(a, b) for a, b in zip(self._levels, snapshot.levels, strict=True)]
+            self._centers = [keep * a + w * (b + shift) for a, b in zip(self._centers, snapshot.centers, strict=True)]
+            self._errors = [keep * a + w * b for a, b in zip(self._errors, snapshot.errors, strict=True)]
             self._evidence = keep * self._evidence + w * snapshot.evidence
             self.informative = max(self.informative, snapshot.informative)
             if not known and self.parallel_known:

@@ -74,7 +74,7 @@ class KnowledgeSharing:
 
     async def pull(self) -> int:
         """Blend in every other replica's entry; returns how many replicas' knowledge was read."""
-        entries = await self.guard.call(lambda: self.guard.store.entries(KEY), {})
+        entries: dict[str, bytes] = await self.guard.call(lambda: self.guard.store.entries(KEY), {})
         others = [k for field, raw in entries.items() if field != self.replica and (k := decode(raw)) is not None]
         if others:
             self.absorb(others)
@@ -110,10 +110,10 @@ class KnowledgeSharing:
             model = ep.model
             total = math.pow(0.5, (now - model.answered) / model.half_life) if model.answers else 0.0
             for k in others:
-                found = k.models.get(endpoint_key(ep))
-                if found is None or found[0] != ep.backend.type:
+                seen = k.models.get(endpoint_key(ep))
+                if seen is None or seen[0] != ep.backend.type:
                     continue
-                view = found[1]
+                view = seen[1]
                 weight = math.pow(0.5, (view.answered_age or 0.0) / model.half_life)
                 total += weight
                 if total > 0:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from limits import RateLimitItem, RateLimitItemPerMinute
 from limits.aio.storage import RedisStorage
@@ -28,8 +29,10 @@ class SharedRateLimits:
     def __init__(self, guard: Guard, store: RedisStore, url: str, replicas: Callable[[], int]) -> None:
         self.guard = guard
         self.replicas = replicas
-        storage = RedisStorage("async+" + client_url(url), implementation="redispy", connection_pool=store.pool,
-                               key_prefix=f"{store.prefix}:limits")
+        # limits annotates its options as float | str | bool, yet hands them to redis-py, which takes this pool
+        client: dict[str, Any] = {"connection_pool": store.pool}
+        storage = RedisStorage("async+" + client_url(url), implementation="redispy",
+                               key_prefix=f"{store.prefix}:limits", **client)
         self.limiter = MovingWindowRateLimiter(storage)
         self._items: dict[int, RateLimitItem] = {}
 

@@ -10,7 +10,7 @@ that waits (up to ``timeout``) for a free one rather than opening without end.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
@@ -28,7 +28,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-def _mapped(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def _mapped(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """The client's failures (and the socket's) become ``StoreError``, here at the boundary."""
 
     @functools.wraps(method)

@@ -11,7 +11,7 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from ..router.latency import ShapeSnapshot
 from ..router.model import MAX_CANDIDATES, ModelSnapshot
@@ -57,10 +57,10 @@ def decode(raw: bytes, now_wall: float | None = None) -> Knowledge | None:
         return None
     now_wall = time.time() if now_wall is None else now_wall
     since = max(0.0, now_wall - float(data["taken"]))  # taken in the future (another host's clock): taken now
-    shapes = {pool: found for pool, entry in _mapping(data.get("shapes")).items()
-              if (found := _shape(entry)) is not None}
-    models = {key: found for key, entry in _mapping(data.get("models")).items()
-              if (found := _model(entry, since)) is not None}
+    shapes = {pool: shape for pool, entry in _mapping(data.get("shapes")).items()
+              if (shape := _shape(entry)) is not None}
+    models = {key: model for key, entry in _mapping(data.get("models")).items()
+              if (model := _model(entry, since)) is not None}
     return Knowledge(float(data["taken"]), shapes, models)
 
 
@@ -68,31 +68,33 @@ def _mapping(value: Any) -> dict[str, Any]:
     return {k: v for k, v in value.items() if isinstance(k, str)} if isinstance(value, dict) else {}
 
 
-def _number(value: Any, low: float = 0.0, high: float = MAX_SUM) -> bool:
+def _number(value: object, low: float = 0.0, high: float = MAX_SUM) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
         and low <= value <= high
 
 
-def _count(value: Any) -> bool:
+def _count(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53
 
 
-def _shape(entry: Any) -> tuple[str, ShapeSnapshot] | None:
-    if not isinstance(entry, dict) or not isinstance(entry.get("type"), str) or not _count(entry.get("samples")):
+def _shape(entry: object) -> tuple[str, ShapeSnapshot] | None:
+    if not isinstance(entry, dict) or not isinstance(kind := entry.get("type"), str) \
+            or not _count(samples := entry.get("samples")):
         return None
-    sums = [entry.get(k) for k in ("sw", "sx", "sy", "sxx", "sxy")]
-    if not all(_number(v) for v in sums):
+    names = ("sw", "sx", "sy", "sxx", "sxy")
+    sums = [float(v) for k in names if _number(v := entry.get(k))]
+    if len(sums) != len(names):
         return None
-    return entry["type"], ShapeSnapshot(entry["samples"], *(float(v) for v in sums))
+    return kind, ShapeSnapshot(samples, *sums)
 
 
-def _model(entry: Any, since: float) -> tuple[str, ModelSnapshot] | None:
-    if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
+def _model(entry: object, since: float) -> tuple[str, ModelSnapshot] | None:
+    if not isinstance(entry, dict) or not isinstance(kind := entry.get("type"), str):
         return None
-    lists = [entry.get(k) for k in ("levels", "centers", "errors")]
-    if not all(isinstance(v, list) and 1 <= len(v) <= MAX_CANDIDATES and len(v) == len(lists[0]) for v in lists):
+    levels, centers, errors = (entry.get(k) for k in ("levels", "centers", "errors"))
+    if not (isinstance(levels, list) and isinstance(centers, list) and isinstance(errors, list)
+            and 1 <= len(levels) <= MAX_CANDIDATES and len(levels) == len(centers) == len(errors)):
         return None
-    levels, centers, errors = lists
     if not (all(_number(v, *LEVELS) for v in levels) and all(_number(v, *LOGS) for v in centers)
             and all(_number(v) for v in errors)):
         return None
@@ -105,7 +107,7 @@ def _model(entry: Any, since: float) -> tuple[str, ModelSnapshot] | None:
     if not all(v is None or _number(v) for v in [*ages, last]):
         return None
     answered, heard = (None if v is None else float(v) + since for v in ages)
-    return entry["type"], ModelSnapshot(
+    return kind, ModelSnapshot(
         tuple(float(v) for v in levels), tuple(float(v) for v in centers), tuple(float(v) for v in errors), best,
         entry["informative"], float(entry["evidence"]), entry["answers"], float(entry["history"]), answered, heard,
         None if last is None else float(last))

@@ -94,5 +94,5 @@ class StateStore(ABC):
     async def get_bounded(self, space: str, key: str) -> bytes | None:
         """The value, marked as used now (so it is evicted last)."""
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional: the in-process store holds none
         """Release connections."""

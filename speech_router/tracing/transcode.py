@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from ..types import AudioChunks, aclose_chunks
 from . import attrs as a
 
 #: ``Scope.record``: write a span of something already measured
@@ -19,7 +20,7 @@ Record = Callable[[str, int, int, dict[str, Any], "str | None"], None]
 class Clocked:
     """An async iterator that adds up the time spent waiting for its source (``waited``, ns)."""
 
-    def __init__(self, source: Any) -> None:
+    def __init__(self, source: AudioChunks) -> None:
         self.source = source
         self.waited = 0
 
@@ -29,15 +30,12 @@ class Clocked:
     async def __anext__(self) -> bytes:
         start = time.perf_counter_ns()
         try:
-            chunk: bytes = await self.source.__anext__()
-            return chunk
+            return await anext(self.source)
         finally:
             self.waited += time.perf_counter_ns() - start
 
     async def aclose(self) -> None:
-        aclose = getattr(self.source, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await aclose_chunks(self.source)
 
 
 async def transcoding(record: Record, body: AsyncIterator[bytes], source: Clocked,
@@ -60,8 +58,6 @@ async def transcoding(record: Record, body: AsyncIterator[bytes], source: Clocke
                 inside += time.perf_counter_ns() - began
             yield chunk
     finally:
-        aclose = getattr(body, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await aclose_chunks(body)
         attributes[a.TRANSCODE_BUSY] = round(max(0, inside - source.waited) / 1e9, 6)
         record("transcode", start, time.time_ns(), attributes, error)

@@ -161,7 +161,7 @@ class SharedVoices:
     async def sync(self) -> None:
         """Make the mirror hold exactly the store's voices, when the store's version moved."""
         store = self.guard.store
-        version = await self.guard.call(lambda: store.get(VERSION), b"")
+        version: bytes | None = await self.guard.call(lambda: store.get(VERSION), b"")
         if version == b"" or version == self._version:
             return
         if version is None:  # a store that never held voices: this directory's become the fleet's

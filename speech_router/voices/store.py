@@ -64,8 +64,9 @@ class VoiceRecord:
             record = cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
         except TypeError:
             return None
-        types = {"name": str, "sha256": str, "seconds": (int, float), "sample_rate": int, "consent": str,
-                 "created_at": int, "description": str, "ref_text": (str, type(None))}
+        types: dict[str, type | tuple[type, ...]] = {
+            "name": str, "sha256": str, "seconds": (int, float), "sample_rate": int, "consent": str,
+            "created_at": int, "description": str, "ref_text": (str, type(None))}
         if not all(isinstance(getattr(record, k), t) and not isinstance(getattr(record, k), bool)
                    for k, t in types.items()):
             return None

@@ -190,7 +190,7 @@ class IndexTts2Engine:
             # 2.5 loads its emotion-text model only when asked; OpenAI's `instructions` need it
             wanted.update(use_bf16=c.bf16 or c.fp16, use_qwen_emo=True)
         else:
-            from indextts.infer_v2 import IndexTTS2  # type: ignore[no-redef]
+            from indextts.infer_v2 import IndexTTS2
 
             wanted["use_fp16"] = c.fp16
         kwargs, unknown = _accepted(IndexTTS2.__init__, wanted)

@@ -27,9 +27,9 @@ from prometheus_client.metrics import MetricWrapperBase
 import speech_router
 from speech_router.config.messages import keys_at
 from speech_router.config.models import PoolConfig
+from speech_router.emulator.index_tts_vllm import EmulatorConfig
 from speech_router.metrics import Metrics
 from tests.conftest import Node, fleet_config, serve_router
-from speech_router.emulator.index_tts_vllm import EmulatorConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "speech-router.json"

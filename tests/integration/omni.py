@@ -25,7 +25,7 @@ from tests.conftest import Node
 class OmniNode(Node):
     """An emulated vllm-omni node on 127.0.0.1: knobs, request log, uploaded voices (``app.state.voices``)."""
 
-    def __init__(self, config: VllmOmniConfig) -> None:  # noqa: super().__init__ would build an index-tts-vllm app
+    def __init__(self, config: VllmOmniConfig) -> None:  # not super().__init__: it would build an index-tts-vllm app
         self.config = config  # type: ignore[assignment]
         self.app = create_app(config)
         self.server = ServerHandle(self.app)

@@ -12,9 +12,9 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from speech_router.emulator.serve import ServerHandle
 from tests.client import Reply, call
 from tests.conftest import SharedFleet, fleet_config, shared_fleet
-from speech_router.emulator.serve import ServerHandle
 
 ALICE, BOB, BATCH, ADMIN = "sk-alice-0123456789", "sk-bob-0123456789", "sk-batch-0123456789", "adm-0123456789"
 ENV = {"SPEECH_ROUTER_API_KEYS": f"alice={ALICE}", "BOB_KEY": BOB, "BATCH_KEY": BATCH,

@@ -95,7 +95,7 @@ def test_segments_are_cached_and_reused_by_another_text(nodes, router):
     reuse = " ".join([SENTENCES[1], SENTENCES[2], SENTENCES[5]])  # two known sentences and a new one
     second = post(r.url, SPEECH, speech(reuse))
     assert second.status == 200 and second.headers["x-speech-router-cache"] == "miss"
-    asked = [body["text"] for node, n in zip((a, b), before) for _, body in node.requests[n:]]
+    asked = [body["text"] for node, n in zip((a, b), before, strict=True) for _, body in node.requests[n:]]
     assert asked == [SENTENCES[5]]  # only the new sentence was synthesized
     assert metric(r.url, "speech_router_segments_total", model="cached", outcome="cached") == 2
     assert metric(r.url, "speech_router_cache_lookups_total", model="cached", kind="segment", result="hit") == 2
@@ -125,8 +125,8 @@ def _no_retry(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_the_fan_out_settings_are_part_of_the_response_key(registry):
-    from speech_router.cache.speech import SpeechCache
     from speech_router.cache import AudioCache
+    from speech_router.cache.speech import SpeechCache
     from speech_router.config.loader import settings_from_dict
     from speech_router.metrics import Metrics
     from speech_router.types import SynthesisRequest

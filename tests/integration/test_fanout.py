@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from speech_router.emulator import audio as emu_audio
 from speech_router.text.segment import split_segments
 from tests.conftest import fleet_config
-from speech_router.emulator import audio as emu_audio
 
 SENTENCES = [  # every pair is longer than MAX_SEGMENT: one sentence per segment, each of its own length
     "The old lighthouse keeper climbed the stairs at dusk.",
@@ -137,7 +137,8 @@ def split_on_silence(samples: np.ndarray, min_gap: int) -> tuple[list[np.ndarray
     """Voiced runs and the lengths of the digital-silence gaps (at least ``min_gap`` zeros) between them."""
     zero = np.concatenate(([0], (samples == 0).astype(np.int8), [0]))
     edges = np.diff(zero)
-    gaps = [(s, e) for s, e in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)) if e - s >= min_gap]
+    gaps = [(s, e) for s, e in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True)
+            if e - s >= min_gap]
     voiced, start = [], 0
     for s, e in gaps:
         voiced.append(samples[start:s])
@@ -152,7 +153,7 @@ def assert_segments_in_order(samples: np.ndarray, segments: list[str]) -> None:
     lengths = [len(v) for v in voiced]
     wanted = [round(emu_audio.duration_s(s) * RATE) for s in segments]
     assert len(lengths) == len(wanted), (lengths, wanted)
-    for got, want in zip(lengths, wanted):
+    for got, want in zip(lengths, wanted, strict=True):
         assert abs(got - want) <= 3, (lengths, wanted)  # a sine starts (and may end) on a zero sample
     silence = round(RATE * SILENCE_MS / 1000)
     assert all(abs(g - silence) <= 3 for g in gaps), gaps

@@ -51,8 +51,8 @@ def test_wav_passes_through_byte_for_byte(nodes, router):
     srv = router(fleet_config(a.url))
     direct = client_for(srv.url).audio.speech.create(model="indextts2", voice="alloy", input="same text",
                                                      response_format="wav").content
-    import urllib.request
     import json
+    import urllib.request
     req = urllib.request.Request(a.url + "/tts_url", data=json.dumps(
         {"text": "same text", "spk_audio_path": "/data/voices/alloy.wav"}).encode(),
         headers={"Content-Type": "application/json"})

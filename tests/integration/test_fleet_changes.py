@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import fleet_config
-from tests.integration.test_reload import ADMIN_KEY, backends, call, file_router, write  # noqa: F401 - fixture
+from tests.integration.test_reload import ADMIN_KEY, call, write
 from tests.integration.test_routing_policy import assert_all_ok, burst, name_of, total, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -86,7 +86,7 @@ async def served_around_a_reload(srv: Any, path: Any, after: dict[str, Any], cli
     return results, joined
 
 
-async def test_a_node_added_under_load_takes_its_share_within_seconds(nodes, file_router):  # noqa: F811
+async def test_a_node_added_under_load_takes_its_share_within_seconds(nodes, file_router):
     a, b = nodes(name="a", delay_s=0.2, slots=2), nodes(name="b", delay_s=0.2, slots=2)
     srv, path = file_router(pool_config(a.url, max_concurrency=2))
     # 6 clients at once on one 2-slot node

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from tests.integration.test_fleet_changes import SPEECH, pool_config, post, served_around_a_reload
-from tests.integration.test_reload import ADMIN_KEY, backends, file_router  # noqa: F401 - fixture
+from tests.integration.test_reload import ADMIN_KEY, backends
 from tests.integration.test_routing_policy import name_of, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -79,7 +79,7 @@ async def test_a_slow_node_judged_too_slow_at_first_still_takes_the_short_texts_
     assert any(r[1]["x-speech-router-endpoint"] == name_of(slow) for r in shorts)
 
 
-async def test_a_node_added_under_light_load_gets_a_request_within_a_second(nodes, file_router):  # noqa: F811
+async def test_a_node_added_under_light_load_gets_a_request_within_a_second(nodes, file_router):
     a, b = nodes(name="a", delay_s=0.1, slots=4), nodes(name="b", delay_s=0.1, slots=4)
     srv, path = file_router(pool_config(a.url, max_concurrency=4))
     # four clients, one short request after another

@@ -18,8 +18,8 @@ import openai
 import pytest
 
 from speech_router.audio import flac
-from tests.conftest import fleet_config, openai_client
 from speech_router.emulator import audio as emu_audio
+from tests.conftest import fleet_config, openai_client
 
 FORMATS = ["mp3", "opus", "aac", "flac", "wav", "pcm"]
 #: mp3 and ADTS AAC carry encoder delay and padding that decoders play; the rest are exact

@@ -13,8 +13,20 @@ from speech_router.emulator import audio as emu_audio
 from speech_router.router.events import RouterListener
 from tests.client import call
 from tests.conftest import fleet_config
-from tests.integration.jobs import (JOBS, SILENCE_MS, book, content, decoded_seconds, expected_seconds, jobs_config,
-                                    segments, status, submit, synthesized, wait)
+from tests.integration.jobs import (
+    JOBS,
+    SILENCE_MS,
+    book,
+    content,
+    decoded_seconds,
+    expected_seconds,
+    jobs_config,
+    segments,
+    status,
+    submit,
+    synthesized,
+    wait,
+)
 
 
 def test_a_50k_character_job_is_spread_over_the_fleet_and_joined_in_order(nodes, router, tmp_path):

@@ -18,8 +18,18 @@ import yaml
 
 from speech_router.jobs.sqlite import SqliteJobStore
 from tests.client import call
-from tests.integration.jobs import (JOBS, book, content, decoded_seconds, expected_seconds, jobs_config, segments,
-                                    submit, synthesized, wait)
+from tests.integration.jobs import (
+    JOBS,
+    book,
+    content,
+    decoded_seconds,
+    expected_seconds,
+    jobs_config,
+    segments,
+    submit,
+    synthesized,
+    wait,
+)
 from tests.processes import free_port, stop
 
 START_S = 30.0

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from tests.client import call
-from tests.integration.omni import OmniNode, data_url, omni_nodes  # noqa: F401 - fixture
+from tests.integration.omni import OmniNode, data_url
 from tests.integration.voice_uploads import tone, wait_until
 
 pytestmark = pytest.mark.anyio

@@ -6,7 +6,7 @@ Counted, not timed: the node exports how many voices it had to condition (``emul
 from __future__ import annotations
 
 from tests.client import call
-from tests.integration.omni import data_url, omni_nodes  # noqa: F401 - fixture
+from tests.integration.omni import data_url
 from tests.integration.voice_uploads import tone
 
 

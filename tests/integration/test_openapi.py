@@ -25,8 +25,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openapi_spec_validator import validate as validate_openapi
 from schemathesis import GenerationMode
-from schemathesis.checks import (content_type_conformance, not_a_server_error, response_schema_conformance,
-                                 status_code_conformance)
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
 from starlette.routing import BaseRoute, Mount, Route
 
 from speech_router import __version__
@@ -36,10 +40,10 @@ from speech_router.api.spec import Access, ApiRoute, Doc, RouteTable
 from speech_router.api.table import ROUTES
 from speech_router.config.loader import embedded_config, settings_from_dict
 from speech_router.config.models import Settings
-from speech_router.plugins.manager import backend_registry, create_plugin_manager
-from tests.conftest import Node, fleet_config
 from speech_router.emulator.index_tts_vllm import EmulatorConfig
 from speech_router.emulator.serve import ServerHandle
+from speech_router.plugins.manager import backend_registry, create_plugin_manager
+from tests.conftest import Node, fleet_config
 
 CLIENT_KEY = "fuzz-client-key"
 ADMIN_KEY = "fuzz-admin-key"

@@ -17,8 +17,20 @@ import pytest
 from speech_router.emulator import audio
 from speech_router.emulator.index_tts_vllm import EmulatorConfig
 from tests.conftest import Node, fleet_config, serve_router
-from tests.integration.realtime import (RCVBUF, buffered_sentences, closed, fetch_metrics, next_event, next_sentence,
-                                        open_session, send, send_tokens, spoken, stream_url, utterance)
+from tests.integration.realtime import (
+    RCVBUF,
+    buffered_sentences,
+    closed,
+    fetch_metrics,
+    next_event,
+    next_sentence,
+    open_session,
+    send,
+    send_tokens,
+    spoken,
+    stream_url,
+    utterance,
+)
 
 pytestmark = pytest.mark.anyio
 

@@ -18,8 +18,19 @@ from websockets.exceptions import ConnectionClosed
 
 from speech_router.emulator.index_tts_vllm import EmulatorConfig
 from tests.conftest import Node, fleet_config, serve_router
-from tests.integration.realtime import (RCVBUF, buffered_sentences, closed, fetch_metrics, next_event, open_session,
-                                        send, send_tokens, spoken, stream_url, utterance)
+from tests.integration.realtime import (
+    RCVBUF,
+    buffered_sentences,
+    closed,
+    fetch_metrics,
+    next_event,
+    open_session,
+    send,
+    send_tokens,
+    spoken,
+    stream_url,
+    utterance,
+)
 
 pytestmark = pytest.mark.anyio
 

@@ -11,7 +11,7 @@ from speech_router.config.loader import embedded_config
 from speech_router.emulator.openai_speech import OpenAIConfig
 from speech_router.emulator.openai_speech import create_app as create_openai_app
 from speech_router.emulator.serve import ServerHandle
-from tests.integration.omni import omni_config, omni_nodes, reference_wav  # noqa: F401 - omni_nodes is a fixture
+from tests.integration.omni import omni_config, reference_wav
 from tests.integration.realtime import Utterance, open_session, send, send_tokens, utterance
 
 pytestmark = pytest.mark.anyio

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.client import call
-from tests.integration.omni import omni_config, omni_nodes, reference_wav, sse_events  # noqa: F401 - a fixture
+from tests.integration.omni import omni_config, reference_wav, sse_events
 from tests.integration.realtime import open_session, send_tokens, utterance
 
 

@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from speech_router.api.app import create_app
-from speech_router.plugins.manager import create_plugin_manager
 from speech_router.emulator.serve import ServerHandle
+from speech_router.plugins.manager import create_plugin_manager
 from tests.integration.test_cli import serving
 
 ADMIN_KEY = "admin-test-key"

@@ -14,8 +14,7 @@ import pytest
 from speech_router.emulator import audio
 from tests.client import call
 from tests.conftest import openai_client
-from tests.integration.omni import (data_url, omni_config, omni_nodes, reference_wav, spoken_hz,  # noqa: F401
-                                    sse_events, wav_seconds)
+from tests.integration.omni import data_url, omni_config, reference_wav, spoken_hz, sse_events, wav_seconds
 
 RATE = audio.INDEX_TTS_RATE
 

@@ -18,7 +18,7 @@ from speech_router.emulator.serve import serve_in_thread
 from speech_router.errors import BackendError, BackendRejected
 from speech_router.types import SynthesisRequest
 from tests.client import call
-from tests.integration.omni import data_url, omni_nodes, reference_wav, sse_events  # noqa: F401
+from tests.integration.omni import data_url, reference_wav, sse_events
 
 pytestmark = pytest.mark.anyio
 

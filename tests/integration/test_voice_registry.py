@@ -18,10 +18,18 @@ import pytest
 from speech_router.emulator import audio
 from speech_router.emulator.vllm_omni_media import reference_key
 from tests.client import call
-from tests.integration.omni import OmniNode, omni_nodes  # noqa: F401 - fixture
-from tests.integration.test_reload import file_router, write  # noqa: F401 - fixture
-from tests.integration.voice_uploads import (ADMIN_KEY, ENV, long_flac, mounted, pitch, stored_wav, tone, upload,
-                                             wait_until)
+from tests.integration.test_reload import write
+from tests.integration.voice_uploads import (
+    ADMIN_KEY,
+    ENV,
+    long_flac,
+    mounted,
+    pitch,
+    stored_wav,
+    tone,
+    upload,
+    wait_until,
+)
 
 MOUNT = "/mnt/shared-voices"  # where the index-tts-vllm nodes mount the router's voice directory
 

@@ -42,10 +42,11 @@ def test_two_views_blend_as_a_weighted_geometric_mean_of_speeds():
     slow, quick = taught(4.0), taught(1.0)
     before, other = slow.snapshot(20.0).levels, quick.snapshot(20.0).levels
     slow.absorb(quick.snapshot(now=20.0), weight=0.5, now=20.0)
-    assert slow.snapshot(20.0).levels == pytest.approx([math.sqrt(a * b) for a, b in zip(before, other)], rel=1e-9)
+    assert slow.snapshot(20.0).levels == pytest.approx(
+        [math.sqrt(a * b) for a, b in zip(before, other, strict=True)], rel=1e-9)
     slow.absorb(quick.snapshot(now=20.0), weight=0.25, now=20.0)
     assert slow.snapshot(20.0).levels == pytest.approx(
-        [math.sqrt(a * b) ** 0.75 * b ** 0.25 for a, b in zip(before, other)], rel=1e-9)
+        [math.sqrt(a * b) ** 0.75 * b ** 0.25 for a, b in zip(before, other, strict=True)], rel=1e-9)
     after = slow.level
     slow.absorb(EndpointModel().snapshot(now=0.0), weight=1.0, now=20.0)  # a view with no answers changes nothing
     assert slow.level == after

@@ -11,9 +11,9 @@ import pytest
 pytest.importorskip("opentelemetry.sdk", reason="tracing tests need the OpenTelemetry SDK (the test extra has it)")
 
 from opentelemetry.sdk.trace import ReadableSpan  # noqa: E402
-from opentelemetry.trace import SpanKind  # noqa: E402
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
+from opentelemetry.trace import SpanKind  # noqa: E402
 
 from speech_router.api.app import create_app  # noqa: E402
 from speech_router.config.loader import settings_from_dict  # noqa: E402

@@ -20,13 +20,13 @@ from typing import Any
 
 from speech_router.backends.base import Backend, BackendContext
 from speech_router.config.models import EndpointConfig, PoolConfig
+from speech_router.errors import QueueFull, Unavailable
 from speech_router.router.clock import FakeClock
 from speech_router.router.endpoint import Endpoint
 from speech_router.router.latency import LatencyModel
 from speech_router.router.outlier import Outcome
 from speech_router.router.pool import Pool
 from speech_router.router.ticket import Lease, Ticket
-from speech_router.errors import QueueFull, Unavailable
 from speech_router.types import HealthReport
 
 

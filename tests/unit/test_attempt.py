@@ -10,9 +10,9 @@ import pytest
 
 from speech_router.audio.validate import check_audio
 from speech_router.backends.base import Backend, BackendContext
-from speech_router.emulator import audio
 from speech_router.config.models import EndpointConfig, PoolConfig
-from speech_router.errors import BackendFailed, BackendRejected
+from speech_router.emulator import audio
+from speech_router.errors import BackendFailed, BackendRejected, BackendTimeout
 from speech_router.router.attempt import AttemptLoop
 from speech_router.router.endpoint import Endpoint
 from speech_router.router.events import RouterListener
@@ -125,7 +125,7 @@ async def test_each_timeout_doubles_the_next_tries_time():
         return await original(pool, lease, req, timeout, **kw)
 
     loop.attempt = spy  # type: ignore[method-assign]
-    with pytest.raises(Exception):
+    with pytest.raises(BackendTimeout):  # every endpoint hung: the last try's timeout
         await loop.run(request(), deadline=await deadline())
     assert seen == pytest.approx([0.05, 0.1, 0.2])
     assert all(ep.inflight == 0 for ep in p.endpoints)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from speech_router.router.budget import RetryBudget
+from speech_router.router.clock import FakeClock
 from speech_router.router.latency import LatencyModel
 from speech_router.router.limits import OVERLOAD_HOLD, STRETCH_INTERVAL, ConcurrencyLimit
 from speech_router.router.model import EndpointModel
-from speech_router.router.budget import RetryBudget
-from speech_router.router.clock import FakeClock
 
 
 def taught(per_char: float = 0.002, base: float = 0.05, max_parallel: int = 4) -> EndpointModel:

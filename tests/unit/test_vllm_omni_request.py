@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speech_router.text.language import guess_lang, request_lang
 from speech_router.backends.vllm_omni_refs import ReferenceFiles, ReferenceUnavailable, node_file_url
 from speech_router.backends.vllm_omni_request import node_request
 from speech_router.errors import RequestInvalid
+from speech_router.text.language import guess_lang, request_lang
 from speech_router.types import Emotion, EmotionMethod, SynthesisRequest
 
 pytestmark = pytest.mark.anyio

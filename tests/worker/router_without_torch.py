@@ -35,8 +35,8 @@ def main(config_path: str) -> dict[str, Any]:
 
     from speech_router.api.app import create_app
     from speech_router.config.loader import settings_from_dict
-    from speech_router.plugins.manager import backend_registry
     from speech_router.emulator.serve import ServerHandle
+    from speech_router.plugins.manager import backend_registry
     from tests.worker.conftest import plugin_manager
 
     with open(config_path, encoding="utf-8") as f:

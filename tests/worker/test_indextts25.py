@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from speech_router.types import SynthesisRequest
 from speech_router.worker.checkpoint import detect
 from speech_router.worker.engine import EngineConfig, IndexTts2Engine
 from speech_router.worker.request import RequestError, infer_kwargs
-from speech_router.types import SynthesisRequest
 from tests.client import call
 from tests.worker.conftest import STANDIN, WAIT_S, Host, local_backend, plugin_manager, pool_config, wait_until
 

@@ -12,7 +12,8 @@ import os
 
 import numpy as np
 
-from .infer_v2 import RATE, IndexTTS2 as _IndexTTS2V2, _load, _log
+from .infer_v2 import RATE, _load, _log
+from .infer_v2 import IndexTTS2 as _IndexTTS2V2
 
 
 class IndexTTS2(_IndexTTS2V2):
