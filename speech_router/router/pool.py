@@ -19,8 +19,8 @@ from .breaker import BreakerState
 from .budget import RetryBudget
 from .clock import Clock
 from .endpoint import Endpoint
-from .latency import LatencyModel
 from .events import RouterListener
+from .latency import LatencyModel
 from .outlier import Outcome, judge
 from .scheduler import Scheduler
 from .ticket import PRIORITIES, Lease, Ticket
