@@ -6,16 +6,16 @@ Public API for plugin authors: ``hookimpl``, ``Backend``, ``Capabilities``, ``Sy
 
 from .backends.base import Backend, BackendContext, Capabilities
 from .errors import (
-                     BackendError,
-                     BackendFailed,
-                     BackendOverloaded,
-                     BackendRejected,
-                     BackendTimeout,
-                     BackendUnavailable,
-                     ConfigError,
-                     NoHealthyEndpoint,
-                     RequestInvalid,
-                     SpeechRouterError,
+    BackendError,
+    BackendFailed,
+    BackendOverloaded,
+    BackendRejected,
+    BackendTimeout,
+    BackendUnavailable,
+    ConfigError,
+    NoHealthyEndpoint,
+    RequestInvalid,
+    SpeechRouterError,
 )
 from .plugins.hookspecs import hookimpl
 from .types import AudioResponse, Emotion, EmotionMethod, HealthReport, SynthesisRequest
