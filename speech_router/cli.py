@@ -91,7 +91,7 @@ def prepare(path: str | None) -> tuple[Any, Any, Any]:
     raises ``ConfigError`` with every problem found, each with its line in ``path``.
     """
     from .api.app import create_app
-    from .config.locations import locate
+    from .config.yamlfile import locate
     from .errors import ConfigIssue
 
     try:

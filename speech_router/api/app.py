@@ -30,7 +30,7 @@ from ..jobs.service import Jobs
 from ..metrics import Metrics
 from ..plugins.manager import BackendRegistry, backend_registry, create_plugin_manager
 from ..router.dispatch import Router
-from ..tracing import build_tracing
+from ..tracing.setup import build_tracing
 from ..voice_sync import VoiceDistributor
 from .auth import Authenticator
 from .errors import error_response, openai_error

@@ -70,7 +70,7 @@ class AppState(State):
     prepare_hooks: bool
     reloader: Reloads
     voice_distributor: VoiceDistributor
-    #: OpenTelemetry traces, when on (``speech_router.tracing.build_tracing``); None: off, nothing is traced
+    #: OpenTelemetry traces, when on (``speech_router.tracing.setup.build_tracing``); None: off, nothing is traced
     tracing: Tracing | None
     #: long-form jobs: the store, the files and the runner (off while ``jobs.directory`` is not set)
     jobs: Jobs

@@ -1,19 +1,15 @@
 """Where a problem is in a config file: dotted locations (``pools.gpu.endpoints[1].url``) and their lines.
 
 The loader reports every issue by its location in the parsed tree; ``YamlLines`` maps that location back to a
-line of the YAML text, and ``locate`` adds lines to issues found after loading (client keys, the host checks).
+line of the YAML text (``yamlfile.locate`` adds lines to issues found after loading).
 """
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 from typing import Any
 
 import yaml
-
-from ..errors import ConfigError, ConfigIssue
 
 
 def format_loc(loc: tuple[Any, ...]) -> str:
@@ -34,21 +30,6 @@ def parse_loc(loc: str) -> tuple[Any, ...]:
     """``pools.gpu.endpoints[1].url`` -> ``("pools", "gpu", "endpoints", 1, "url")`` (``format_loc``'s inverse)."""
     return tuple(int(index) if index else name for index, name in _LOC_PART.findall(loc))
 
-
-def locate(exc: ConfigError, path: str | os.PathLike[str] | None) -> ConfigError:
-    """``exc`` with a line for each of its issues in ``path`` that has none (issues found after loading)."""
-    if path is None or exc.source not in ("", str(path)):
-        return exc
-    from .yamlfile import config_text  # imports this module
-
-    try:
-        found = config_text(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return exc
-    lines = YamlLines(found.text, found.offset)
-    issues = [ConfigIssue(i.loc, i.message, i.line if i.line or not i.loc else lines.line(parse_loc(i.loc)))
-              for i in exc.issues]
-    return ConfigError(sorted(issues, key=lambda issue: issue.line or 0), source=str(path))
 
 
 class YamlLines:

@@ -5,17 +5,21 @@
 - A Kubernetes ConfigMap holding the config (``deploy/kubernetes/configmap.yaml``, the file docs/deploy.md
   says to check): its ``data`` key ``config.yaml`` is the config, and its lines are counted in the ConfigMap
   file, so every error points at the line the user edits.
+
+``locate`` gives the lines to issues found after loading (client keys, the host checks).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..errors import ConfigIssue
-from .locations import format_loc
+from ..errors import ConfigError, ConfigIssue
+from .locations import YamlLines, format_loc, parse_loc
 
 #: the data key a ConfigMap holds the config in (deploy/kubernetes mounts it as /etc/speech-router/config.yaml)
 CONFIGMAP_KEY = "config.yaml"
@@ -87,3 +91,17 @@ def _get(node: Any, key: str) -> Any:
 
 def _scalar(node: Any) -> str | None:
     return node.value if isinstance(node, yaml.ScalarNode) and isinstance(node.value, str) else None
+
+
+def locate(exc: ConfigError, path: str | os.PathLike[str] | None) -> ConfigError:
+    """``exc`` with a line for each of its issues in ``path`` that has none (issues found after loading)."""
+    if path is None or exc.source not in ("", str(path)):
+        return exc
+    try:
+        found = config_text(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return exc
+    lines = YamlLines(found.text, found.offset)
+    issues = [ConfigIssue(i.loc, i.message, i.line if i.line or not i.loc else lines.line(parse_loc(i.loc)))
+              for i in exc.issues]
+    return ConfigError(sorted(issues, key=lambda issue: issue.line or 0), source=str(path))

@@ -1,8 +1,9 @@
 """OpenTelemetry traces of requests through the router to the nodes (off by default; docs/tracing.md).
 
 Importing this package imports no OpenTelemetry: with tracing off, the request path pays one context-variable
-read where it could add a span (``current()`` is None) and nothing else. ``build_tracing`` imports the SDK
-(the ``tracing`` extra) only when the configuration turns tracing on.
+read where it could add a span (``current()`` is None) and nothing else. ``setup.build_tracing`` imports the SDK
+(the ``tracing`` extra) only when the configuration turns tracing on; this module imports nothing of the
+router's, so the node calls below it (``backends.http``) can add their spans.
 
 Each request's work is followed by the ``Scope`` in its task's context: the server span opened by the edge
 (``api.gate``), or a fan-out segment's span; the routing core's events (``TracingListener``), the node call
@@ -12,13 +13,10 @@ Each request's work is followed by the ``Scope`` in its task's context: the serv
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..config.models import TracingConfig
     from .scope import Scope, SegmentSpan
-    from .setup import Tracing
 
 #: the trace scope of the request (or segment) this task works for; None: not traced
 SCOPE: contextvars.ContextVar[Scope | None] = contextvars.ContextVar("speech_router_trace", default=None)
@@ -67,17 +65,4 @@ def segment(index: int, chars: int, of: int) -> SegmentSpan | _NoSegment:
     return scope.segment(index, chars, of)
 
 
-def build_tracing(config: TracingConfig, env: Mapping[str, str], **kwargs: Any) -> Tracing | None:
-    """The app's tracing when ``config`` or the ``OTEL_*`` variables in ``env`` turn it on, else None.
-
-    Raises ``ConfigError`` when tracing is asked for and the OpenTelemetry SDK is not installed."""
-    from .setup import wanted
-
-    if not wanted(config, env):
-        return None
-    from .setup import Tracing
-
-    return Tracing.from_config(config, env, **kwargs)
-
-
-__all__ = ["SCOPE", "build_tracing", "current", "node_request", "node_status", "segment"]
+__all__ = ["SCOPE", "current", "node_request", "node_status", "segment"]

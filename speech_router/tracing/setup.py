@@ -140,3 +140,12 @@ class Tracing:
     async def aclose(self) -> None:
         """Export what is left (the batch's thread may block a while), then stop."""
         await asyncio.to_thread(self.provider.shutdown)
+
+
+def build_tracing(config: TracingConfig, env: Mapping[str, str], **kwargs: Any) -> Tracing | None:
+    """The app's tracing when ``config`` or the ``OTEL_*`` variables in ``env`` turn it on, else None.
+
+    Raises ``ConfigError`` when tracing is asked for and the OpenTelemetry SDK is not installed."""
+    if not wanted(config, env):
+        return None
+    return Tracing.from_config(config, env, **kwargs)

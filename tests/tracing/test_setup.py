@@ -12,8 +12,7 @@ from speech_router.api.app import create_app
 from speech_router.config.loader import settings_from_dict
 from speech_router.config.models import TracingConfig
 from speech_router.errors import ConfigError
-from speech_router.tracing import build_tracing
-from speech_router.tracing.setup import exporter_of, sampler_of, wanted
+from speech_router.tracing.setup import build_tracing, exporter_of, sampler_of, wanted
 
 ON = TracingConfig(enabled=True)
 UNSET = TracingConfig()
