@@ -52,6 +52,8 @@ class OutcomeWindow:
         self.consecutive = 0
         #: when the first try of the current run of failures in a row started
         self.streak_since = 0.0
+        #: the shortest time a try of that run was given before it timed out (inf: none timed out)
+        self.streak_budget = float("inf")
 
     def __repr__(self) -> str:
         return f"OutcomeWindow(tries={len(self._events)}, failures={self.failures}, consecutive={self.consecutive})"
@@ -65,7 +67,9 @@ class OutcomeWindow:
         self.failures += outcome.failure
         self.errors += outcome == Outcome.ERROR
         if outcome.failure and not self.consecutive:
-            self.streak_since = started
+            self.streak_since, self.streak_budget = started, float("inf")
+        if outcome == Outcome.TIMEOUT:
+            self.streak_budget = min(self.streak_budget, now - started)
         self.consecutive = self.consecutive + 1 if outcome.failure else 0
         self.trim(now)
 
@@ -84,15 +88,18 @@ class OutcomeWindow:
         self.trim(now)
         return self.failures / len(self._events) if self._events else 0.0
 
-    def since(self, start: float, now: float) -> tuple[int, float]:
-        """(tries, failure ratio) of the tries that started at ``start`` or later and have ended."""
+    def since(self, start: float, now: float, slow_after: float = float("inf")) -> tuple[int, float]:
+        """(tries, failure ratio) of the tries that started at ``start`` or later and have ended; a try that
+        answered but took longer than ``slow_after`` seconds counts as failed (it would have timed out there)."""
         self.trim(now)
-        recent = [o for _, started, o in self._events if started >= start]
-        return len(recent), (sum(o.failure for o in recent) / len(recent) if recent else 0.0)
+        recent = [o.failure or finished - started > slow_after
+                  for finished, started, o in self._events if started >= start]
+        return len(recent), (sum(recent) / len(recent) if recent else 0.0)
 
     def clear(self) -> None:
         self._events.clear()
         self.failures = self.errors = self.consecutive = 0
+        self.streak_budget = float("inf")
 
 
 def judge(window: OutcomeWindow, peers: Sequence[OutcomeWindow], config: BreakerConfig, now: float,
@@ -105,13 +112,16 @@ def judge(window: OutcomeWindow, peers: Sequence[OutcomeWindow], config: Breaker
     rate = window.failure_ratio(now)
     if window.consecutive >= config.consecutive_failures:
         why, rate, since = f"{window.consecutive} failures in a row", 1.0, window.streak_since
+        slow_after = window.streak_budget
     elif tries >= config.min_requests and rate >= config.failure_rate:
-        why, since = f"{rate:.0%} of {tries} tries failed", now - window.window
+        why, since, slow_after = f"{rate:.0%} of {tries} tries failed", now - window.window, float("inf")
     else:
         return None
     # the peers' tries started over the same stretch of time: a peer that finished none of them cannot say
-    # whether the trouble is shared (a pool slowing down together reports its first timeouts at once)
-    seen = [ratio for count, ratio in (peer.since(since, now) for peer in peers) if count]
+    # whether the trouble is shared (a pool slowing down together reports its first timeouts at once); a
+    # peer's answer that took longer than this endpoint's tries were given is the same slowness, answered
+    # only because it was given longer (a later try, with the timeout the slowdown taught)
+    seen = [ratio for count, ratio in (peer.since(since, now, slow_after) for peer in peers) if count]
     if not seen and last == Outcome.ERROR:  # errors are the endpoint's own: the peers' window will do
         seen = [peer.failure_ratio(now) for peer in peers if peer.tries(now)]
     if not seen:  # nobody to compare with: errors say something, slowness alone does not

@@ -34,6 +34,21 @@ def test_a_pool_that_times_out_together_ejects_nobody():
     assert judge(x, [y, z], BreakerConfig(consecutive_failures=5), 2.0, TIMEOUT) is None
 
 
+def test_a_peer_that_answered_only_because_it_was_given_longer_shares_the_slowdown():
+    # the pool slowed from 0.1 s to 0.4 s together: a's two tries had 0.3 s and timed out; b's first timed out too,
+    # and its retry, given the longer timeout the slowdown taught, answered in 0.4 s
+    config = BreakerConfig(consecutive_failures=2)
+    a, b = OutcomeWindow(30.0), OutcomeWindow(30.0)
+    a.record(TIMEOUT, 10.30, started=10.0)
+    b.record(TIMEOUT, 10.31, started=10.01)
+    b.record(OK, 10.72, started=10.32)  # as slow as a's tries: answered only because it was given 0.9 s
+    a.record(TIMEOUT, 10.75, started=10.45)
+    assert judge(a, [b], config, 10.75, TIMEOUT) is None
+    quick = OutcomeWindow(30.0)  # a peer that answered within what a was given: a alone is slow
+    quick.record(OK, 10.42, started=10.32)
+    assert judge(a, [quick], config, 10.75, TIMEOUT) is not None
+
+
 def test_an_endpoint_alone_is_ejected_for_errors_never_for_being_slow():
     config = BreakerConfig(consecutive_failures=3)
     slow, = windows([TIMEOUT] * 3)
