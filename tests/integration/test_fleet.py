@@ -38,7 +38,9 @@ def test_openai_sdk_gets_valid_wav_and_traffic_spreads_over_both_nodes(nodes, ro
         served_by.append(resp.headers["x-speech-router-endpoint"])
         assert resp.headers["x-request-id"]
     assert set(served_by) == {a.server.url.removeprefix("http://"), b.server.url.removeprefix("http://")}
-    assert len(a.requests) == 3 and len(b.requests) == 3
+    # each request reached one node once; the split need not be 3/3: a node that answered one request more
+    # than 20 ms slower (a busy machine) is no longer a tie for the next (1 of 28 suite runs split 4/2)
+    assert len(a.requests) + len(b.requests) == 6
     # what the node received is index-tts-vllm v2's body, with the voice resolved through config
     path, body = a.requests[0]
     assert path == "/tts_url"
